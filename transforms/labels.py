@@ -1,0 +1,81 @@
+"""LiTS label maps (0 background, 1 liver, 2 tumour) to training targets."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+
+import numpy as np
+import torch
+from monai.config import DtypeLike, KeysCollection, NdarrayOrTensor
+from monai.transforms import MapTransform, Transform
+from monai.utils import TransformBackends, convert_data_type, convert_to_tensor
+
+__all__ = ["LITS_LABELS", "TARGET_CHANNELS", "check_lits_labels", "LabelToTarget", "LabelToTargetd"]
+
+#: LiTS label values.
+LITS_LABELS: dict[str, int] = {"background": 0, "liver": 1, "tumor": 2}
+
+#: What each output channel of a target is. ``liver`` is label >= 1 (liver with its tumours, what the Kaggle
+#: masks hold); ``tumor`` is label == 2; ``both`` is the two as channels (multi-label, one sigmoid each).
+TARGET_CHANNELS: dict[str, tuple[str, ...]] = {"liver": ("liver",), "tumor": ("tumor",), "both": ("liver", "tumor")}
+
+
+def check_lits_labels(label: NdarrayOrTensor, source: object = "label") -> None:
+    """Raise ``ValueError`` naming ``source`` when ``label`` holds values other than 0, 1, 2."""
+    values = torch.unique(convert_to_tensor(label, track_meta=False))
+    unexpected = [v for v in values.tolist() if v not in LITS_LABELS.values()]
+    if unexpected:
+        shown = ", ".join(f"{v:g}" for v in unexpected[:10])
+        raise ValueError(
+            f"{source}: label values must be LiTS labels 0 (background), 1 (liver), 2 (tumour), got also {shown}; "
+            "map other label schemes first (e.g. monai.transforms.MapLabelValue)."
+        )
+
+
+class LabelToTarget(Transform):
+    """Turn a channel-first LiTS label map ``(1, *spatial)`` into target channel(s).
+
+    Args:
+        target: ``"liver"`` (label >= 1), ``"tumor"`` (label == 2) or ``"both"`` (two channels, liver then tumour).
+        dtype: output dtype. Defaults to ``np.float32``, what losses take; ``np.uint8`` for masks on disk.
+
+    Returns:
+        ``(C, *spatial)`` of 0/1 with ``C = len(TARGET_CHANNELS[target])``.
+
+    Raises:
+        ValueError: for an unknown target, a label with more than one channel, or values outside {0, 1, 2}.
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, target: str = "liver", dtype: DtypeLike = np.float32) -> None:
+        if target not in TARGET_CHANNELS:
+            raise ValueError(f"`target` must be one of {list(TARGET_CHANNELS)}, got {target!r}.")
+        self.target = target
+        self.dtype = dtype
+
+    def __call__(self, label: NdarrayOrTensor) -> NdarrayOrTensor:
+        if label.shape[0] != 1:
+            raise ValueError(f"LabelToTarget expects a channel-first label map (1, *spatial), got shape {tuple(label.shape)}.")
+        source = getattr(label, "meta", {}).get("filename_or_obj", "label")
+        check_lits_labels(label, source)
+        channels = [label >= LITS_LABELS["liver"] if name == "liver" else label == LITS_LABELS["tumor"]
+                    for name in TARGET_CHANNELS[self.target]]
+        stacked = torch.cat(channels, 0) if isinstance(label, torch.Tensor) else np.concatenate(channels, 0)
+        return convert_data_type(stacked, dtype=self.dtype)[0]
+
+
+class LabelToTargetd(MapTransform):
+    """Dictionary-based wrapper of :class:`LabelToTarget`."""
+
+    def __init__(
+        self, keys: KeysCollection, target: str = "liver", dtype: DtypeLike = np.float32, allow_missing_keys: bool = False
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.to_target = LabelToTarget(target, dtype)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.to_target(d[key])
+        return d

@@ -1,0 +1,127 @@
+"""Load CT scans, a NIfTI file or a DICOM series folder, as channel-first HU volumes with their affine."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import warnings
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from monai.config import KeysCollection
+from monai.data import MetaTensor, NibabelReader, PydicomReader
+from monai.transforms import LoadImage, MapTransform, Transform
+
+from transforms.validation import InvalidScanError, check_volume
+
+__all__ = ["NIFTI_SUFFIXES", "is_nifti", "dicom_series_files", "LoadScan", "LoadScand"]
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def is_nifti(path: str | os.PathLike) -> bool:
+    return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def dicom_series_files(folder: str | os.PathLike, modality: str | None = "CT") -> list[Path]:
+    """The DICOM files of the one series in ``folder``, checked: at least one file, one series, the modality.
+
+    Raises:
+        InvalidScanError: no DICOM file, more than one series, or a modality other than ``modality``.
+    """
+    folder = Path(folder)
+    files, series, modalities = [], set(), set()
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True)
+        except (pydicom.errors.InvalidDicomError, OSError):
+            continue  # not DICOM (a README, a thumbnail): ignore
+        if "PixelData" not in header and not hasattr(header, "Rows"):
+            continue  # DICOMDIR, SEG references without images, ...
+        files.append(path)
+        series.add(str(header.get("SeriesInstanceUID", "")))
+        modalities.add(str(header.get("Modality", "")))
+    if not files:
+        raise InvalidScanError(f"{folder}: no DICOM image files in this folder (expected one CT series).")
+    if len(series) > 1:
+        raise InvalidScanError(f"{folder}: holds {len(series)} DICOM series; put one series per folder.")
+    if modality is not None and modalities != {modality}:
+        raise InvalidScanError(
+            f"{folder}: DICOM modality is {', '.join(sorted(modalities)) or 'missing'}, expected {modality}."
+        )
+    return files
+
+
+@contextlib.contextmanager
+def _quiet_gpu_decoder_probe():
+    """LoadImage builds every registered reader, including the GPU DICOM decoder, which warns on a CPU machine."""
+    logger = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*nvImageCodec.*")
+            warnings.filterwarnings("ignore", message=".*NvImgCodec.*")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+class LoadScan(Transform):
+    """Read a CT scan as a float32 ``(1, X, Y, Z)`` MetaTensor in HU, with a RAS affine, and check it.
+
+    Args:
+        modality: the DICOM modality required of a series (default ``"CT"``; ``None`` accepts any).
+
+    ``__call__(path)`` takes a NIfTI file (``.nii`` / ``.nii.gz``, LiTS volumes and segmentations) or a folder
+    holding one DICOM series (uncompressed or JPEG 2000; rescale slope and intercept applied, slices ordered by
+    position). Both go through MONAI's ``LoadImage``. Labels load the same way.
+
+    Raises:
+        InvalidScanError: a missing or unreadable file, a folder without one CT series, a 2D or 4D image, NaNs.
+    """
+
+    def __init__(self, modality: str | None = "CT") -> None:
+        self.modality = modality
+        with _quiet_gpu_decoder_probe():
+            self.dicom = LoadImage(reader=PydicomReader(fname_regex=None), image_only=True, ensure_channel_first=True, dtype=np.float32)
+            self.nifti = LoadImage(reader=NibabelReader(), image_only=True, ensure_channel_first=True, dtype=np.float32)
+
+    def __call__(self, path: str | os.PathLike) -> MetaTensor:
+        path = Path(path)
+        if not path.exists():
+            raise InvalidScanError(f"{path}: no such file or folder.")
+        if path.is_dir():
+            dicom_series_files(path, self.modality)
+            loader, target = self.dicom, str(path)
+        elif is_nifti(path):
+            loader, target = self.nifti, str(path)
+        else:
+            raise InvalidScanError(
+                f"{path}: not a scan this loader reads; expected a NIfTI file ({', '.join(NIFTI_SUFFIXES)}) "
+                "or a folder holding one DICOM series."
+            )
+        try:
+            img = loader(target)
+        except Exception as err:  # readers raise anything from EOFError to zlib.error on a damaged file
+            raise InvalidScanError(f"{path}: cannot be read ({type(err).__name__}: {err}).") from err
+        img.meta["filename_or_obj"] = str(path)
+        check_volume(img, str(path))
+        return img
+
+
+class LoadScand(MapTransform):
+    """Dictionary-based wrapper of :class:`LoadScan`."""
+
+    def __init__(self, keys: KeysCollection, modality: str | None = "CT", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.loader = LoadScan(modality)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.loader(d[key])
+        return d

@@ -1,0 +1,104 @@
+"""Input checks with one clear error each: what file, what is wrong, what was expected."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, Transform
+
+from transforms.labels import check_lits_labels
+
+__all__ = ["InvalidScanError", "source_of", "check_volume", "check_label_grid", "ValidateScan", "ValidateScand"]
+
+#: Largest difference (mm) between a label's and its scan's affine entries still taken as the same grid.
+GRID_TOLERANCE_MM = 0.01
+
+
+class InvalidScanError(ValueError):
+    """A scan or label that cannot be used; the message starts with the file it came from."""
+
+
+def source_of(img: object, default: str = "image") -> str:
+    """The file an image was read from, for messages."""
+    meta = getattr(img, "meta", None) or {}
+    return str(meta.get("filename_or_obj") or default)
+
+
+def check_volume(img: torch.Tensor, source: str | None = None) -> None:
+    """A channel-first single-channel 3D volume ``(1, X, Y, Z)`` with finite voxels, else ``InvalidScanError``."""
+    source = source or source_of(img)
+    meta = getattr(img, "meta", None) or {}
+    channel_dim = meta.get("original_channel_dim", float("nan"))
+    stored_dims = len(meta.get("spatial_shape", img.shape[1:])) + (0 if _is_nan(channel_dim) else 1)
+    if stored_dims != 3 or img.ndim != 4 or img.shape[0] != 1:
+        shape = tuple(int(s) for s in meta.get("spatial_shape", img.shape[1:]))
+        extra = "" if _is_nan(channel_dim) else f" plus {img.shape[0]} along a 4th axis"
+        raise InvalidScanError(
+            f"{source}: expected a 3D volume (one scan, x, y, slices), got a {stored_dims}D image of shape "
+            f"{shape}{extra}."
+        )
+    finite = torch.isfinite(torch.as_tensor(img))
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise InvalidScanError(f"{source}: {bad} voxel(s) are NaN or infinite; a CT volume must be finite everywhere.")
+
+
+def check_label_grid(label: MetaTensor, image: MetaTensor, source: str | None = None) -> None:
+    """The label must lie on its scan's grid: same shape and the same affine within ``GRID_TOLERANCE_MM``."""
+    source = source or source_of(label, "label")
+    if tuple(label.shape[1:]) != tuple(image.shape[1:]):
+        raise InvalidScanError(
+            f"{source}: label grid {tuple(label.shape[1:])} does not match its scan {source_of(image)} "
+            f"{tuple(image.shape[1:])}."
+        )
+    if isinstance(label, MetaTensor) and isinstance(image, MetaTensor):
+        diff = float(torch.max(torch.abs(label.affine.double() - image.affine.double())))
+        if diff > GRID_TOLERANCE_MM:
+            raise InvalidScanError(
+                f"{source}: label affine differs from its scan {source_of(image)} by up to {diff:.3g} mm "
+                f"(label\n{np.round(label.affine.numpy(), 4)}\nscan\n{np.round(image.affine.numpy(), 4)})."
+            )
+
+
+def _is_nan(value: object) -> bool:
+    try:
+        return bool(np.isnan(value))
+    except TypeError:
+        return False
+
+
+class ValidateScan(Transform):
+    """Pass a volume through unchanged after :func:`check_volume`."""
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        check_volume(img)
+        return img
+
+
+class ValidateScand(MapTransform):
+    """Check the volumes under ``keys`` and, when present, the LiTS label under ``label_key``: a 3D finite
+    volume, on the grid of ``keys[0]``, with values in {0, 1, 2}. Raises :class:`InvalidScanError`."""
+
+    def __init__(self, keys: KeysCollection, label_key: str | None = "label", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.label_key = label_key
+
+    def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        d = dict(data)
+        images = [d[key] for key in self.key_iterator(d)]
+        for img in images:
+            check_volume(img)
+        if self.label_key is not None and self.label_key in d:
+            label = d[self.label_key]
+            check_volume(label)
+            if images:
+                check_label_grid(label, images[0])
+            try:
+                check_lits_labels(label, source_of(label, "label"))
+            except ValueError as err:
+                raise InvalidScanError(str(err)) from None
+        return d
