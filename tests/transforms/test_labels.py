@@ -1,0 +1,44 @@
+import numpy as np
+import pytest
+import torch
+
+from transforms import TARGET_CHANNELS, LabelToTarget, LabelToTargetd
+
+LABEL = torch.tensor([[[0, 1, 2, 1], [2, 0, 0, 1]]], dtype=torch.float32)  # (1, 2, 4)
+
+
+def test_liver_target_is_liver_with_its_tumours():
+    assert LabelToTarget("liver")(LABEL).tolist() == [[[0, 1, 1, 1], [1, 0, 0, 1]]]
+
+
+def test_tumour_target_is_label_2_only():
+    assert LabelToTarget("tumor")(LABEL).tolist() == [[[0, 0, 1, 0], [1, 0, 0, 0]]]
+
+
+def test_both_gives_liver_then_tumour_channels():
+    out = LabelToTarget("both")(LABEL)
+    assert out.shape == (2, 2, 4) and TARGET_CHANNELS["both"] == ("liver", "tumor")
+    assert torch.equal(out[0], LabelToTarget("liver")(LABEL)[0])
+    assert torch.equal(out[1], LabelToTarget("tumor")(LABEL)[0])
+
+
+def test_numpy_labels_and_mask_dtype():
+    out = LabelToTarget("liver", dtype=np.uint8)(LABEL.numpy())
+    assert out.dtype == np.uint8 and out.sum() == 5
+
+
+def test_values_outside_lits_are_refused_with_the_values():
+    with pytest.raises(ValueError, match=r"got also 5, 117"):
+        LabelToTarget()(torch.tensor([[[0.0, 5.0, 117.0, 1.0]]]))
+
+
+def test_unknown_target_and_multichannel_labels_are_refused():
+    with pytest.raises(ValueError, match="`target` must be one of"):
+        LabelToTarget("kidney")
+    with pytest.raises(ValueError, match=r"channel-first label map \(1, \*spatial\)"):
+        LabelToTarget()(torch.zeros(2, 4, 4))
+
+
+def test_dictionary_version():
+    out = LabelToTargetd(keys="label", target="tumor")({"label": LABEL, "image": LABEL})
+    assert out["label"].sum() == 2 and out["image"].sum() == LABEL.sum()
