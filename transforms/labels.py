@@ -10,7 +10,10 @@ from monai.config import DtypeLike, KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_data_type, convert_to_tensor
 
-__all__ = ["LITS_LABELS", "TARGET_CHANNELS", "check_lits_labels", "LabelToTarget", "LabelToTargetd"]
+__all__ = [
+    "LITS_LABELS", "TARGET_CHANNELS", "check_lits_labels", "parse_label_map", "RemapLabels", "RemapLabelsd",
+    "LabelToTarget", "LabelToTargetd",
+]
 
 #: LiTS label values.
 LITS_LABELS: dict[str, int] = {"background": 0, "liver": 1, "tumor": 2}
@@ -30,6 +33,55 @@ def check_lits_labels(label: NdarrayOrTensor, source: object = "label") -> None:
             f"{source}: label values must be LiTS labels 0 (background), 1 (liver), 2 (tumour), got also {shown}; "
             "map other label schemes first (e.g. monai.transforms.MapLabelValue)."
         )
+
+
+def parse_label_map(text: str) -> dict[int, int]:
+    """``"5:1,6:2"`` -> ``{5: 1, 6: 2}``: source label value to LiTS label (1 liver, 2 tumour)."""
+    mapping = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        source, _, lits = part.partition(":")
+        try:
+            mapping[int(source)] = int(lits)
+        except ValueError:
+            raise ValueError(f"label map entries are SOURCE:LITS integers like '5:1', got {part!r} in {text!r}.") from None
+    if not mapping or not set(mapping.values()) <= {1, 2}:
+        raise ValueError(f"a label map must send source values to 1 (liver) or 2 (tumour), got {text!r}.")
+    return mapping
+
+
+class RemapLabels(Transform):
+    """Map another label scheme to LiTS labels: each ``mapping`` key becomes its value, every other value 0.
+
+    For a multi-organ map where 5 is the liver (TotalSegmentator): ``RemapLabels({5: 1})``. Unlike MONAI's
+    ``MapLabelValue``, values not named become background, so the other organs drop out.
+    """
+
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    def __init__(self, mapping: Mapping[int, int]) -> None:
+        if not mapping or not set(mapping.values()) <= {1, 2}:
+            raise ValueError(f"`mapping` must send label values to 1 (liver) or 2 (tumour), got {dict(mapping)!r}.")
+        self.mapping = dict(mapping)
+
+    def __call__(self, label: NdarrayOrTensor) -> NdarrayOrTensor:
+        out = label * 0
+        for source, lits in self.mapping.items():
+            out[label == source] = lits
+        return out
+
+
+class RemapLabelsd(MapTransform):
+    """Dictionary-based wrapper of :class:`RemapLabels`."""
+
+    def __init__(self, keys: KeysCollection, mapping: Mapping[int, int], allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.remap = RemapLabels(mapping)
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.remap(d[key])
+        return d
 
 
 class LabelToTarget(Transform):

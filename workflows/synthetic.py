@@ -2,7 +2,8 @@
 
 ``python -m workflows.synthetic --out DIR --cases N --seed S [--size 512] [--slices K] [--dicom]`` writes
 ``volume-<i>.nii.gz`` (int16 HU) and ``segmentation-<i>.nii.gz`` (uint8: 0 background, 1 liver, 2 tumour) as
-LiTS ships them, and with ``--dicom`` each volume also as a CT series in ``DIR/dicom/volume-<i>/``.
+LiTS ships them, and with ``--dicom`` each volume also as a CT series in ``DIR/dicom/volume-<i>/`` with its
+label beside it (``DIR/dicom/segmentation-<i>.nii.gz``).
 
 Each case is an abdomen phantom drawn in patient space (mm): air -1000 HU, subcutaneous and visceral fat about
 -100, muscle and soft tissue 40, a liver of 50-80 HU with noise, hypo- and hyperdense lesions of several sizes
@@ -29,6 +30,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from transforms.slicing import CANONICAL_AXCODES
+from workflows.atomic import write_bytes_atomic
 
 __all__ = ["STORED_ORIENTATIONS", "SyntheticCase", "generate_case", "write_case", "generate_dataset", "main"]
 
@@ -263,12 +265,6 @@ def generate_case(index: int, seed: int = 0, size: int = 512, slices: int | None
     return SyntheticCase(index, seed, hu, label, affine, stored, anatomy.lesions)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _nifti_gz_bytes(image: nib.Nifti1Image) -> bytes:
     # gzip with mtime 0 and no file name, so the same case gives the same bytes
     return gzip.compress(image.to_bytes(), compresslevel=6, mtime=0)
@@ -281,12 +277,13 @@ def write_case(case: SyntheticCase, out_dir: str | os.PathLike, dicom: bool = Fa
     written = []
     for name, array in ((f"volume-{case.index}.nii.gz", case.hu), (f"segmentation-{case.index}.nii.gz", case.label)):
         path = out_dir / name
-        _atomic_write_bytes(path, _nifti_gz_bytes(case.stored_image(array)))
+        write_bytes_atomic(path, _nifti_gz_bytes(case.stored_image(array)))
         written.append(path)
-    if dicom:
+    if dicom:  # the series, with its label beside it as convert expects (dicom/volume-<i>/ + segmentation-<i>)
         from workflows.synthetic_dicom import write_ct_series
 
         written.append(write_ct_series(case, out_dir / "dicom" / f"volume-{case.index}"))
+        written.append(write_bytes_atomic(out_dir / "dicom" / written[1].name, written[1].read_bytes()))
     return written
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from transforms import TARGET_CHANNELS, LabelToTarget, LabelToTargetd
+from transforms import TARGET_CHANNELS, LabelToTarget, LabelToTargetd, RemapLabels, RemapLabelsd, parse_label_map
 
 LABEL = torch.tensor([[[0, 1, 2, 1], [2, 0, 0, 1]]], dtype=torch.float32)  # (1, 2, 4)
 
@@ -42,3 +42,16 @@ def test_unknown_target_and_multichannel_labels_are_refused():
 def test_dictionary_version():
     out = LabelToTargetd(keys="label", target="tumor")({"label": LABEL, "image": LABEL})
     assert out["label"].sum() == 2 and out["image"].sum() == LABEL.sum()
+
+
+def test_other_label_schemes_map_to_lits_with_the_rest_as_background():
+    totalseg = torch.tensor([[[0.0, 5.0, 2.0, 117.0, 5.0]]])
+    assert RemapLabels(parse_label_map("5:1"))(totalseg).tolist() == [[[0, 1, 0, 0, 1]]]
+    out = RemapLabelsd(keys="label", mapping={5: 1, 2: 2})({"label": totalseg})["label"]
+    assert out.tolist() == [[[0, 1, 2, 0, 1]]]
+
+
+@pytest.mark.parametrize("text", ["5", "5:3", "a:1", ""])
+def test_bad_label_maps_are_refused(text):
+    with pytest.raises(ValueError, match="label map"):
+        parse_label_map(text)

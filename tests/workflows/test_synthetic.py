@@ -28,7 +28,7 @@ def test_command_line_same_seed_same_bytes(tmp_path):
                        capture_output=True)
     first, second = _hashes(tmp_path / "a"), _hashes(tmp_path / "b")
     assert first == second
-    assert {"volume-0.nii.gz", "segmentation-2.nii.gz", "dicom/volume-1/IM0001.dcm"} <= set(first)
+    assert {"volume-0.nii.gz", "segmentation-2.nii.gz", "dicom/volume-1/IM0001.dcm", "dicom/segmentation-1.nii.gz"} <= set(first)
     assert len([n for n in first if n.startswith("dicom/volume-0/")]) == 6
 
 

@@ -1,0 +1,162 @@
+"""Slice sets on disk: names, the manifest, and reading 2D sets (the Kaggle LiTS JPG export, images/ + masks/).
+
+A converted slice set is ``images/volume-<id>_slice_<k>.<png|jpg>`` (8-bit windowed CT), ``masks/...png``
+(lossless; pixel values are LiTS labels: 0 background, 1 liver, 2 tumour) and ``manifest.csv`` with one row
+per slice (:data:`MANIFEST_COLUMNS`). Every later command reads the manifest.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from workflows.atomic import write_text_atomic
+
+__all__ = [
+    "MANIFEST_COLUMNS", "MANIFEST_NAME", "IMAGE_SUFFIXES", "slice_name", "parse_slice_name", "manifest_rows_to_csv",
+    "read_manifest", "write_manifest", "read_mask", "Slice2D", "find_2d_sets",
+]
+
+MANIFEST_NAME = "manifest.csv"
+MANIFEST_COLUMNS = (
+    "volume_id", "slice_index", "source", "label_source", "spacing_row_mm", "spacing_col_mm", "slice_thickness_mm",
+    "liver_pixels", "tumor_pixels", "image", "mask",
+)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_SLICE_NAME = re.compile(r"^volume-(?P<volume>.+)_slice_(?P<slice>\d+)$")
+_LAST_NUMBER = re.compile(r"(\d+)(?!.*\d)")
+
+
+def slice_name(volume_id: str, slice_index: int) -> str:
+    """``volume-<id>_slice_<k>``, the Kaggle export's naming."""
+    return f"volume-{volume_id}_slice_{slice_index}"
+
+
+def parse_slice_name(name: str) -> tuple[str, int] | None:
+    """``"volume-12_slice_40.jpg"`` -> ``("12", 40)``; ``None`` for other names."""
+    match = _SLICE_NAME.match(Path(name).name.split(".")[0])
+    return (match["volume"], int(match["slice"])) if match else None
+
+
+def _cell(value: object) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def manifest_rows_to_csv(rows: Iterable[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(MANIFEST_COLUMNS)
+    for row in rows:
+        writer.writerow([_cell(row.get(column)) for column in MANIFEST_COLUMNS])
+    return buffer.getvalue()
+
+
+def write_manifest(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
+    """Write rows sorted by volume id (numbers in numeric order) then slice index, atomically."""
+    ordered = sorted(rows, key=lambda r: (_volume_sort_key(str(r["volume_id"])), int(r["slice_index"])))
+    return write_text_atomic(path, manifest_rows_to_csv(ordered))
+
+
+def _volume_sort_key(volume_id: str) -> tuple:
+    return (0, int(volume_id), "") if volume_id.isdigit() else (1, 0, volume_id)
+
+
+def read_manifest(slices_dir: str | os.PathLike) -> list[dict]:
+    """Rows of ``<slices_dir>/manifest.csv`` with typed values and ``image`` / ``mask`` as absolute paths.
+
+    Raises:
+        FileNotFoundError: with the command that makes a manifest, when there is none.
+    """
+    slices_dir = Path(slices_dir)
+    path = slices_dir / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{slices_dir}: no {MANIFEST_NAME}; make a slice set first with "
+            f"`python -m workflows.convert --input <scans or 2D set> --output {slices_dir}`."
+        )
+    rows = []
+    with open(path, newline="") as handle:
+        for raw in csv.DictReader(handle):
+            row: dict = dict(raw)
+            row["slice_index"] = int(row["slice_index"])
+            for column in ("spacing_row_mm", "spacing_col_mm", "slice_thickness_mm"):
+                row[column] = float(row[column]) if row[column] else float("nan")
+            for column in ("liver_pixels", "tumor_pixels"):
+                row[column] = int(row[column]) if row[column] else None
+            for column in ("image", "mask"):
+                row[column] = str((slices_dir / row[column]).resolve()) if row[column] else ""
+            rows.append(row)
+    return rows
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """A 2D mask as LiTS labels (uint8). Masks holding 0..2 are labels already; 8-bit masks with larger values
+    (0/255 liver masks, Kaggle JPGs) are thresholded at half range: JPEG ringing leaves faint non-zero pixels
+    around every edge, so ``> 0`` would grow the liver."""
+    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if mask is None:
+        raise ValueError(f"{path}: cannot be read as an image.")
+    if mask.ndim == 3:
+        mask = cv2.cvtColor(mask, cv2.COLOR_BGR2GRAY if mask.shape[2] == 3 else cv2.COLOR_BGRA2GRAY)
+    if mask.max() <= 2:
+        return mask.astype(np.uint8)
+    half = (np.iinfo(mask.dtype).max if mask.dtype.kind == "u" else mask.max()) / 2
+    return (mask > half).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class Slice2D:
+    """One image/mask pair of a 2D set."""
+
+    volume_id: str
+    slice_index: int
+    image: Path
+    mask: Path | None
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."))
+
+
+def _pairs(images_dir: Path, masks_dir: Path | None, default_volume: str) -> list[Slice2D]:
+    masks = {p.stem: p for p in _image_files(masks_dir)} if masks_dir is not None and masks_dir.is_dir() else {}
+    images = _image_files(images_dir)
+    out = []
+    for order, image in enumerate(images):
+        parsed = parse_slice_name(image.name)
+        if parsed is None:  # plain names: one volume per folder, the slice number from the name
+            number = _LAST_NUMBER.search(image.stem)
+            parsed = (default_volume, int(number.group(1)) if number else order)
+        out.append(Slice2D(parsed[0], parsed[1], image, masks.get(image.stem)))
+    return out
+
+
+def find_2d_sets(root: str | os.PathLike) -> list[Slice2D]:
+    """The 2D slices under ``root``: the Kaggle layout ``train_images/[train_images/]*.jpg`` with
+    ``train_masks/`` of the same names, and any folder holding ``images/`` and ``masks/`` with matching names
+    (volume id from ``volume-<id>_`` names, else the folder's name)."""
+    root = Path(root)
+    found: list[Slice2D] = []
+    for images_dir in sorted(p for p in root.rglob("train_images") if p.is_dir()):
+        if images_dir.parent.name == "train_images":
+            continue  # the nested copy Kaggle's zip makes; the outer folder's search covers it
+        masks_dir = images_dir.parent / "train_masks"
+        found += _pairs(images_dir, masks_dir, images_dir.parent.name)
+    for images_dir in sorted(p for p in [root, *root.rglob("*")] if p.is_dir() and p.name == "images"):
+        masks_dir = images_dir.parent / "masks"
+        if masks_dir.is_dir() and not (images_dir.parent / MANIFEST_NAME).exists():
+            found += _pairs(images_dir, masks_dir, images_dir.parent.name)
+    return found

@@ -1,0 +1,262 @@
+"""Patient-level split and balanced training chunks, as MONAI datalists.
+
+``python -m workflows.split SLICES_DIR --out LISTS_DIR [--target liver|tumor] [--positives 10000 --negatives 10000]
+[--val-fraction 0.2] [--test-fraction 0] [--chunk-size 2000] [--seed 0] [--val-volumes ID,..] [--test-volumes ID,..]``
+
+Volumes (patients) are split first, so a patient's slices never sit in two splits; volumes with tumour are spread
+over the splits in proportion. From the training volumes it samples positive (target present) and negative slices,
+as the reference did (10,000 + 10,000 in chunks of 2,000); counts larger than the data holds scale down, keeping
+the ratio, and say so. It writes ``chunk_<k>.json`` (``{"training": [...]}``), ``val.json`` (every slice of the
+validation volumes, for honest metrics), ``val_balanced.json`` (the reference's balanced validation list),
+``test.json`` when asked, and ``split.json`` (volumes per split, seed, counts). Entries are
+``{"image", "label", "volume_id", "slice_index", "positive"}`` with paths relative to LISTS_DIR, the form
+``monai.data.load_decathlon_datalist`` reads. Same seed and data, same files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from workflows.atomic import write_json_atomic
+from workflows.slice_set import read_manifest
+
+__all__ = ["SplitPlan", "split_volumes", "check_disjoint", "plan_split", "write_split", "main"]
+
+SPLITS = ("train", "val", "test")
+
+
+def _is_positive(row: dict, target: str) -> bool:
+    return bool(row["tumor_pixels"] if target == "tumor" else row["liver_pixels"])
+
+
+def check_disjoint(volumes: dict[str, list[str]]) -> None:
+    """Raise ``ValueError`` naming the volumes that sit in more than one split."""
+    where: dict[str, list[str]] = defaultdict(list)
+    for split, ids in volumes.items():
+        for volume_id in ids:
+            where[volume_id].append(split)
+    shared = {v: s for v, s in where.items() if len(s) > 1}
+    if shared:
+        shown = "; ".join(f"volume {v} in {' and '.join(s)}" for v, s in sorted(shared.items()))
+        raise ValueError(f"refusing to write a split whose volumes overlap: {shown}.")
+
+
+def split_volumes(
+    rows: list[dict], val_fraction: float, test_fraction: float, seed: int, val_volumes: list[str] | None = None, test_volumes: list[str] | None = None,
+) -> dict[str, list[str]]:
+    """Assign each volume to train / val / test. Volumes are stratified by whether they hold tumour, shuffled
+    with ``seed``, and dealt to the splits in proportion; ``val_volumes`` / ``test_volumes`` fix them by id."""
+    by_volume: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_volume[row["volume_id"]].append(row)
+    ids = sorted(by_volume, key=lambda v: (len(v), v))
+    fixed = {"val": list(val_volumes or []), "test": list(test_volumes or [])}
+    check_disjoint(fixed)
+    unknown = sorted(set(fixed["val"] + fixed["test"]) - set(ids))
+    if unknown:
+        raise ValueError(f"volume(s) {', '.join(unknown)} named for a split are not in the manifest.")
+    free = [v for v in ids if v not in fixed["val"] and v not in fixed["test"]]
+
+    def stratum(volume_id: str) -> int:  # with or without tumour, so validation sees both kinds of patient
+        return int(any(r["tumor_pixels"] for r in by_volume[volume_id]))
+
+    rng = np.random.default_rng(seed)
+    splits = {"train": [], "val": list(fixed["val"]), "test": list(fixed["test"])}
+    n_free = len(free)
+    want = {
+        "val": 0 if val_volumes else _share(n_free, val_fraction),
+        "test": 0 if test_volumes else _share(n_free, test_fraction),
+    }
+    if want["val"] + want["test"] >= n_free and n_free:
+        raise ValueError(f"{n_free} volume(s) cannot give {want['val']} validation and {want['test']} test volumes "
+                         "and keep any for training; lower --val-fraction / --test-fraction.")
+    for group in (0, 1):
+        members = [v for v in free if stratum(v) == group]
+        members = [members[i] for i in rng.permutation(len(members))]
+        share = len(members) / n_free if n_free else 0
+        for split in ("val", "test"):
+            take = round(want[split] * share)
+            splits[split] += members[:take]
+            members = members[take:]
+        splits["train"] += members
+    # rounding per stratum can miss the total by one: move volumes from train to reach it, in a seeded order
+    for split in ("val", "test"):
+        current = len(splits[split]) - len(fixed[split])
+        while current < want[split] and len(splits["train"]) > 1:
+            splits[split].append(splits["train"].pop(int(rng.integers(len(splits["train"])))))
+            current += 1
+        while current > want[split]:
+            splits["train"].append(splits[split].pop())
+            current -= 1
+    out = {split: sorted(splits[split], key=lambda v: (len(v), v)) for split in SPLITS}
+    check_disjoint(out)
+    return out
+
+
+def _share(n: int, fraction: float) -> int:
+    if not 0 <= fraction < 1:
+        raise ValueError(f"split fractions must be in [0, 1), got {fraction!r}.")
+    return max(1, round(n * fraction)) if fraction > 0 and n > 1 else 0
+
+
+@dataclass
+class SplitPlan:
+    target: str
+    seed: int
+    volumes: dict[str, list[str]]
+    chunks: list[list[dict]]
+    val: list[dict]
+    val_balanced: list[dict]
+    test: list[dict]
+    counts: dict = field(default_factory=dict)
+    messages: list[str] = field(default_factory=list)
+
+
+def plan_split(
+    rows: list[dict], target: str = "liver", positives: int = 10_000, negatives: int = 10_000,
+    val_fraction: float = 0.2, test_fraction: float = 0.0, chunk_size: int = 2_000, seed: int = 0,
+    val_balanced: int = 2_000, val_volumes: list[str] | None = None, test_volumes: list[str] | None = None,
+) -> SplitPlan:
+    """Everything ``write_split`` writes, decided from the manifest rows; deterministic for a seed."""
+    if target not in ("liver", "tumor"):
+        raise ValueError(f"`target` must be 'liver' or 'tumor', got {target!r}.")
+    if chunk_size < 1 or positives < 0 or negatives < 0 or positives + negatives < 1:
+        raise ValueError(f"need --chunk-size >= 1 and some slices to sample, got chunk size {chunk_size}, "
+                         f"{positives} positives, {negatives} negatives.")
+    labelled = [r for r in rows if r["mask"]]
+    if not labelled:
+        raise ValueError("the slice set has no masks; a split for training needs labelled slices.")
+    if target == "tumor" and all(r["tumor_pixels"] is None for r in labelled):
+        raise ValueError("the slice set's masks do not tell tumour apart (a Kaggle-style 0/255 set): use --target liver.")
+    volumes = split_volumes(labelled, val_fraction, test_fraction, seed, val_volumes, test_volumes)
+    rng = np.random.default_rng(seed)
+    by_split = {split: [r for r in labelled if r["volume_id"] in set(ids)] for split, ids in volumes.items()}
+    messages = []
+
+    train = by_split["train"]
+    pos = [r for r in train if _is_positive(r, target)]
+    neg = [r for r in train if not _is_positive(r, target)]
+    scale = min(1.0, *(have / asked for have, asked in ((len(pos), positives), (len(neg), negatives)) if asked))
+    n_pos, n_neg = math.floor(positives * scale), math.floor(negatives * scale)
+    if scale < 1:
+        messages.append(
+            f"asked for {positives} positive + {negatives} negative training slices; the training volumes hold "
+            f"{len(pos)} positive and {len(neg)} negative: using {n_pos} + {n_neg} (same ratio)."
+        )
+    pos_pick = [pos[i] for i in rng.permutation(len(pos))[:n_pos]]
+    neg_pick = [neg[i] for i in rng.permutation(len(neg))[:n_neg]]
+    n_chunks = max(1, math.ceil((n_pos + n_neg) / chunk_size))
+    chunks = []
+    for k in range(n_chunks):  # each chunk gets its share of positives and negatives, then is shuffled
+        part = pos_pick[k * n_pos // n_chunks:(k + 1) * n_pos // n_chunks]
+        part += neg_pick[k * n_neg // n_chunks:(k + 1) * n_neg // n_chunks]
+        chunks.append([part[i] for i in rng.permutation(len(part))])
+
+    val = by_split["val"]
+    val_pos = [r for r in val if _is_positive(r, target)]
+    val_neg = [r for r in val if not _is_positive(r, target)]
+    per_class = min(len(val_pos), len(val_neg), val_balanced // 2)
+    balanced = [val_pos[i] for i in rng.permutation(len(val_pos))[:per_class]]
+    balanced += [val_neg[i] for i in rng.permutation(len(val_neg))[:per_class]]
+    balanced = [balanced[i] for i in rng.permutation(len(balanced))]
+    if not val:
+        messages.append("no validation volumes (too few volumes or --val-fraction 0): val.json is empty.")
+    elif per_class * 2 < val_balanced:
+        messages.append(f"val_balanced.json holds {per_class} positive + {per_class} negative slices "
+                        f"(asked for {val_balanced} in all).")
+
+    counts = {
+        "volumes": {s: len(v) for s, v in volumes.items()},
+        "train_available": {"positive": len(pos), "negative": len(neg)},
+        "train_requested": {"positive": positives, "negative": negatives},
+        "train_used": {"positive": n_pos, "negative": n_neg},
+        "chunk_sizes": [len(c) for c in chunks],
+        "val_slices": len(val), "val_positive": len(val_pos),
+        "val_balanced": {"positive": per_class, "negative": per_class},
+        "test_slices": len(by_split["test"]),
+    }
+    return SplitPlan(target, seed, volumes, chunks, val, balanced, by_split["test"], counts, messages)
+
+
+def _entries(rows: list[dict], target: str, lists_dir: Path) -> list[dict]:
+    def rel(path: str) -> str:
+        return os.path.relpath(path, lists_dir)
+
+    return [{"image": rel(r["image"]), "label": rel(r["mask"]), "volume_id": r["volume_id"],
+             "slice_index": r["slice_index"], "positive": _is_positive(r, target)} for r in rows]
+
+
+def write_split(plan: SplitPlan, lists_dir: str | os.PathLike, slices_dir: str | os.PathLike) -> list[Path]:
+    """Write the datalists of ``plan`` into ``lists_dir``; stale chunk files of an earlier split are removed."""
+    lists_dir = Path(lists_dir)
+    lists_dir.mkdir(parents=True, exist_ok=True)
+    check_disjoint(plan.volumes)
+    written = []
+    for stale in lists_dir.glob("chunk_*.json"):
+        stale.unlink()
+    for k, chunk in enumerate(plan.chunks):
+        written.append(write_json_atomic(lists_dir / f"chunk_{k}.json", {"training": _entries(chunk, plan.target, lists_dir)}))
+    written.append(write_json_atomic(lists_dir / "val.json", {"validation": _entries(plan.val, plan.target, lists_dir)}))
+    written.append(write_json_atomic(lists_dir / "val_balanced.json",
+                                     {"validation": _entries(plan.val_balanced, plan.target, lists_dir)}))
+    if plan.volumes["test"]:
+        written.append(write_json_atomic(lists_dir / "test.json", {"testing": _entries(plan.test, plan.target, lists_dir)}))
+    elif (lists_dir / "test.json").exists():
+        (lists_dir / "test.json").unlink()
+    written.append(write_json_atomic(lists_dir / "split.json", {
+        "slices_dir": os.path.relpath(Path(slices_dir).resolve(), lists_dir.resolve()),
+        "target": plan.target, "seed": plan.seed, "volumes": plan.volumes, "counts": plan.counts,
+        "chunks": [f"chunk_{k}.json" for k in range(len(plan.chunks))],
+    }))
+    return written
+
+
+def _ids(text: str | None) -> list[str] | None:
+    return [v.strip() for v in text.split(",") if v.strip()] if text else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workflows.split", description=__doc__.split("\n\n")[0])
+    parser.add_argument("slices_dir", help="slice set made by workflows.convert (holds manifest.csv)")
+    parser.add_argument("--out", required=True, help="folder for chunk_<k>.json, val.json, ... split.json")
+    parser.add_argument("--target", choices=("liver", "tumor"), default="liver", help="what a positive slice holds")
+    parser.add_argument("--positives", type=int, default=10_000, help="positive training slices (default 10000)")
+    parser.add_argument("--negatives", type=int, default=10_000, help="negative training slices (default 10000)")
+    parser.add_argument("--val-fraction", type=float, default=0.2, help="share of volumes for validation (0.2)")
+    parser.add_argument("--test-fraction", type=float, default=0.0, help="share of volumes for testing (0)")
+    parser.add_argument("--chunk-size", type=int, default=2_000, help="training slices per chunk (default 2000)")
+    parser.add_argument("--val-balanced", type=int, default=2_000, help="slices in val_balanced.json (default 2000)")
+    parser.add_argument("--val-volumes", help="comma-separated volume ids to validate on (instead of a fraction)")
+    parser.add_argument("--test-volumes", help="comma-separated volume ids to test on (instead of a fraction)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split and the sampling (default 0)")
+    args = parser.parse_args(argv)
+    try:
+        rows = read_manifest(args.slices_dir)
+        plan = plan_split(rows, args.target, args.positives, args.negatives, args.val_fraction, args.test_fraction,
+                          args.chunk_size, args.seed, args.val_balanced, _ids(args.val_volumes), _ids(args.test_volumes))
+        write_split(plan, args.out, args.slices_dir)
+    except (ValueError, FileNotFoundError) as err:
+        parser.exit(2, f"error: {err}\n")
+    for message in plan.messages:
+        print(message)
+    c = plan.counts
+    print(f"volumes: {c['volumes']['train']} train, {c['volumes']['val']} val, {c['volumes']['test']} test "
+          f"(seed {plan.seed})")
+    print(f"training: {c['train_used']['positive']} positive + {c['train_used']['negative']} negative slices in "
+          f"{len(plan.chunks)} chunk(s) of {', '.join(map(str, c['chunk_sizes']))}")
+    print(f"validation: {c['val_slices']} slices in val.json, {2 * c['val_balanced']['positive']} in val_balanced.json")
+    print(f"wrote {args.out}/split.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
