@@ -257,7 +257,7 @@ class _Converter:
 
     def _convert_2d(self, source: VolumeSource) -> list[dict]:
         seen: dict[int, Path] = {}
-        rows = []
+        rows, binary_masks = [], False
         for item in sorted(source.slices, key=lambda s: s.slice_index):
             if item.slice_index in seen:
                 raise InvalidScanError(f"{item.image}: slice {item.slice_index} of volume {source.volume_id} "
@@ -277,21 +277,23 @@ class _Converter:
                    "label_source": str(item.mask or "")}
             mask = None
             if item.mask is not None:
-                raw_mask = cv2.imread(str(item.mask), cv2.IMREAD_UNCHANGED)
-                labels = self._resized(read_mask(item.mask), mask=True)
+                labels, binary = read_mask(item.mask, with_kind=True)
+                binary_masks |= binary
+                labels = self._resized(labels, mask=True)
                 if labels.shape != grey.shape:
                     raise InvalidScanError(f"{item.mask}: mask {labels.shape} does not match its image {grey.shape}.")
-                row["liver_pixels"] = int((labels >= 1).sum())
-                tumour_known = raw_mask is not None and raw_mask.max() <= 2  # 0/255 masks merge liver and tumour
-                row["tumor_pixels"] = int((labels == 2).sum()) if tumour_known else None
-                if self.settings.target == "tumor" and not tumour_known:
-                    raise InvalidScanError(f"{item.mask}: this 2D set's masks hold liver and tumour merged (0/255); "
-                                           "--target tumor needs LiTS labels 0/1/2.")
+                row["liver_pixels"], row["tumor_pixels"] = int((labels >= 1).sum()), int((labels == 2).sum())
                 mask = self._mask_for_target(labels)
             image_bytes = item.image.read_bytes() if copy_bytes else None
             row["image"], row["mask"] = self._write_slice(slice_name(source.volume_id, item.slice_index), grey,
                                                           mask, fmt, image_bytes)
             rows.append(row)
+        if binary_masks:  # 0/255 masks (Kaggle, CHAOS) merge liver and tumour: tumour is unknown, not absent
+            if self.settings.target == "tumor":
+                raise InvalidScanError(f"{source.where}: this 2D set's masks hold liver and tumour merged (0/255); "
+                                       "--target tumor needs LiTS labels 0/1/2.")
+            for row in rows:
+                row["tumor_pixels"] = None
         return rows
 
 

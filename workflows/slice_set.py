@@ -102,19 +102,22 @@ def read_manifest(slices_dir: str | os.PathLike) -> list[dict]:
     return rows
 
 
-def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """A 2D mask as LiTS labels (uint8). Masks holding 0..2 are labels already; 8-bit masks with larger values
-    (0/255 liver masks, Kaggle JPGs) are thresholded at half range: JPEG ringing leaves faint non-zero pixels
-    around every edge, so ``> 0`` would grow the liver."""
+def read_mask(path: str | os.PathLike, with_kind: bool = False) -> np.ndarray | tuple[np.ndarray, bool]:
+    """A 2D mask as LiTS labels (uint8). Masks holding 0..2 are labels already; masks with larger values
+    (0/255 liver masks, Kaggle JPGs) are binary and thresholded at half range: JPEG ringing leaves faint non-zero
+    pixels around every edge, so ``> 0`` would grow the liver. ``with_kind=True`` also says whether the mask was
+    binary 0/255 (liver and tumour merged)."""
     mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if mask is None:
         raise ValueError(f"{path}: cannot be read as an image.")
     if mask.ndim == 3:
         mask = cv2.cvtColor(mask, cv2.COLOR_BGR2GRAY if mask.shape[2] == 3 else cv2.COLOR_BGRA2GRAY)
-    if mask.max() <= 2:
-        return mask.astype(np.uint8)
-    half = (np.iinfo(mask.dtype).max if mask.dtype.kind == "u" else mask.max()) / 2
-    return (mask > half).astype(np.uint8)
+    binary = int(mask.max()) > 2
+    if binary:
+        half = (np.iinfo(mask.dtype).max if mask.dtype.kind == "u" else mask.max()) / 2
+        mask = mask > half
+    labels = mask.astype(np.uint8)
+    return (labels, binary) if with_kind else labels
 
 
 @dataclass(frozen=True)

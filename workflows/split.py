@@ -154,11 +154,13 @@ def plan_split(
         )
     pos_pick = [pos[i] for i in rng.permutation(len(pos))[:n_pos]]
     neg_pick = [neg[i] for i in rng.permutation(len(neg))[:n_neg]]
-    n_chunks = max(1, math.ceil((n_pos + n_neg) / chunk_size))
+    # interleave positives and negatives evenly, cut into chunks of exactly chunk_size (the last may be short),
+    # so every chunk holds its share of both; then shuffle within each chunk
+    slots = sorted([((i + 0.5) / n_pos, 0, i) for i in range(n_pos)] + [((j + 0.5) / n_neg, 1, j) for j in range(n_neg)])
+    ordered = [pos_pick[i] if kind == 0 else neg_pick[i] for _, kind, i in slots]
     chunks = []
-    for k in range(n_chunks):  # each chunk gets its share of positives and negatives, then is shuffled
-        part = pos_pick[k * n_pos // n_chunks:(k + 1) * n_pos // n_chunks]
-        part += neg_pick[k * n_neg // n_chunks:(k + 1) * n_neg // n_chunks]
+    for start in range(0, len(ordered), chunk_size):
+        part = ordered[start:start + chunk_size]
         chunks.append([part[i] for i in rng.permutation(len(part))])
 
     val = by_split["val"]

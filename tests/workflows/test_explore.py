@@ -1,0 +1,33 @@
+import json
+
+import cv2
+
+from workflows.explore import explore, main
+from workflows.slice_set import read_manifest
+
+
+def test_report_counts_match_the_manifest_and_pictures_exist(slice_set, tmp_path):
+    summary = explore(slice_set, tmp_path, max_images=30, progress=False)
+    rows = read_manifest(slice_set)
+    assert summary["slices"] == len(rows) == 60 and summary["volumes"] == 6
+    assert summary["slices_with_liver"] == sum(bool(r["liver_pixels"]) for r in rows)
+    assert summary["slices_with_tumour"] == sum(bool(r["tumor_pixels"]) for r in rows) > 0
+    assert summary["per_volume"]["0"]["slices"] == 10
+    assert 0 <= summary["pixels"]["min"] < summary["pixels"]["max"] <= 255
+    # the liver is brighter than the image average in the abdomen window, tumours differ from it
+    assert summary["pixels"]["liver_median"] > summary["pixels"]["mean"]
+    assert summary["tumour_sizes"]["unit"] == "mm²" and summary["tumour_sizes"]["median"] > 0
+    for figure in ("intensity_histogram.png", "per_volume.png", "tumour_sizes.png", "samples.png"):
+        image = cv2.imread(str(tmp_path / figure))
+        assert image is not None and image.shape[0] > 100
+        assert f"({figure})" in (tmp_path / "report.md").read_text()
+    assert json.loads((tmp_path / "summary.json").read_text())["slices"] == 60
+
+
+def test_two_d_set_without_tumour_labels_says_unknown(real_data, tmp_path, capsys):
+    from workflows.convert import convert
+
+    convert(real_data / "chaos_ct_p1", tmp_path / "slices", progress=False)
+    assert main([str(tmp_path / "slices"), "--out", str(tmp_path / "report"), "--max-images", "20"]) == 0
+    assert "95 slices, 93 with liver, unknown with tumour" in capsys.readouterr().out
+    assert "tumour_sizes.png" not in (tmp_path / "report" / "report.md").read_text()
