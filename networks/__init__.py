@@ -1,5 +1,6 @@
-"""Networks: the reference 3-level UNet, usable as ``networks.ThreeLevelUNet`` in bundle configs."""
+"""Networks: the reference 3-level UNet (``networks.ThreeLevelUNet`` in bundle configs) and its loss."""
 
+from .losses import BCEDiceLoss
 from .three_level_unet import ThreeLevelUNet, load_reference_state_dict
 
-__all__ = ["ThreeLevelUNet", "load_reference_state_dict"]
+__all__ = ["ThreeLevelUNet", "load_reference_state_dict", "BCEDiceLoss"]

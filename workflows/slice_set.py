@@ -22,7 +22,8 @@ import numpy as np
 from workflows.atomic import write_text_atomic
 
 __all__ = [
-    "MANIFEST_COLUMNS", "MANIFEST_NAME", "IMAGE_SUFFIXES", "slice_name", "parse_slice_name", "manifest_rows_to_csv",
+    "MANIFEST_COLUMNS", "MANIFEST_NAME", "IMAGE_SUFFIXES", "slice_name", "parse_slice_name", "volume_sort_key",
+    "manifest_rows_to_csv",
     "read_manifest", "write_manifest", "read_mask", "Slice2D", "find_2d_sets",
 ]
 
@@ -66,11 +67,11 @@ def manifest_rows_to_csv(rows: Iterable[dict]) -> str:
 
 def write_manifest(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
     """Write rows sorted by volume id (numbers in numeric order) then slice index, atomically."""
-    ordered = sorted(rows, key=lambda r: (_volume_sort_key(str(r["volume_id"])), int(r["slice_index"])))
+    ordered = sorted(rows, key=lambda r: (volume_sort_key(str(r["volume_id"])), int(r["slice_index"])))
     return write_text_atomic(path, manifest_rows_to_csv(ordered))
 
 
-def _volume_sort_key(volume_id: str) -> tuple:
+def volume_sort_key(volume_id: str) -> tuple:
     return (0, int(volume_id), "") if volume_id.isdigit() else (1, 0, volume_id)
 
 

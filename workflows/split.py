@@ -32,9 +32,11 @@ from workflows.slice_set import read_manifest
 __all__ = ["SplitPlan", "split_volumes", "check_disjoint", "plan_split", "write_split", "main"]
 
 SPLITS = ("train", "val", "test")
+TARGETS = ("liver", "tumor", "both")
 
 
 def _is_positive(row: dict, target: str) -> bool:
+    """A slice is positive when it holds the target; for ``both``, when it holds liver (tumour lies in liver)."""
     return bool(row["tumor_pixels"] if target == "tumor" else row["liver_pixels"])
 
 
@@ -125,18 +127,24 @@ def plan_split(
     rows: list[dict], target: str = "liver", positives: int = 10_000, negatives: int = 10_000,
     val_fraction: float = 0.2, test_fraction: float = 0.0, chunk_size: int = 2_000, seed: int = 0,
     val_balanced: int = 2_000, val_volumes: list[str] | None = None, test_volumes: list[str] | None = None,
+    conversion: dict | None = None,
 ) -> SplitPlan:
-    """Everything ``write_split`` writes, decided from the manifest rows; deterministic for a seed."""
-    if target not in ("liver", "tumor"):
-        raise ValueError(f"`target` must be 'liver' or 'tumor', got {target!r}.")
+    """Everything ``write_split`` writes, decided from the manifest rows; deterministic for a seed.
+    ``conversion`` is the slice set's ``convert.json`` (what its masks hold)."""
+    if target not in TARGETS:
+        raise ValueError(f"`target` must be one of {TARGETS}, got {target!r}.")
     if chunk_size < 1 or positives < 0 or negatives < 0 or positives + negatives < 1:
         raise ValueError(f"need --chunk-size >= 1 and some slices to sample, got chunk size {chunk_size}, "
                          f"{positives} positives, {negatives} negatives.")
     labelled = [r for r in rows if r["mask"]]
     if not labelled:
         raise ValueError("the slice set has no masks; a split for training needs labelled slices.")
-    if target == "tumor" and all(r["tumor_pixels"] is None for r in labelled):
+    if target != "liver" and all(r["tumor_pixels"] is None for r in labelled):
         raise ValueError("the slice set's masks do not tell tumour apart (a Kaggle-style 0/255 set): use --target liver.")
+    converted_target = (conversion or {}).get("target", "both")
+    if converted_target != "both" and converted_target != target:
+        raise ValueError(f"the slice set's masks were converted with --target {converted_target}; they cannot train "
+                         f"--target {target}. Convert again with --target both (the default) or {target}.")
     volumes = split_volumes(labelled, val_fraction, test_fraction, seed, val_volumes, test_volumes)
     rng = np.random.default_rng(seed)
     by_split = {split: [r for r in labelled if r["volume_id"] in set(ids)] for split, ids in volumes.items()}
@@ -230,7 +238,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workflows.split", description=__doc__.split("\n\n")[0])
     parser.add_argument("slices_dir", help="slice set made by workflows.convert (holds manifest.csv)")
     parser.add_argument("--out", required=True, help="folder for chunk_<k>.json, val.json, ... split.json")
-    parser.add_argument("--target", choices=("liver", "tumor"), default="liver", help="what a positive slice holds")
+    parser.add_argument("--target", choices=TARGETS, default="liver",
+                        help="what the model learns: liver, tumor, or both as two channels (default liver); "
+                             "a positive slice holds the target (for both: liver)")
     parser.add_argument("--positives", type=int, default=10_000, help="positive training slices (default 10000)")
     parser.add_argument("--negatives", type=int, default=10_000, help="negative training slices (default 10000)")
     parser.add_argument("--val-fraction", type=float, default=0.2, help="share of volumes for validation (0.2)")
@@ -243,8 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         rows = read_manifest(args.slices_dir)
+        settings = Path(args.slices_dir) / "convert.json"
         plan = plan_split(rows, args.target, args.positives, args.negatives, args.val_fraction, args.test_fraction,
-                          args.chunk_size, args.seed, args.val_balanced, _ids(args.val_volumes), _ids(args.test_volumes))
+                          args.chunk_size, args.seed, args.val_balanced, _ids(args.val_volumes), _ids(args.test_volumes),
+                          json.loads(settings.read_text()) if settings.exists() else None)
         write_split(plan, args.out, args.slices_dir)
     except (ValueError, FileNotFoundError) as err:
         parser.exit(2, f"error: {err}\n")

@@ -1,0 +1,39 @@
+"""The reference project's loss: 0.5 binary cross-entropy + 0.5 Dice, on logits, one sigmoid per channel."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from monai.losses import DiceLoss
+
+__all__ = ["BCEDiceLoss"]
+
+
+class BCEDiceLoss(nn.Module):
+    """``lambda_bce * BCEWithLogits + lambda_dice * soft Dice`` for multi-label sigmoid outputs.
+
+    MONAI's ``DiceCELoss`` switches to softmax cross-entropy when there are two or more channels, which is wrong for
+    overlapping labels (liver contains tumour); here every channel is its own binary problem.
+
+    Args:
+        lambda_bce: weight of the cross-entropy term. Defaults to 0.5.
+        lambda_dice: weight of the Dice term. Defaults to 0.5.
+        smooth: added to numerator and denominator of the Dice (computed over the whole batch, per channel).
+
+    Forward:
+        ``logits`` and ``target`` of shape ``(B, C, H, W)``, target 0/1; returns a scalar.
+    """
+
+    def __init__(self, lambda_bce: float = 0.5, lambda_dice: float = 0.5, smooth: float = 1.0) -> None:
+        super().__init__()
+        if lambda_bce < 0 or lambda_dice < 0 or lambda_bce + lambda_dice == 0:
+            raise ValueError(f"loss weights must be >= 0 and not both 0, got {lambda_bce!r} and {lambda_dice!r}.")
+        self.lambda_bce, self.lambda_dice = lambda_bce, lambda_dice
+        self.bce = nn.BCEWithLogitsLoss()
+        self.dice = DiceLoss(sigmoid=True, batch=True, smooth_nr=smooth, smooth_dr=smooth)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if logits.shape != target.shape:
+            raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} must have the same shape.")
+        target = target.to(logits.dtype)
+        return self.lambda_bce * self.bce(logits, target) + self.lambda_dice * self.dice(logits, target)

@@ -1,0 +1,220 @@
+"""Slice-level evaluation on ``SupervisedEvaluator``: the bundle's ``evaluating`` id.
+
+It reports the reference project's metric, computed as it did, next to honest ones:
+
+- ``reference``: per-slice Dice and IoU at threshold 0.5 averaged over ``val_balanced.json`` (half the slices
+  empty; an empty slice predicted empty scores 1). The reference reported Dice 0.9022 / IoU 0.8706 this way,
+  on validation slices from its training patients.
+- ``honest`` over every slice of the validation volumes (``val.json``): mean Dice over the slices that contain
+  the target, pooled (global) Dice over all pixels, and the share of empty slices given a false positive.
+
+Outputs in ``output_dir``: ``metrics.json``, ``per_slice.csv`` and ``val_predictions/sample_<n>.png``
+(CT | truth | prediction, like the reference's pictures, with overlays).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from ignite.engine import Events  # noqa: E402
+from monai.engines import SupervisedEvaluator  # noqa: E402
+
+from transforms import TARGET_CHANNELS  # noqa: E402
+from workflows.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic  # noqa: E402
+from workflows.explore import overlay  # noqa: E402
+from workflows.slice_set import volume_sort_key  # noqa: E402
+
+__all__ = ["REFERENCE_RESULT", "slice_counts", "summarise", "SliceEvaluation"]
+
+logger = logging.getLogger("liver_ct.evaluation")
+
+#: What the reference project reported (liver, balanced validation slices from its training patients).
+REFERENCE_RESULT = {"dice": 0.9022, "iou": 0.8706}
+
+
+def slice_counts(pred: np.ndarray, truth: np.ndarray) -> dict:
+    """Pixel counts of one channel of one slice: true positives, predicted and true pixels."""
+    pred, truth = pred.astype(bool), truth.astype(bool)
+    return {"tp": int((pred & truth).sum()), "pred_pixels": int(pred.sum()), "true_pixels": int(truth.sum())}
+
+
+def _dice(c: dict) -> float:
+    total = c["pred_pixels"] + c["true_pixels"]
+    return 1.0 if total == 0 else 2 * c["tp"] / total
+
+
+def _iou(c: dict) -> float:
+    union = c["pred_pixels"] + c["true_pixels"] - c["tp"]
+    return 1.0 if union == 0 else c["tp"] / union
+
+
+def summarise(rows: list[dict], balanced_keys: set[tuple[str, int]] | None = None) -> dict:
+    """Metrics of one channel from per-slice counts (``rows`` with ``tp``, ``pred_pixels``, ``true_pixels``,
+    ``volume_id``, ``slice_index``)."""
+    with_target = [r for r in rows if r["true_pixels"]]
+    empty = [r for r in rows if not r["true_pixels"]]
+    tp = sum(r["tp"] for r in rows)
+    denominator = sum(r["pred_pixels"] + r["true_pixels"] for r in rows)
+    honest = {
+        "slices": len(rows),
+        "slices_with_target": len(with_target),
+        "dice_slices_with_target": _mean([_dice(r) for r in with_target]),
+        "global_dice": 2 * tp / denominator if denominator else None,
+        "empty_slices": len(empty),
+        "empty_slices_with_false_positive": _share([r["pred_pixels"] > 0 for r in empty]),
+        "dice_all_slices_empty_as_1": _mean([_dice(r) for r in rows]),
+    }
+    out = {"honest": honest}
+    if balanced_keys:
+        chosen = [r for r in rows if (r["volume_id"], r["slice_index"]) in balanced_keys]
+        out["reference"] = {
+            "slices": len(chosen),
+            "dice": _mean([_dice(r) for r in chosen]),
+            "iou": _mean([_iou(r) for r in chosen]),
+            "reported_by_the_reference": REFERENCE_RESULT,
+        }
+    return out
+
+
+def _mean(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def _share(flags: list[bool]) -> float | None:
+    return float(np.mean(flags)) if flags else None
+
+
+def _label_map(channels: np.ndarray, target: str) -> np.ndarray:
+    """Binary target channels ``(C, H, W)`` as one LiTS-coded map (1 liver, 2 tumour) for pictures."""
+    out = np.zeros(channels.shape[1:], np.uint8)
+    for c, name in enumerate(TARGET_CHANNELS[target]):  # liver first, so tumour (2) is drawn over it
+        out[channels[c] > 0.5] = 2 if name == "tumor" else 1
+    return out
+
+
+class SliceEvaluation:
+    """Evaluate a checkpoint on the validation slices with ``evaluator`` and write the report.
+
+    Args:
+        evaluator: a ``SupervisedEvaluator`` over ``val.json`` whose postprocessing thresholds ``pred`` at 0.5.
+        ckpt_file: weights to evaluate (``models/model.pt``, or ``best_model.pt``), loaded with ``weights_only``.
+        dataset_dir: the lists folder (for ``val_balanced.json``).
+        output_dir: where the report goes.
+        target: ``liver``, ``tumor`` or ``both``, naming the channels.
+        samples: how many ``val_predictions/sample_<n>.png`` pictures.
+    """
+
+    def __init__(self, evaluator: SupervisedEvaluator, ckpt_file: str, dataset_dir: str, output_dir: str,
+                 target: str, samples: int = 8, balanced_datalist: str = "val_balanced.json") -> None:
+        self.evaluator = evaluator
+        self.ckpt_file, self.dataset_dir, self.output_dir = Path(ckpt_file), Path(dataset_dir), Path(output_dir)
+        self.target, self.samples = target, int(samples)
+        self.balanced_datalist = balanced_datalist
+        self.channels = TARGET_CHANNELS[target]
+
+    def _balanced_keys(self) -> list[tuple[str, int]]:
+        path = self.dataset_dir / self.balanced_datalist
+        if not path.exists():
+            return []
+        return [(str(e["volume_id"]), int(e["slice_index"])) for e in json.loads(path.read_text())["validation"]]
+
+    def run(self) -> dict:
+        if not self.ckpt_file.is_file():
+            raise SystemExit(f"{self.ckpt_file} not found: train first (python -m monai.bundle run training ...), "
+                             "or point --ckpt_file at a checkpoint.")
+        state = torch.load(self.ckpt_file, map_location="cpu", weights_only=True)
+        self.evaluator.network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+        balanced = self._balanced_keys()
+        balanced_set = set(balanced)
+        picture_keys = set(balanced[: self.samples])
+        rows: list[dict] = []
+        pictures: dict[tuple[str, int], tuple] = {}
+
+        def collect(engine) -> None:
+            for item, out in zip(engine.state.batch, engine.state.output):
+                key = (str(item["volume_id"]), int(item["slice_index"]))
+                pred = out["pred"].detach().cpu().numpy()
+                truth = out["label"].detach().cpu().numpy()
+                row = {"volume_id": key[0], "slice_index": key[1], "in_balanced_list": key in balanced_set}
+                for c, name in enumerate(self.channels):
+                    counts = slice_counts(pred[c] > 0.5, truth[c] > 0.5)
+                    row.update({f"{name}_{k}": v for k, v in counts.items()})
+                    row[f"{name}_dice"] = round(_dice(counts), 6)
+                    row[f"{name}_iou"] = round(_iou(counts), 6)
+                rows.append(row)
+                if key in picture_keys or (not picture_keys and len(pictures) < self.samples):
+                    image = out["image"].detach().cpu().numpy()[0] if "image" in out else item["image"].numpy()[0]
+                    pictures[key] = (image, truth, pred)
+
+        handle = self.evaluator.add_event_handler(Events.ITERATION_COMPLETED, collect)
+        try:
+            self.evaluator.run()
+        finally:
+            handle.remove()
+        if not rows:
+            raise SystemExit(f"{self.dataset_dir / 'val.json'} holds no slices to evaluate.")
+
+        metrics = {"checkpoint": str(self.ckpt_file), "target": self.target, "channels": {}}
+        for name in self.channels:
+            per = [{"volume_id": r["volume_id"], "slice_index": r["slice_index"], "tp": r[f"{name}_tp"],
+                    "pred_pixels": r[f"{name}_pred_pixels"], "true_pixels": r[f"{name}_true_pixels"]} for r in rows]
+            metrics["channels"][name] = summarise(per, balanced_set)
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.output_dir / "metrics.json", metrics)
+        self._write_csv(rows)
+        self._write_pictures(pictures, balanced)
+        for name, m in metrics["channels"].items():
+            h = m["honest"]
+            ref = m.get("reference", {})
+            logger.info(
+                f"{name}: reference-style balanced Dice {_fmt(ref.get('dice'))} / IoU {_fmt(ref.get('iou'))} "
+                f"(reference reported {REFERENCE_RESULT['dice']} / {REFERENCE_RESULT['iou']}); honest: Dice over "
+                f"{h['slices_with_target']} slices with {name} {_fmt(h['dice_slices_with_target'])}, global Dice "
+                f"{_fmt(h['global_dice'])}, false positives on {_fmt(h['empty_slices_with_false_positive'])} of "
+                f"{h['empty_slices']} empty slices"
+            )
+        logger.info(f"report: {self.output_dir / 'metrics.json'}, {self.output_dir / 'per_slice.csv'}, "
+                    f"{self.output_dir / 'val_predictions'}")
+        return metrics
+
+    def _write_csv(self, rows: list[dict]) -> None:
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(sorted(rows, key=lambda r: (volume_sort_key(r["volume_id"]), r["slice_index"])))
+        write_text_atomic(self.output_dir / "per_slice.csv", buffer.getvalue())
+
+    def _write_pictures(self, pictures: dict, order: list[tuple[str, int]]) -> None:
+        folder = self.output_dir / "val_predictions"
+        folder.mkdir(parents=True, exist_ok=True)
+        keys = [k for k in order if k in pictures] or sorted(pictures)
+        for n, key in enumerate(keys[: self.samples]):
+            image, truth, pred = pictures[key]
+            grey = np.clip(image * 255, 0, 255).astype(np.uint8)
+            fig, axes = plt.subplots(1, 3, figsize=(9, 3.3))
+            panels = (("CT", grey, None), ("truth", grey, _label_map(truth, self.target)),
+                      ("prediction", grey, _label_map(pred, self.target)))
+            for ax, (title, img, mask) in zip(axes, panels):
+                ax.imshow(overlay(img, mask) if mask is not None else img, cmap=None if mask is not None else "gray")
+                ax.set_title(title)
+                ax.axis("off")
+            fig.suptitle(f"volume {key[0]} slice {key[1]}", fontsize=9)
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+            plt.close(fig)
+            write_bytes_atomic(folder / f"sample_{n}.png", buffer.getvalue())
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
