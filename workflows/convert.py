@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as futures
 import csv
+import json
 import multiprocessing
 import os
 import re
@@ -345,8 +346,6 @@ def _check_settings(output: Path, settings: ConvertSettings, input_path: Path) -
     path = output / SETTINGS_NAME
     wanted = {"input": str(input_path.resolve()), **settings.as_json()}
     if path.exists():
-        import json
-
         before = json.loads(path.read_text())
         differing = sorted(k for k in wanted if k != "input" and before.get(k) != wanted[k])
         if differing:
@@ -408,6 +407,8 @@ def convert(input_path: str | os.PathLike, output: str | os.PathLike, settings: 
     write_manifest(output / MANIFEST_NAME, _read_parts(output))
     say(f"converted {len(summary.converted)}, skipped {len(summary.skipped)} (already complete), "
         f"failed {len(summary.failed)}; {summary.slices} new slice(s); manifest: {output / MANIFEST_NAME}")
+    if summary.converted or summary.failed:
+        say(f"peak memory per worker {summary.peak_rss_mib} MiB")
     for volume_id, error in summary.failed.items():
         say(f"  failed {volume_id}: {error}")
     return summary

@@ -111,7 +111,7 @@ class _Anatomy:
         self.kidney_hu = u(140, 190)
         self.aorta_hu = u(150, 250)
         self.stomach_c = np.array([a * 0.28, self.body_y - b * 0.32, self.liver_c[2] + u(0, 20)])
-        self.lung_base = self.liver_c[2] + self.liver_r[2] * u(0.55, 0.75)
+        self.lung_base = self.liver_c[2] + self.liver_r[2] * u(0.45, 0.65)
         self.rib_angles = np.deg2rad(np.concatenate([np.linspace(200, 330, 6), np.linspace(210, 340, 6) - 180]))
         self.rib_angles += u(-0.08, 0.08, size=self.rib_angles.size)
         self.visceral_fat = rng.standard_normal((6, 6, 6))
@@ -138,7 +138,8 @@ class _Anatomy:
             cx, cy = side * self.body_a * 0.42, self.body_y + self.body_b * 0.05
             ax, ay = self.body_a * 0.38, self.body_b * 0.62
             d2 = ((x - cx) / ax) ** 2 + ((y - cy) / ay) ** 2
-            dome = self.lung_base + (8 if side > 0 else 0) + 30 * d2  # domes rise toward the lung edges
+            # the diaphragm is a dome, highest mid-hemithorax: lung bases reach lowest at the edges (the recesses)
+            dome = self.lung_base + (8 if side > 0 else 0) + 35 * (1 - d2)
             out |= (d2 < 1) & (z > dome)
         return out
 
@@ -289,13 +290,17 @@ def write_case(case: SyntheticCase, out_dir: str | os.PathLike, dicom: bool = Fa
 
 def generate_dataset(
     out_dir: str | os.PathLike, cases: int, seed: int = 0, size: int = 512, slices: int | None = None,
-    dicom: bool = False, progress: bool = True,
+    dicom: bool = False, progress: bool = True, skip_existing: bool = False,
 ) -> list[SyntheticCase]:
-    """Generate and write ``cases`` cases; returns them (without their arrays kept in memory)."""
+    """Generate and write ``cases`` cases; returns them (without their arrays kept in memory).
+    ``skip_existing`` leaves cases whose two NIfTI files exist alone (an interrupted run carries on)."""
     if cases < 1:
         raise ValueError(f"`cases` must be at least 1, got {cases!r}.")
     summaries = []
     for index in tqdm(range(cases), desc="generating cases", unit="case", disable=not progress):
+        names = (f"volume-{index}.nii.gz", f"segmentation-{index}.nii.gz")
+        if skip_existing and not dicom and all((Path(out_dir) / n).exists() for n in names):
+            continue
         case = generate_case(index, seed, size, slices)
         write_case(case, out_dir, dicom)
         tumour_voxels = int((case.label == 2).sum())

@@ -171,7 +171,7 @@ class ChunkedTraining:
         lr_scheduler=None,
         config_summary: dict | None = None,
         command: str = "python -m monai.bundle run training --config_file <bundle>/configs/train.json",
-        progress: bool = True,
+        progress: bool | str = True,
     ) -> None:
         if epochs_per_chunk < 1:
             raise ValueError(f"`epochs_per_chunk` must be a positive integer, got {epochs_per_chunk!r}.")
@@ -185,7 +185,8 @@ class ChunkedTraining:
         self.lr_scheduler = lr_scheduler
         self.config_summary = dict(config_summary or {})
         self.command = command
-        self.progress = progress
+        # `--progress false` arrives from the command line as a string
+        self.progress = progress.strip().lower() not in ("false", "0", "no") if isinstance(progress, str) else bool(progress)
         self.split = read_split(self.dataset_dir)
         self.n_chunks = len(self.split["chunks"])
         self._current_chunk = 0

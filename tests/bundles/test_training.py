@@ -1,0 +1,137 @@
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from monai.bundle import ConfigParser, ConfigWorkflow
+
+from workflows.training import ChunkRefused, ResumableSampler
+
+from .conftest import BUNDLE, EVALUATE, TINY, TRAIN, make_lists
+
+REPO = BUNDLE.parents[1]
+
+
+def _workflow(lists, ckpt_dir, run_id="training", config=TRAIN, **overrides):
+    settings = {**TINY, "dataset_dir": str(lists), "ckpt_dir": str(ckpt_dir), **overrides}
+    return ConfigWorkflow(config_file=config, workflow_type="train", run_id=run_id,
+                          logging_file=str(BUNDLE / "configs" / "logging.conf"), **settings)
+
+
+def _weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_train_json_names_the_overrides_users_rely_on():
+    parser = ConfigParser()
+    parser.read_config(TRAIN)
+    assert parser["epochs_per_chunk"] == 2 and parser["spatial_size"] == 256 and parser["batch_size"] == 2
+    assert parser["network_def#channels"] == [64, 128, 256, 512]
+    assert parser["network_def#_target_"] == "networks.ThreeLevelUNet"
+    assert parser["learning_rate"] == 1e-4 and parser["loss#lambda_bce"] == parser["loss#lambda_dice"] == 0.5
+    evaluate = ConfigParser.load_config_file(EVALUATE)
+    assert "network_def" not in evaluate and "train" not in evaluate  # an overlay: only its differences
+
+
+def test_config_workflow_trains_every_chunk_with_checkpoints_and_log(lists, tmp_path):
+    workflow = _workflow(lists, tmp_path)
+    workflow.initialize()
+    assert workflow.check_properties() == []
+    workflow.run()
+    workflow.finalize()
+    n_chunks = len(json.loads((lists / "split.json").read_text())["chunks"])
+    assert n_chunks == 3
+    for k in range(n_chunks):
+        state = _weights(tmp_path / f"checkpoint_chunk_{k}.pt")  # plain tensors and values: weights_only loads it
+        assert state["chunk"] == {"index": k, "done": True, "n_chunks": 3, "epochs_per_chunk": 1, "seed": 0}
+        assert {"model", "optimizer", "trainer", "lr_scheduler"} <= set(state)
+    assert not (tmp_path / "checkpoint_progress.pt").exists()
+    log = json.loads((tmp_path / "training_log.json").read_text())
+    assert [e["chunk"] for e in log] == [0, 1, 2]
+    assert all(e["peak_memory_mib"] > 0 and e["mean_loss_last_epoch"] > 0 and e["val_metric"] is not None for e in log)
+    latest = _weights(tmp_path / "model.pt")
+    assert all(torch.equal(latest[k], v) for k, v in _weights(tmp_path / "checkpoint_chunk_2.pt")["model"].items())
+    best_chunk = max(log, key=lambda e: e["val_metric"])["chunk"]
+    best = _weights(tmp_path / "best_model.pt")
+    assert all(torch.equal(best[k], v) for k, v in _weights(tmp_path / f"checkpoint_chunk_{best_chunk}.pt")["model"].items())
+
+
+def test_chunk_by_chunk_and_refusals(lists, tmp_path, capsys):
+    with pytest.raises(ChunkRefused, match=r"chunk 2 starts from the checkpoint chunk 1 ended with.*"
+                                           r"checkpoint_chunk_1.pt is missing.*--chunk 1"):
+        _run(lists, tmp_path, chunk=2)
+    _run(lists, tmp_path, chunk=0)
+    first = _weights(tmp_path / "model.pt")
+    _run(lists, tmp_path, chunk=1)
+    assert (tmp_path / "checkpoint_chunk_1.pt").exists() and not (tmp_path / "checkpoint_chunk_2.pt").exists()
+    assert not all(torch.equal(first[k], v) for k, v in _weights(tmp_path / "model.pt").items())
+    chunk_1 = (tmp_path / "checkpoint_chunk_1.pt").read_bytes()
+    capsys.readouterr()
+    assert _run(lists, tmp_path, chunk=1) == [[]]  # done already: says so, trains nothing
+    assert "chunk 1 is already done" in capsys.readouterr().out
+    assert (tmp_path / "checkpoint_chunk_1.pt").read_bytes() == chunk_1
+    with pytest.raises(ChunkRefused, match=r"--chunk 5 does not exist.*chunks 0..2"):
+        _run(lists, tmp_path, chunk=5)
+
+
+def test_resuming_with_other_settings_is_refused_by_name(lists, tmp_path):
+    _run(lists, tmp_path, chunk=0)
+    with pytest.raises(ChunkRefused, match=r"spatial_size: checkpoint 32, now 64"):
+        _run(lists, tmp_path, chunk=1, spatial_size=64)
+
+
+def _run(lists, ckpt_dir, **overrides):
+    workflow = _workflow(lists, ckpt_dir, **overrides)
+    workflow.initialize()
+    try:
+        return workflow.run()
+    finally:
+        workflow.finalize()
+
+
+def test_sampler_resumes_mid_epoch_with_the_same_order():
+    data = list(range(10))
+    sampler = ResumableSampler(data, seed=3)
+    sampler.set_epoch(chunk=1, epoch=2)
+    full = list(sampler)
+    sampler.skip_next(4)
+    assert list(sampler) == full[4:]
+    assert list(sampler) == full  # the skip applies once
+    sampler.set_epoch(chunk=1, epoch=3)
+    assert sorted(sampler) == data and list(sampler) != full
+
+
+def _command(lists, ckpt_dir):
+    overrides = {**TINY, "spatial_size": 64, "network_def#channels": "[8,16,32,64]", "epochs_per_chunk": 2,
+                 "checkpoint_every": 3, "dataset_dir": str(lists), "ckpt_dir": str(ckpt_dir)}
+    args = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", TRAIN]
+    for key, value in overrides.items():
+        args += [f"--{key}", str(value)]
+    return args
+
+
+def test_sigkill_mid_chunk_then_rerun_gives_the_same_weights(tmp_path):
+    lists = make_lists(tmp_path / "data", chunk_size=12, positives=12, negatives=12)
+    subprocess.run(_command(lists, tmp_path / "clean"), cwd=REPO, check=True, capture_output=True)
+
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(_command(lists, killed), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "checkpoint_progress.pt").exists() and time.time() < deadline and process.poll() is None:
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (killed / "checkpoint_progress.pt").exists() and not (killed / "checkpoint_chunk_1.pt").exists()
+    interrupted_at = _weights(killed / "checkpoint_progress.pt")["trainer"]["iteration"]
+
+    result = subprocess.run(_command(lists, killed), cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "resuming at iteration" in result.stdout
+    log = json.loads((killed / "training_log.json").read_text())
+    assert any(e["resumed_at_iteration"] == interrupted_at for e in log)
+    clean, resumed = _weights(tmp_path / "clean" / "model.pt"), _weights(killed / "model.pt")
+    assert clean.keys() == resumed.keys()
+    assert all(torch.equal(clean[k], resumed[k]) for k in clean)
