@@ -42,7 +42,7 @@ from transforms import (
 )
 from workflows.atomic import remove_stale_temporaries, write_bytes_atomic, write_json_atomic
 from workflows.slice_set import (
-    MANIFEST_NAME, Slice2D, find_2d_sets, manifest_rows_to_csv, read_mask, slice_name, write_manifest,
+    MANIFEST_NAME, Slice2D, find_2d_sets, manifest_rows_to_csv, read_mask, slice_name, volume_sort_key, write_manifest,
 )
 
 __all__ = ["VolumeSource", "ConvertSettings", "find_volume_sources", "convert", "main"]
@@ -373,7 +373,7 @@ def convert(input_path: str | os.PathLike, output: str | os.PathLike, settings: 
     todo = []
     for source in sources:
         (summary.skipped if _part_path(output, source.volume_id).exists() else todo).append(source)
-    summary.skipped = [s.volume_id for s in summary.skipped]
+    summary.skipped = sorted((s.volume_id for s in summary.skipped), key=volume_sort_key)
     if summary.skipped:
         say(f"{len(summary.skipped)} volume(s) already complete, skipped: {', '.join(summary.skipped[:10])}"
             + (" ..." if len(summary.skipped) > 10 else ""))

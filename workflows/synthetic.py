@@ -94,7 +94,7 @@ class _Anatomy:
         self.body_y = u(-8, 8)
         self.fat = u(8, 22)
         self.fat_hu, self.soft_hu, self.muscle_hu = u(-110, -90), u(35, 45), u(45, 55)
-        self.liver_hu = u(50, 80)
+        self.liver_hu = max(u(50, 80), self.soft_hu + 15)  # enough contrast to be seen, as in a real scan
         self.noise_sd = u(8, 14)
         a, b = self.body_a, self.body_b
         self.spine = np.array([0.0, self.body_y + b * 0.5])
@@ -200,6 +200,10 @@ class _Anatomy:
         hu[self.lung(x, y, z) & inner] = -850
         # liver and lesions
         liver = self.liver(x, y, z)
+        pixel = float(abs(x[0, 1] - x[0, 0]))
+        # perihepatic fat: a thin plane around the liver where it meets the other organs
+        rim = ndimage.binary_dilation(liver, iterations=max(1, round(2.5 / pixel))) & ~liver & cavity
+        hu[rim & ~self.lung(x, y, z)] = self.fat_hu + 30
         hu[liver] = self.liver_hu
         label[liver] = 1
         for lesion in self.lesions:
