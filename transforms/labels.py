@@ -25,13 +25,14 @@ TARGET_CHANNELS: dict[str, tuple[str, ...]] = {"liver": ("liver",), "tumor": ("t
 
 def check_lits_labels(label: NdarrayOrTensor, source: object = "label") -> None:
     """Raise ``ValueError`` naming ``source`` when ``label`` holds values other than 0, 1, 2."""
-    values = torch.unique(convert_to_tensor(label, track_meta=False))
-    unexpected = [v for v in values.tolist() if v not in LITS_LABELS.values()]
-    if unexpected:
+    label = convert_to_tensor(label, track_meta=False)
+    allowed = (label == 0) | (label == 1) | (label == 2)  # a pass over the voxels, not a sort of them
+    if not bool(allowed.all()):
+        unexpected = torch.unique(label[~allowed]).tolist()
         shown = ", ".join(f"{v:g}" for v in unexpected[:10])
         raise ValueError(
             f"{source}: label values must be LiTS labels 0 (background), 1 (liver), 2 (tumour), got also {shown}; "
-            "map other label schemes first (e.g. monai.transforms.MapLabelValue)."
+            "map other label schemes first (workflows.convert --label-map 5:1, or transforms.RemapLabels)."
         )
 
 

@@ -15,6 +15,7 @@ All are written atomically and hold only tensors and plain values (``torch.load(
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import logging
@@ -296,8 +297,10 @@ class ChunkedTraining:
         self._losses: list[float] = []
         data = load_decathlon_datalist(self.dataset_dir / self.split["chunks"][k], data_list_key="training")
         started = time.time()
+        self.dataset.set_data([])  # drop the previous chunk's cache before filling the next one
+        gc.collect()
         peak_memory_mib(reset=True)
-        self.dataset.set_data(data)  # the previous chunk's cache is dropped here
+        self.dataset.set_data(data)
         loader_length = len(self.trainer.data_loader)
         total = loader_length * self.epochs_per_chunk
 

@@ -1,6 +1,6 @@
 """Conversion throughput: slices/s with 1 and 2 workers on generated 512x512 volumes, and peak memory per worker.
 
-    python -m tests.benchmarks.bench_convert [--cases 4] [--slices 100] [--work /tmp/bench_convert]
+    python -m tests.benchmarks.bench_convert [--cases 8] [--slices 100] [--work /tmp/bench_convert]
 
 Each conversion runs as its own `python -m workflows.convert` process, as a user runs it; the figures come from
 its own summary line. Not a test: it prints figures.
@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cases", type=int, default=4)
+    parser.add_argument("--cases", type=int, default=8)
     parser.add_argument("--slices", type=int, default=100)
     parser.add_argument("--work", default="/tmp/bench_convert")
     args = parser.parse_args()
