@@ -305,9 +305,10 @@ class ChunkedTraining:
         total = loader_length * self.epochs_per_chunk
 
         iteration = 0
-        resumed = self.progress_checkpoint.exists() and _load(self.progress_checkpoint)["chunk"]["index"] == k
+        progress = _load(self.progress_checkpoint) if self.progress_checkpoint.exists() else None
+        resumed = progress is not None and progress["chunk"]["index"] == k
         if resumed:
-            state = _load(self.progress_checkpoint)
+            state = progress
             self._restore(state, self.progress_checkpoint)
             iteration = int(state["trainer"]["iteration"])
             logger.info(f"chunk {k}: resuming at iteration {iteration} of {total} from {self.progress_checkpoint}")
