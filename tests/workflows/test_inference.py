@@ -1,0 +1,123 @@
+import dataclasses
+from pathlib import Path
+
+import cv2
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+
+from networks import ThreeLevelUNet
+from transforms import LoadScan, to_canonical
+from workflows.infer import main as infer_main
+from workflows.inference import ScanInference, postprocess
+from workflows.synthetic import generate_case
+from workflows.synthetic_dicom import write_ct_series
+from workflows.volume_metrics import overlap_metrics
+
+CHANNELS = (4, 8, 16, 32)
+INFERENCE = str(Path(__file__).resolve().parents[2] / "bundles" / "liver_tumor_ct_segmentation" / "configs" / "inference.json")
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """A small untrained network whose mask covers about half of a slice: enough to see any flip or rotation."""
+    torch.manual_seed(0)
+    net = ThreeLevelUNet(channels=CHANNELS).eval()
+    case = generate_case(0, seed=6, size=32, slices=10)
+    x = torch.as_tensor(np.clip((case.hu.astype(np.float32) + 160) / 400, 0, 1)).permute(2, 0, 1)[:, None]
+    with torch.no_grad():
+        net.final.bias.sub_(float(net(x).median()))
+    path = tmp_path_factory.mktemp("weights") / "model.pt"
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def _infer(weights, input_path, out):
+    return ScanInference(ThreeLevelUNet(channels=CHANNELS), str(weights), str(input_path), str(out), spatial_size=32,
+                         largest_liver=False, tumour_in_liver=False, min_tumour_mm3=0).run()
+
+
+@pytest.mark.parametrize("codes", ["LPS", "PLI", "ILP", "RAS"])
+def test_mask_lands_on_the_scan_grid_whatever_its_orientation(weights, tmp_path, codes):
+    case = dataclasses.replace(generate_case(0, seed=6, size=32, slices=10), stored_axcodes=codes)
+    nib.save(case.stored_image(case.hu), tmp_path / "volume-0.nii.gz")
+    truth = case.stored_image(case.label)
+    rows = _infer(weights, tmp_path / "volume-0.nii.gz", tmp_path / "out")
+    seg = nib.load(tmp_path / "out" / "volume-0_seg.nii.gz")
+    assert seg.shape == truth.shape and np.allclose(seg.affine, truth.affine)
+    assert "".join(nib.aff2axcodes(seg.affine)) == codes
+    native = overlap_metrics(np.asarray(seg.dataobj) >= 1, np.asarray(truth.dataobj) >= 1)["dice"]
+    canonical = to_canonical(LoadScan(modality=None)(tmp_path / "out" / "volume-0_seg.nii.gz"))[0].numpy()
+    assert overlap_metrics(canonical >= 1, case.label >= 1)["dice"] == pytest.approx(native)
+    assert 0.05 < native < 0.95  # a real comparison, not all or nothing
+    reference = _canonical_prediction(weights, tmp_path)
+    assert np.array_equal(canonical, reference)  # the same prediction for every stored orientation
+    assert rows[0]["liver_ml"] == pytest.approx(np.count_nonzero(canonical >= 1) * np.prod(case.spacing) / 1000, rel=1e-3)
+
+
+def _canonical_prediction(weights, tmp_path):
+    case = generate_case(0, seed=6, size=32, slices=10)
+    folder = tmp_path / "lps"
+    folder.mkdir(exist_ok=True)
+    nib.save(dataclasses.replace(case, stored_axcodes="LPS").stored_image(case.hu), folder / "volume-0.nii.gz")
+    _infer(weights, folder / "volume-0.nii.gz", folder / "out")
+    return to_canonical(LoadScan(modality=None)(folder / "out" / "volume-0_seg.nii.gz"))[0].numpy()
+
+
+def test_dicom_series_gets_a_mask_on_its_grid(weights, tmp_path):
+    case = generate_case(0, seed=6, size=32, slices=10)
+    write_ct_series(case, tmp_path / "series")
+    _infer(weights, tmp_path / "series", tmp_path / "out")
+    series = LoadScan()(tmp_path / "series")
+    seg = LoadScan(modality=None)(tmp_path / "out" / "series_seg.nii.gz")
+    assert seg.shape == series.shape and torch.allclose(seg.affine, series.affine, atol=1e-3)
+    assert np.array_equal(to_canonical(seg)[0].numpy(), _canonical_prediction(weights, tmp_path))
+
+
+def test_a_2d_image_gives_a_mask_and_the_side_by_side_picture(weights, tmp_path, capsys):
+    image = np.clip(np.random.default_rng(0).normal(120, 30, (48, 40)), 0, 255).astype(np.uint8)
+    cv2.imwrite(str(tmp_path / "new_ct.jpg"), image)
+    assert infer_main(["--image", str(tmp_path / "new_ct.jpg"), "--model", str(weights), "--channels",
+                       *map(str, CHANNELS), "--spatial-size", "32", "--output", str(tmp_path / "out")]) == 0
+    mask = cv2.imread(str(tmp_path / "out" / "new_ct_mask.png"), cv2.IMREAD_UNCHANGED)
+    assert mask.shape == (48, 40) and set(np.unique(mask)) <= {0, 255}
+    assert cv2.imread(str(tmp_path / "out" / "new_ct_prediction.png")) is not None
+    assert "new_ct_mask.png" in capsys.readouterr().out
+
+
+def test_weights_that_do_not_fit_name_the_setting(weights, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        infer_main(["--image", str(tmp_path), "--model", str(weights), "--output", str(tmp_path / "out")])
+    assert "network_def#channels [4,8,16,32]" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"1 output channel\(s\), the network 2: set --target"):
+        ScanInference(ThreeLevelUNet(out_channels=2, channels=CHANNELS), str(weights), str(tmp_path), str(tmp_path),
+                      target="both").run()
+
+
+def test_postprocessing_steps():
+    label = np.zeros((20, 20, 10), np.uint8)
+    label[2:12, 2:12, 2:8] = 1  # liver
+    label[15:18, 15:18, 1:3] = 1  # a stray island
+    label[5:8, 5:8, 4:6] = 2  # tumour inside
+    label[16, 16, 2] = 2  # tumour on the island
+    label[10, 10, 7] = 2  # a one-voxel speck inside the liver
+    out = postprocess(label, (1.0, 1.0, 2.0), min_volume_mm3=5.0)
+    assert out[15:18, 15:18, 1:3].max() == 0  # island and its tumour gone
+    assert (out[5:8, 5:8, 4:6] == 2).all()  # 18 voxels x 2 mm³ kept
+    assert out[10, 10, 7] == 1  # 2 mm³ speck becomes liver
+    assert np.array_equal(postprocess(label, (1, 1, 2), False, False, 0), label)
+
+
+def test_bundle_inference_workflow(weights, tmp_path):
+    case = generate_case(1, seed=6, size=32, slices=8)
+    nib.save(case.stored_image(case.hu), tmp_path / "volume-1.nii.gz")
+    workflow = ConfigWorkflow(config_file=INFERENCE, workflow_type="infer", run_id="inference",
+                              **{"input": str(tmp_path / "volume-1.nii.gz"), "output_dir": str(tmp_path / "out"),
+                                 "ckpt_file": str(weights), "spatial_size": 32, "network_def#channels": list(CHANNELS)})
+    workflow.initialize()
+    rows = workflow.run()[0]
+    workflow.finalize()
+    assert rows[0]["segmentation"].endswith("volume-1_seg.nii.gz")
+    assert (tmp_path / "out" / "summary.csv").exists() and (tmp_path / "out" / "volume-1_overlay.png").exists()
