@@ -2,30 +2,37 @@
 
 ``python -m workflows.quickstart [--out DIR]`` generates LiTS-like volumes, converts them to slices, writes the
 exploration report, splits by patient into small chunks, trains every chunk through the bundle (a narrow network
-at a small size, stated below), evaluates, and prints where the report and pictures are. Rerunning it carries on
+at a small size, stated below), evaluates, segments a held-out scan stored in another orientation through the
+bundle's inference workflow, evaluates that per volume, and prints where the report and pictures are. Rerunning it carries on
 where it stopped: finished volumes, chunks and files are kept.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import sys
 import time
 from pathlib import Path
 
+import nibabel as nib
 from monai.bundle import run as run_bundle
 
 from workflows.convert import convert
+from workflows.evaluate import evaluate_volumes
 from workflows.explore import explore
 from workflows.slice_set import read_manifest
 from workflows.split import plan_split, write_split
-from workflows.synthetic import generate_dataset
+from workflows.synthetic import generate_case, generate_dataset
 
 __all__ = ["QUICK_SETTINGS", "main"]
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "liver_tumor_ct_segmentation"
+
+#: Orientation the held-out scan is stored in: axes permuted and flipped, unlike any training volume.
+HELD_OUT_AXCODES = "SAR"
 
 #: The small model and data the quickstart uses (the bundle's defaults are the reference's: full width, 256).
 QUICK_SETTINGS = {
@@ -43,6 +50,10 @@ QUICK_SETTINGS = {
         "checkpoint_every": 40,
     },
 }
+
+
+def _f(value: float | None, digits: int = 4) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def _step(title: str) -> float:
@@ -74,22 +85,22 @@ def main(argv: list[str] | None = None) -> int:
           f"{s['overrides']['spatial_size']}x{s['overrides']['spatial_size']} (the bundle's defaults are the "
           "reference's: channels [64,128,256,512] at 256x256)")
 
-    _step("1/6 generating LiTS-like volumes")
+    _step("1/7 generating LiTS-like volumes")
     generate_dataset(out / "raw", cases=s["cases"], seed=args.seed, size=s["size"], slices=s["slices"],
                      skip_existing=True)
 
-    _step("2/6 converting volumes to windowed slices")
+    _step("2/7 converting volumes to windowed slices")
     summary = convert(out / "raw", out / "slices")
     if summary.failed:
         print(f"conversion failed for {sorted(summary.failed)}", file=sys.stderr)
         return 1
 
-    _step("3/6 exploring the slices")
+    _step("3/7 exploring the slices")
     explored = explore(out / "slices", out / "report", max_images=200, seed=args.seed)
     print(f"{explored['volumes']} volumes, {explored['slices']} slices, {explored['slices_with_liver']} with liver, "
           f"{explored['slices_with_tumour']} with tumour; report {out / 'report' / 'report.md'}")
 
-    _step("4/6 splitting by patient into chunks")
+    _step("4/7 splitting by patient into chunks")
     rows = read_manifest(out / "slices")
     probe = plan_split(rows, target="liver", positives=10**9, negatives=10**9, seed=args.seed)
     available = probe.counts["train_available"]  # the quickstart trains on every training slice
@@ -101,14 +112,31 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = {"dataset_dir": str(out / "lists"), "ckpt_dir": str(out / "models"), "seed": args.seed,
                  **s["overrides"]}
-    _step("5/6 training every chunk through the bundle")
+    _step("5/7 training every chunk through the bundle")
     print("same as: " + _command("training", [train_config], overrides))
     run_bundle("training", config_file=train_config, progress=False, **overrides)
 
-    _step("6/6 evaluating on the validation volumes")
+    _step("6/7 evaluating on the validation volumes")
     evaluate_overrides = {**overrides, "output_dir": str(out / "eval")}
     print("same as: " + _command("evaluating", [train_config, evaluate_config], evaluate_overrides))
     run_bundle("evaluating", config_file=[train_config, evaluate_config], **evaluate_overrides)
+
+    _step("7/7 segmenting a held-out scan on its own grid and evaluating it per volume")
+    held_out = generate_case(s["cases"], seed=args.seed, size=s["size"], slices=s["slices"])
+    held_out = dataclasses.replace(held_out, stored_axcodes=HELD_OUT_AXCODES)
+    for folder, array in ((out / "held_out" / "scan", held_out.hu), (out / "held_out" / "truth", held_out.label)):
+        folder.mkdir(parents=True, exist_ok=True)
+        name = "volume" if array is held_out.hu else "segmentation"
+        nib.save(held_out.stored_image(array), folder / f"{name}-{held_out.index}.nii.gz")
+    inference_config = str(BUNDLE / "configs" / "inference.json")
+    inference_overrides = {"input": str(out / "held_out" / "scan"), "output_dir": str(out / "held_out" / "pred"),
+                           "ckpt_file": str(out / "models" / "model.pt"), "target": "liver",
+                           "spatial_size": s["overrides"]["spatial_size"],
+                           "network_def#channels": s["overrides"]["network_def#channels"]}
+    print("same as: " + _command("inference", [inference_config], inference_overrides))
+    run_bundle("inference", config_file=inference_config, **inference_overrides)
+    volume = evaluate_volumes(out / "held_out" / "pred", out / "held_out" / "truth", out / "held_out" / "evaluation",
+                              slice_metrics=out / "eval" / "metrics.json", progress=False)
 
     metrics = json.loads((out / "eval" / "metrics.json").read_text())["channels"]["liver"]
     honest, reference = metrics["honest"], metrics["reference"]
@@ -121,9 +149,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"reference-style balanced slice Dice / IoU: {reference['dice']:.4f} / {reference['iou']:.4f} "
           f"(the reference reported {reference['reported_by_the_reference']['dice']} / "
           f"{reference['reported_by_the_reference']['iou']} on its own data)")
+    liver, tumour = volume["liver"], volume["tumour"]
+    print(f"held-out scan volume-{held_out.index} (stored {HELD_OUT_AXCODES}, mask written on its own grid): liver "
+          f"Dice per case {_f(liver['dice_per_case']['mean'])}, ASSD {_f(liver['assd_mm']['mean'], 2)} mm, HD95 "
+          f"{_f(liver['hd95_mm']['mean'], 2)} mm; tumour Dice per case {_f(tumour['dice_per_case']['mean'])} (this "
+          "model is trained for the liver target only; a tumour model: split --target tumor or both)")
     print(f"chunks trained: {len(log)}, peak memory per chunk (MiB): {[e['peak_memory_mib'] for e in log]}")
     print(f"report: {out / 'report' / 'report.md'}; metrics: {out / 'eval' / 'metrics.json'}; "
-          f"pictures: {out / 'eval' / 'val_predictions'}; model: {out / 'models' / 'model.pt'}")
+          f"pictures: {out / 'eval' / 'val_predictions'}; model: {out / 'models' / 'model.pt'}; held-out scan: "
+          f"{out / 'held_out' / 'pred'} (overlay PNG, summary.csv) and {out / 'held_out' / 'evaluation'}")
     print(f"finished in {time.time() - started:.0f} s")
     return 0
 

@@ -1,5 +1,8 @@
 import json
 
+import nibabel as nib
+import numpy as np
+
 from workflows import quickstart
 
 TINY = {
@@ -18,6 +21,11 @@ def test_quickstart_runs_end_to_end_and_carries_on(tmp_path, monkeypatch, capsys
     assert f"contain liver (honest): {honest:.4f}" in printed
     assert "python -m monai.bundle run training --config_file" in printed and "--chunk" not in printed
     assert (tmp_path / "report" / "report.md").exists() and (tmp_path / "eval" / "val_predictions" / "sample_0.png").exists()
+    held_out = nib.load(tmp_path / "held_out" / "pred" / "volume-5_seg.nii.gz")
+    scan = nib.load(tmp_path / "held_out" / "scan" / "volume-5.nii.gz")
+    assert "".join(nib.aff2axcodes(scan.affine)) == quickstart.HELD_OUT_AXCODES
+    assert held_out.shape == scan.shape and np.allclose(held_out.affine, scan.affine)
+    assert (tmp_path / "held_out" / "evaluation" / "summary.json").exists() and "held-out scan volume-5" in printed
     n_chunks = len(json.loads((tmp_path / "lists" / "split.json").read_text())["chunks"])
     assert n_chunks >= 2 and len(json.loads((tmp_path / "models" / "training_log.json").read_text())) == n_chunks
 
