@@ -4,7 +4,8 @@ A volume (NIfTI file or DICOM series folder) goes through the training preproces
 abdomen window to whole grey levels, 0..1, resize to ``spatial_size``) slice by slice with MONAI's
 ``SliceInferer``; logits are resized back to each slice, thresholded at 0.5, post-processed, and the label map is
 returned to the scan's own grid: ``<name>_seg.nii.gz`` has the input's shape and affine (0 background, 1 liver,
-2 tumour, or the trained target), so it overlays in any viewer. One 2D image (a windowed PNG/JPG slice, as the
+2 tumour, or the trained target), so it overlays in any viewer; a DICOM series also gets ``<name>_seg.dcm``, a
+DICOM Segmentation referencing the series. One 2D image (a windowed PNG/JPG slice, as the
 Kaggle export) gives ``<name>_mask.png`` and the reference's side-by-side picture.
 """
 
@@ -37,6 +38,7 @@ from networks import ThreeLevelUNet, load_reference_state_dict  # noqa: E402
 from transforms import TARGET_CHANNELS, LoadScan, WindowHU, is_nifti, to_canonical  # noqa: E402
 from transforms.slicing import RAS_LABELS  # noqa: E402
 from workflows.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic  # noqa: E402
+from workflows.dicom_seg import write_dicom_seg  # noqa: E402
 from workflows.explore import overlay  # noqa: E402
 
 __all__ = ["ResizedNetwork", "postprocess", "load_weights", "ScanInference"]
@@ -155,7 +157,7 @@ class ScanInference:
             logger.info(f"segmenting {scan}")
             rows.append(self.segment_image(scan) if scan.suffix.lower() in IMAGE_SUFFIXES_2D else self.segment_volume(scan))
         write_json_atomic(self.output_dir / "summary.json", rows)
-        columns = list(rows[0])
+        columns = list(dict.fromkeys(key for row in rows for key in row))
         lines = [",".join(columns)] + [",".join(str(r.get(c, "")) for c in columns) for r in rows]
         write_text_atomic(self.output_dir / "summary.csv", "\n".join(lines) + "\n")
         return rows
@@ -196,11 +198,15 @@ class ScanInference:
         else:
             seg = nib.Nifti1Image(array, image.affine.numpy())
         write_bytes_atomic(output, gzip.compress(seg.to_bytes(), mtime=0))
+        row_extra = {}
+        if scan.is_dir():  # a DICOM series also gets a DICOM SEG referencing it, for PACS and DICOM viewers
+            seg_dcm = write_dicom_seg(array, image.affine, scan, self.output_dir / f"{name}_seg.dcm", self.target)
+            row_extra["dicom_seg"] = str(seg_dcm)
         self._montage(canonical, label, self.output_dir / f"{name}_overlay.png", name)
         voxel_ml = float(np.prod(spacing)) / 1000.0
         return {"scan": str(scan), "segmentation": str(output), "shape": "x".join(map(str, array.shape)),
                 "liver_ml": round(float(np.count_nonzero(label >= 1)) * voxel_ml, 2),
-                "tumour_ml": round(float(np.count_nonzero(label == 2)) * voxel_ml, 2)}
+                "tumour_ml": round(float(np.count_nonzero(label == 2)) * voxel_ml, 2), **row_extra}
 
     def _montage(self, canonical: torch.Tensor, label: np.ndarray, path: Path, title: str, n: int = 6) -> None:
         area = (label >= 1).sum(axis=(0, 1)) + 10 * (label == 2).sum(axis=(0, 1))

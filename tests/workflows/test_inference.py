@@ -74,6 +74,11 @@ def test_dicom_series_gets_a_mask_on_its_grid(weights, tmp_path):
     seg = LoadScan(modality=None)(tmp_path / "out" / "series_seg.nii.gz")
     assert seg.shape == series.shape and torch.allclose(seg.affine, series.affine, atol=1e-3)
     assert np.array_equal(to_canonical(seg)[0].numpy(), _canonical_prediction(weights, tmp_path))
+    # the DICOM SEG beside it says the same, frame by frame
+    from workflows.dicom_seg import read_dicom_seg
+
+    from_seg = read_dicom_seg(tmp_path / "out" / "series_seg.dcm", series.affine, tuple(series.shape[1:]))
+    assert np.array_equal(from_seg, seg[0].numpy().astype(np.uint8))
 
 
 def test_a_2d_image_gives_a_mask_and_the_side_by_side_picture(weights, tmp_path, capsys):
