@@ -33,11 +33,13 @@ from monai.data import MetaTensor  # noqa: E402
 from monai.inferers import SliceInferer  # noqa: E402
 from monai.transforms import Orientation  # noqa: E402
 from scipy import ndimage  # noqa: E402
+from tqdm import tqdm  # noqa: E402
 
 from networks import ThreeLevelUNet, load_reference_state_dict  # noqa: E402
 from transforms import TARGET_CHANNELS, LoadScan, WindowHU, is_nifti, to_canonical  # noqa: E402
 from transforms.slicing import RAS_LABELS  # noqa: E402
 from workflows.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic  # noqa: E402
+from workflows.convert import LABEL_LIKE  # noqa: E402
 from workflows.dicom_seg import write_dicom_seg  # noqa: E402
 from workflows.explore import overlay  # noqa: E402
 
@@ -143,17 +145,22 @@ class ScanInference:
             return [path]
         if any(pydicom_file(p) for p in path.iterdir() if p.is_file()):
             return [path]
-        found = [p for p in sorted(path.iterdir()) if (p.is_file() and (is_nifti(p) or p.suffix.lower() in IMAGE_SUFFIXES_2D))
+        found = [p for p in sorted(path.iterdir()) if (p.is_file() and (is_nifti(p) or p.suffix.lower() in IMAGE_SUFFIXES_2D)
+                                                       and not LABEL_LIKE.search(p.name))  # labels beside scans
                  or (p.is_dir() and any(pydicom_file(q) for q in p.iterdir() if q.is_file()))]
         if not found:
             raise FileNotFoundError(f"--input {path}: no NIfTI file, DICOM series folder or 2D image in it.")
         return found
 
     def run(self) -> list[dict]:
-        load_weights(self.network, self.ckpt_file)
+        if str(self.ckpt_file).endswith(".ts"):  # TorchScript from `python -m monai.bundle ckpt_export`
+            self.model.network = torch.jit.load(self.ckpt_file, map_location=self.device).eval()
+        else:
+            load_weights(self.network, self.ckpt_file)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         rows = []
-        for scan in self.scans():
+        scans = self.scans()
+        for scan in tqdm(scans, desc="segmenting", unit="scan", disable=len(scans) < 2):
             logger.info(f"segmenting {scan}")
             rows.append(self.segment_image(scan) if scan.suffix.lower() in IMAGE_SUFFIXES_2D else self.segment_volume(scan))
         write_json_atomic(self.output_dir / "summary.json", rows)

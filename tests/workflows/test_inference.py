@@ -126,3 +126,23 @@ def test_bundle_inference_workflow(weights, tmp_path):
     workflow.finalize()
     assert rows[0]["segmentation"].endswith("volume-1_seg.nii.gz")
     assert (tmp_path / "out" / "summary.csv").exists() and (tmp_path / "out" / "volume-1_overlay.png").exists()
+
+
+def test_torchscript_export_gives_the_same_masks(weights, tmp_path):
+    from monai.bundle import ckpt_export
+
+    case = generate_case(0, seed=6, size=32, slices=10)
+    nib.save(case.stored_image(case.hu), tmp_path / "volume-0.nii.gz")
+    ckpt_export("network_def", filepath=str(tmp_path / "model.ts"), ckpt_file=str(weights), config_file=INFERENCE,
+                meta_file=str(Path(INFERENCE).with_name("metadata.json")), **{"network_def#channels": list(CHANNELS)})
+    _infer(weights, tmp_path / "volume-0.nii.gz", tmp_path / "from_pt")
+    _infer(tmp_path / "model.ts", tmp_path / "volume-0.nii.gz", tmp_path / "from_ts")
+    assert (tmp_path / "from_ts" / "volume-0_seg.nii.gz").read_bytes() == (tmp_path / "from_pt" / "volume-0_seg.nii.gz").read_bytes()
+
+
+def test_a_lits_folder_segments_the_scans_not_their_labels(weights, tmp_path):
+    case = generate_case(0, seed=6, size=32, slices=6)
+    nib.save(case.stored_image(case.hu), tmp_path / "volume-0.nii.gz")
+    nib.save(case.stored_image(case.label), tmp_path / "segmentation-0.nii.gz")
+    rows = _infer(weights, tmp_path, tmp_path / "out")
+    assert [Path(r["scan"]).name for r in rows] == ["volume-0.nii.gz"]
