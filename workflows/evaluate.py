@@ -34,7 +34,7 @@ from workflows.atomic import write_bytes_atomic, write_json_atomic, write_text_a
 from workflows.slice_set import volume_sort_key  # noqa: E402
 from workflows.volume_metrics import case_metrics  # noqa: E402
 
-__all__ = ["pair_files", "evaluate_volumes", "main"]
+__all__ = ["pair_files", "flatten_case", "summarise_cases", "write_case_csv", "evaluate_volumes", "main"]
 
 _ID_PATTERNS = (re.compile(r"^segmentation-(.+)$"), re.compile(r"^(?:volume-)?(.+)_seg$"))
 
@@ -70,7 +70,16 @@ def pair_files(pred_dir: str | os.PathLike, truth_dir: str | os.PathLike) -> tup
     return [(i, preds[i], truths[i]) for i in common], notes
 
 
-def _flatten(volume_id: str, metrics: dict) -> dict:
+def write_case_csv(rows: list[dict], path: Path) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
+    write_text_atomic(path, buffer.getvalue())
+
+
+def flatten_case(volume_id: str, metrics: dict) -> dict:
+    """One CSV row from :func:`workflows.volume_metrics.case_metrics`."""
     row = {"volume_id": volume_id}
     for structure in ("liver", "tumour"):
         for key in ("dice", "voe", "rvd", "assd_mm", "hd95_mm", "pred_voxels", "true_voxels", "tp"):
@@ -133,17 +142,13 @@ def evaluate_volumes(pred_dir: str | os.PathLike, truth_dir: str | os.PathLike, 
             continue
         spacing = torch.linalg.norm(truth.affine[:3, :3], dim=0).tolist()
         metrics = case_metrics(pred[0].numpy().astype(np.uint8), truth[0].numpy().astype(np.uint8), spacing)
-        rows.append(_flatten(volume_id, metrics))
+        rows.append(flatten_case(volume_id, metrics))
     if not rows:
         raise ValueError(f"no case could be evaluated: {failed}")
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows)
-    write_text_atomic(out / "metrics.csv", buffer.getvalue())
+    write_case_csv(rows, out / "metrics.csv")
     summary = summarise_cases(rows)
     summary["failed"] = failed
     if slice_metrics is not None:

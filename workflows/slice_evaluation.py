@@ -8,8 +8,12 @@ It reports the reference project's metric, computed as it did, next to honest on
 - ``honest`` over every slice of the validation volumes (``val.json``): mean Dice over the slices that contain
   the target, pooled (global) Dice over all pixels, and the share of empty slices given a false positive.
 
-Outputs in ``output_dir``: ``metrics.json``, ``per_slice.csv`` and ``val_predictions/sample_<n>.png``
-(CT | truth | prediction, like the reference's pictures, with overlays).
+- ``volumes``: the slice predictions stacked back into each validation volume and scored as LiTS does (Dice per
+  case and global, VOE, RVD, ASSD, HD95; lesions and tumour burden when the target has tumour), at the training
+  size with the spacing scaled to it (``volume_metrics.csv``).
+
+Outputs in ``output_dir``: ``metrics.json``, ``per_slice.csv``, ``volume_metrics.csv`` and
+``val_predictions/sample_<n>.png`` (CT | truth | prediction, like the reference's pictures, with overlays).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import logging
 import os
 from pathlib import Path
 
+import cv2
 import matplotlib
 
 matplotlib.use("Agg")
@@ -32,8 +37,10 @@ from monai.engines import SupervisedEvaluator  # noqa: E402
 
 from transforms import TARGET_CHANNELS  # noqa: E402
 from workflows.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic  # noqa: E402
+from workflows.evaluate import flatten_case, summarise_cases, write_case_csv  # noqa: E402
 from workflows.explore import overlay  # noqa: E402
-from workflows.slice_set import volume_sort_key  # noqa: E402
+from workflows.slice_set import read_manifest, volume_sort_key  # noqa: E402
+from workflows.volume_metrics import case_metrics  # noqa: E402
 
 __all__ = ["REFERENCE_RESULT", "slice_counts", "summarise", "SliceEvaluation"]
 
@@ -103,6 +110,62 @@ def _label_map(channels: np.ndarray, target: str) -> np.ndarray:
     return out
 
 
+class VolumeAssembler:
+    """Stack slice predictions back into whole validation volumes and score each volume as LiTS does.
+
+    Slices arrive at the training size; a volume is scored once all its slices (as the manifest lists them) are in,
+    with the in-plane spacing scaled to that size, so memory holds one volume at a time whatever the order."""
+
+    def __init__(self, dataset_dir: Path, target: str) -> None:
+        split = json.loads((dataset_dir / "split.json").read_text())
+        slices_dir = (dataset_dir / split["slices_dir"]).resolve()
+        wanted = set(split["volumes"]["val"])
+        self.expected: dict[str, int] = {}
+        self.geometry: dict[str, tuple] = {}
+        for row in read_manifest(slices_dir):
+            volume = row["volume_id"]
+            if volume in wanted:
+                self.expected[volume] = self.expected.get(volume, 0) + 1
+                if volume not in self.geometry:
+                    height, width = cv2.imread(row["image"], cv2.IMREAD_GRAYSCALE).shape
+                    self.geometry[volume] = (row["spacing_row_mm"], row["spacing_col_mm"], row["slice_thickness_mm"],
+                                             height, width)
+        self.target = target
+        self.pending: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+        self.rows: list[dict] = []
+
+    def add(self, volume_id: str, slice_index: int, pred: np.ndarray, truth: np.ndarray) -> None:
+        if volume_id not in self.expected:
+            return
+        slices = self.pending.setdefault(volume_id, {})
+        slices[slice_index] = (_label_map(pred, self.target), _label_map(truth, self.target))
+        if len(slices) == self.expected[volume_id]:
+            self._score(volume_id, self.pending.pop(volume_id))
+
+    def _score(self, volume_id: str, slices: dict[int, tuple[np.ndarray, np.ndarray]]) -> None:
+        order = sorted(slices)
+        pred = np.stack([slices[k][0] for k in order], axis=-1)
+        truth = np.stack([slices[k][1] for k in order], axis=-1)
+        row_mm, col_mm, thickness, height, width = self.geometry[volume_id]
+        spacing = [row_mm * height / pred.shape[0], col_mm * width / pred.shape[1], thickness]
+        spacing = [s if np.isfinite(s) else 1.0 for s in spacing]  # 2D sets carry no spacing: voxels then
+        self.rows.append(flatten_case(volume_id, case_metrics(pred, truth, spacing)))
+
+    def summary(self) -> dict | None:
+        if not self.rows:
+            return None
+        out = summarise_cases(self.rows)
+        # a liver-only model says nothing about tumours and vice versa: report what the target holds
+        if self.target == "liver":
+            for key in ("tumour", "lesions", "tumour_burden"):
+                out.pop(key)
+        elif self.target == "tumor":
+            out.pop("liver")
+            out.pop("tumour_burden")
+        out["resolution"] = "the training size (slices resized), spacing scaled to it"
+        return out
+
+
 class SliceEvaluation:
     """Evaluate a checkpoint on the validation slices with ``evaluator`` and write the report.
 
@@ -140,6 +203,7 @@ class SliceEvaluation:
         picture_keys = set(balanced[: self.samples])
         rows: list[dict] = []
         pictures: dict[tuple[str, int], tuple] = {}
+        volumes = VolumeAssembler(self.dataset_dir, self.target) if (self.dataset_dir / "split.json").exists() else None
 
         def collect(engine) -> None:
             for item, out in zip(engine.state.batch, engine.state.output):
@@ -153,6 +217,8 @@ class SliceEvaluation:
                     row[f"{name}_dice"] = round(_dice(counts), 6)
                     row[f"{name}_iou"] = round(_iou(counts), 6)
                 rows.append(row)
+                if volumes is not None:
+                    volumes.add(key[0], key[1], pred, truth)
                 if key in picture_keys or (not picture_keys and len(pictures) < self.samples):
                     image = out["image"].detach().cpu().numpy()[0] if "image" in out else item["image"].numpy()[0]
                     pictures[key] = (image, truth, pred)
@@ -171,6 +237,9 @@ class SliceEvaluation:
                     "pred_pixels": r[f"{name}_pred_pixels"], "true_pixels": r[f"{name}_true_pixels"]} for r in rows]
             metrics["channels"][name] = summarise(per, balanced_set)
         self.output_dir.mkdir(parents=True, exist_ok=True)
+        if volumes is not None and volumes.rows:
+            metrics["volumes"] = volumes.summary()
+            write_case_csv(volumes.rows, self.output_dir / "volume_metrics.csv")
         write_json_atomic(self.output_dir / "metrics.json", metrics)
         self._write_csv(rows)
         self._write_pictures(pictures, balanced)
@@ -184,6 +253,13 @@ class SliceEvaluation:
                 f"{_fmt(h['global_dice'])}, false positives on {_fmt(h['empty_slices_with_false_positive'])} of "
                 f"{h['empty_slices']} empty slices"
             )
+        volume_summary = metrics.get("volumes") or {}
+        for name in ("liver", "tumour"):
+            if name in volume_summary:
+                v = volume_summary[name]
+                logger.info(f"{name} per validation volume ({volume_summary['cases']} volumes, at the training size): "
+                            f"Dice per case {_fmt(v['dice_per_case']['mean'])}, global Dice {_fmt(v['global_dice'])}, "
+                            f"ASSD {_fmt(v['assd_mm']['mean'])} mm, HD95 {_fmt(v['hd95_mm']['mean'])} mm")
         logger.info(f"report: {self.output_dir / 'metrics.json'}, {self.output_dir / 'per_slice.csv'}, "
                     f"{self.output_dir / 'val_predictions'}")
         return metrics

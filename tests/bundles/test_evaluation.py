@@ -75,6 +75,13 @@ def test_evaluating_workflow_writes_reference_and_honest_metrics(lists, tmp_path
     assert sum(r["in_balanced_list"] == "True" for r in rows) == len(balanced)
     with_liver = [float(r["liver_dice"]) for r in rows if int(r["liver_true_pixels"])]
     assert np.mean(with_liver) == pytest.approx(liver["honest"]["dice_slices_with_target"], abs=1e-5)
+    # the slices stacked back into volumes: the pooled volume Dice is the pooled slice Dice, the same pixels
+    volumes = written["volumes"]
+    split = json.loads((lists / "split.json").read_text())
+    assert volumes["cases"] == len(split["volumes"]["val"]) and "tumour" not in volumes  # a liver-only model
+    assert volumes["liver"]["global_dice"] == pytest.approx(liver["honest"]["global_dice"])
+    assert volumes["liver"]["hd95_mm"]["cases"] <= volumes["cases"]
+    assert len((tmp_path / "eval" / "volume_metrics.csv").read_text().splitlines()) == volumes["cases"] + 1
     pictures = sorted((tmp_path / "eval" / "val_predictions").glob("sample_*.png"))
     assert [p.name for p in pictures] == ["sample_0.png", "sample_1.png", "sample_2.png"]
     assert cv2.imread(str(pictures[0])).shape[1] > 2 * cv2.imread(str(pictures[0])).shape[0]  # three panels
