@@ -48,6 +48,10 @@ def _load_series(series_dir: str | os.PathLike) -> list[pydicom.Dataset]:
     for ds in datasets:  # an empty (0008,0005) is valid DICOM but highdicom refuses it: it means the default
         if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:
             del ds.SpecificCharacterSet
+        # anonymisers sometimes blank the SOP UIDs in the data set and leave them in the file meta
+        for name, meta_name in (("SOPClassUID", "MediaStorageSOPClassUID"), ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
+            if not ds.get(name) and ds.file_meta.get(meta_name):
+                setattr(ds, name, ds.file_meta[meta_name].value)
     return datasets
 
 
@@ -56,6 +60,11 @@ def write_dicom_seg(label: np.ndarray, affine: np.ndarray | torch.Tensor, series
     """Write ``label`` (LiTS labels on the series' loaded grid ``(columns, rows, slices)``) as a binary DICOM SEG
     referencing the series in ``series_dir``; ``target`` says which segments to write."""
     datasets = _load_series(series_dir)
+    missing = sorted({name for ds in datasets for name in ("StudyInstanceUID", "SeriesInstanceUID",
+                                                          "FrameOfReferenceUID", "SOPInstanceUID") if not ds.get(name)})
+    if missing:
+        raise ValueError(f"{series_dir}: the series has no {', '.join(missing)} (anonymised?), so a DICOM SEG could "
+                         "not reference it.")
     order = series_slice_order(datasets, affine)
     numbers = [n for n in _SEGMENTS if (n == 1 and target in ("liver", "both")) or (n == 2 and target in ("tumor", "both"))]
     frames = np.stack([np.stack([_SEGMENTS[n][3](label[:, :, k]).T for n in numbers], axis=-1) for k in order])

@@ -40,10 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         parser.exit(2, f"error: {err}\n")
     for row in rows:
+        if row.get("error"):
+            print(f"{row['scan']}: FAILED: {row['error']}")
+            continue
         print(f"{row['scan']} -> {row['segmentation']}"
               + (f" (liver {row['liver_ml']} mL, tumour {row['tumour_ml']} mL)" if "liver_ml" in row else ""))
     print(f"summary: {Path(args.output) / 'summary.csv'}")
-    return 0
+    return 1 if any(row.get("error") for row in rows) else 0
 
 
 if __name__ == "__main__":

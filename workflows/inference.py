@@ -11,6 +11,7 @@ Kaggle export) gives ``<name>_mask.png`` and the reference's side-by-side pictur
 
 from __future__ import annotations
 
+import csv
 import gzip
 import io
 import logging
@@ -162,11 +163,18 @@ class ScanInference:
         scans = self.scans()
         for scan in tqdm(scans, desc="segmenting", unit="scan", disable=len(scans) < 2):
             logger.info(f"segmenting {scan}")
-            rows.append(self.segment_image(scan) if scan.suffix.lower() in IMAGE_SUFFIXES_2D else self.segment_volume(scan))
+            try:  # a bad scan is reported and skipped; the others are segmented
+                rows.append(self.segment_image(scan) if scan.suffix.lower() in IMAGE_SUFFIXES_2D else self.segment_volume(scan))
+            except ValueError as err:
+                logger.error(f"FAILED {scan}: {err}")
+                rows.append({"scan": str(scan), "segmentation": "", "error": str(err)})
         write_json_atomic(self.output_dir / "summary.json", rows)
-        columns = list(dict.fromkeys(key for row in rows for key in row))
-        lines = [",".join(columns)] + [",".join(str(r.get(c, "")) for c in columns) for r in rows]
-        write_text_atomic(self.output_dir / "summary.csv", "\n".join(lines) + "\n")
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(key for row in rows for key in row)),
+                                lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text_atomic(self.output_dir / "summary.csv", buffer.getvalue())
         return rows
 
     # -- one volume ----------------------------------------------------------------------------------------------
@@ -207,8 +215,12 @@ class ScanInference:
         write_bytes_atomic(output, gzip.compress(seg.to_bytes(), mtime=0))
         row_extra = {}
         if scan.is_dir():  # a DICOM series also gets a DICOM SEG referencing it, for PACS and DICOM viewers
-            seg_dcm = write_dicom_seg(array, image.affine, scan, self.output_dir / f"{name}_seg.dcm", self.target)
-            row_extra["dicom_seg"] = str(seg_dcm)
+            try:
+                row_extra["dicom_seg"] = str(write_dicom_seg(array, image.affine, scan,
+                                                             self.output_dir / f"{name}_seg.dcm", self.target))
+            except ValueError as err:  # the NIfTI mask stands; say why there is no SEG
+                logger.warning(f"no DICOM SEG for {scan}: {err}")
+                row_extra["dicom_seg"] = f"not written: {err}"
         self._montage(canonical, label, self.output_dir / f"{name}_overlay.png", name)
         voxel_ml = float(np.prod(spacing)) / 1000.0
         return {"scan": str(scan), "segmentation": str(output), "shape": "x".join(map(str, array.shape)),

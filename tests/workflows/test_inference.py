@@ -146,3 +146,21 @@ def test_a_lits_folder_segments_the_scans_not_their_labels(weights, tmp_path):
     nib.save(case.stored_image(case.label), tmp_path / "segmentation-0.nii.gz")
     rows = _infer(weights, tmp_path, tmp_path / "out")
     assert [Path(r["scan"]).name for r in rows] == ["volume-0.nii.gz"]
+
+
+def test_a_bad_scan_is_reported_and_the_others_segmented(weights, tmp_path, capsys):
+    case = generate_case(0, seed=6, size=32, slices=6)
+    nib.save(case.stored_image(case.hu), tmp_path / "volume-0.nii.gz")
+    good = (tmp_path / "volume-0.nii.gz").read_bytes()
+    (tmp_path / "volume-1.nii.gz").write_bytes(good[: len(good) // 2])
+    assert infer_main(["--image", str(tmp_path), "--model", str(weights), "--channels", *map(str, CHANNELS),
+                       "--spatial-size", "32", "--output", str(tmp_path / "out")]) == 1
+    printed = capsys.readouterr().out
+    assert "volume-1.nii.gz: FAILED:" in printed and "cannot be read" in printed
+    assert (tmp_path / "out" / "volume-0_seg.nii.gz").exists()
+
+
+def test_an_anonymised_series_gets_its_nifti_mask_and_a_reason_for_no_seg(weights, real_data, tmp_path):
+    rows = _infer(weights, real_data / "totalseg_example" / "ct_dicom", tmp_path)
+    assert rows[0]["dicom_seg"].startswith("not written:") and "StudyInstanceUID" in rows[0]["dicom_seg"]
+    assert nib.load(tmp_path / "ct_dicom_seg.nii.gz").shape == (512, 512, 20)
