@@ -12,7 +12,7 @@ from monai.utils import TransformBackends, convert_data_type, convert_to_tensor
 
 __all__ = [
     "LITS_LABELS", "TARGET_CHANNELS", "check_lits_labels", "parse_label_map", "RemapLabels", "RemapLabelsd",
-    "LabelToTarget", "LabelToTargetd",
+    "LabelToTarget", "LabelToTargetd", "target_to_lits",
 ]
 
 #: LiTS label values.
@@ -116,6 +116,18 @@ class LabelToTarget(Transform):
                     for name in TARGET_CHANNELS[self.target]]
         stacked = torch.cat(channels, 0) if isinstance(label, torch.Tensor) else np.concatenate(channels, 0)
         return convert_data_type(stacked, dtype=self.dtype)[0]
+
+
+def target_to_lits(channels: np.ndarray, target: str) -> np.ndarray:
+    """The inverse of :class:`LabelToTarget`: target channels ``(C, *spatial)`` (probabilities or 0/1, cut at 0.5)
+    as one LiTS-coded map ``(*spatial)`` of uint8 (1 liver, 2 tumour; tumour drawn over liver)."""
+    if target not in TARGET_CHANNELS or len(channels) != len(TARGET_CHANNELS[target]):
+        raise ValueError(f"`target` {target!r} needs {len(TARGET_CHANNELS.get(target, ()))} channel(s), "
+                         f"got {len(channels)}.")
+    out = np.zeros(channels.shape[1:], np.uint8)
+    for c, name in enumerate(TARGET_CHANNELS[target]):
+        out[np.asarray(channels[c]) > 0.5] = LITS_LABELS["tumor"] if name == "tumor" else LITS_LABELS["liver"]
+    return out
 
 
 class LabelToTargetd(MapTransform):

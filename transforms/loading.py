@@ -17,13 +17,28 @@ from monai.transforms import LoadImage, MapTransform, Transform
 
 from transforms.validation import InvalidScanError, check_volume
 
-__all__ = ["NIFTI_SUFFIXES", "is_nifti", "dicom_series_files", "LoadScan", "LoadScand"]
+__all__ = ["NIFTI_SUFFIXES", "is_nifti", "nifti_stem", "is_dicom_series_folder", "dicom_series_files", "LoadScan",
+           "LoadScand"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
 def is_nifti(path: str | os.PathLike) -> bool:
     return str(path).lower().endswith(NIFTI_SUFFIXES)
+
+
+def nifti_stem(path: str | os.PathLike) -> str:
+    """``volume-3.nii.gz`` -> ``volume-3`` (both NIfTI suffixes removed)."""
+    name = Path(path).name
+    return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else Path(name).stem
+
+
+def is_dicom_series_folder(folder: str | os.PathLike) -> bool:
+    """Whether ``folder`` holds DICOM files (judged by the first file that is not hidden or NIfTI)."""
+    for path in Path(folder).iterdir():
+        if path.is_file() and not path.name.startswith(".") and not is_nifti(path):
+            return pydicom.misc.is_dicom(str(path))
+    return False
 
 
 def dicom_series_files(folder: str | os.PathLike, modality: str | None = "CT") -> list[Path]:

@@ -6,7 +6,8 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["TMP_PREFIX", "write_bytes_atomic", "write_text_atomic", "write_json_atomic", "remove_stale_temporaries"]
+__all__ = ["TMP_PREFIX", "write_bytes_atomic", "write_text_atomic", "write_json_atomic", "save_figure",
+           "remove_stale_temporaries"]
 
 TMP_PREFIX = ".tmp-"
 
@@ -27,6 +28,18 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
 
 def write_json_atomic(path: str | os.PathLike, payload: object) -> Path:
     return write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
+
+
+def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
+    """Render a matplotlib figure to PNG, write it atomically, close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return write_bytes_atomic(path, buffer.getvalue())
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> int:

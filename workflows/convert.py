@@ -31,13 +31,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pydicom
 import torch
 from monai.transforms import Resize
 from tqdm import tqdm
 
 from transforms import (
-    InvalidScanError, LoadScan, RemapLabels, ValidateScand, WindowHU, is_nifti, parse_label_map, to_canonical,
+    InvalidScanError, LoadScan, RemapLabels, ValidateScand, WindowHU, is_dicom_series_folder, is_nifti, nifti_stem,
+    parse_label_map, to_canonical,
     window_range,
 )
 from workflows.atomic import remove_stale_temporaries, write_bytes_atomic, write_json_atomic
@@ -91,17 +91,6 @@ def _clean_id(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "scan"
 
 
-def _nifti_stem(path: Path) -> str:
-    return path.name[: -len(".nii.gz")] if path.name.lower().endswith(".nii.gz") else path.stem
-
-
-def _is_dicom_folder(folder: Path) -> bool:
-    for path in folder.iterdir():
-        if path.is_file() and not path.name.startswith(".") and not is_nifti(path):
-            return pydicom.misc.is_dicom(str(path))
-    return False
-
-
 def find_volume_sources(root: str | os.PathLike, label: str | os.PathLike | None = None) -> tuple[list[VolumeSource], list[str]]:
     """What ``root`` holds: LiTS pairs (``volume-N`` + ``segmentation-N``), the MSD Task03 layout
     (``imagesTr/liver_N`` + ``labelsTr/liver_N``), DICOM series folders (label: a NIfTI inside the folder, or
@@ -114,8 +103,8 @@ def find_volume_sources(root: str | os.PathLike, label: str | os.PathLike | None
     if not root.exists():
         raise FileNotFoundError(f"--input {root}: no such file or folder.")
     notes: list[str] = []
-    if root.is_file() or _is_dicom_folder(root):
-        name = _nifti_stem(root) if root.is_file() else root.name
+    if root.is_file() or is_dicom_series_folder(root):
+        name = nifti_stem(root) if root.is_file() else root.name
         match = re.fullmatch(r"volume-(.+)", name)
         volume_id = _clean_id(match.group(1) if match else name)
         if label is None and match:  # a LiTS volume finds its segmentation beside it
@@ -127,7 +116,7 @@ def find_volume_sources(root: str | os.PathLike, label: str | os.PathLike | None
 
     sources: list[VolumeSource] = []
     dicom_dirs = sorted(d for d in [root, *root.rglob("*")] if d.is_dir() and not d.name.startswith(".")
-                        and _is_dicom_folder(d))
+                        and is_dicom_series_folder(d))
     used_labels: set[Path] = set()
     for folder in dicom_dirs:
         match = re.fullmatch(r"volume-(.+)", folder.name)
@@ -140,9 +129,9 @@ def find_volume_sources(root: str | os.PathLike, label: str | os.PathLike | None
 
     niftis = sorted(p for p in root.rglob("*") if p.is_file() and is_nifti(p) and not p.name.startswith("."))
     niftis = [p for p in niftis if p not in used_labels and not any(d in p.parents for d in dicom_dirs)]
-    lits_labels = {m.group(1): p for p in niftis if (m := re.fullmatch(r"segmentation-(.+)", _nifti_stem(p)))}
+    lits_labels = {m.group(1): p for p in niftis if (m := re.fullmatch(r"segmentation-(.+)", nifti_stem(p)))}
     for path in niftis:
-        stem = _nifti_stem(path)
+        stem = nifti_stem(path)
         if (m := re.fullmatch(r"volume-(.+)", stem)) is not None:
             sources.append(VolumeSource(_clean_id(m.group(1)), "lits", path, lits_labels.get(m.group(1))))
         elif path.parent.name in ("imagesTr", "imagesTs") and (m := re.fullmatch(r"liver_(\d+)", stem)):

@@ -29,8 +29,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from transforms import LoadScan, check_label_grid, check_lits_labels, is_nifti, to_canonical  # noqa: E402
-from workflows.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic  # noqa: E402
+from transforms import LoadScan, check_label_grid, check_lits_labels, is_nifti, nifti_stem, to_canonical  # noqa: E402
+from workflows.atomic import save_figure, write_json_atomic, write_text_atomic  # noqa: E402
 from workflows.slice_set import volume_sort_key  # noqa: E402
 from workflows.volume_metrics import case_metrics  # noqa: E402
 
@@ -39,12 +39,8 @@ __all__ = ["pair_files", "flatten_case", "summarise_cases", "write_case_csv", "e
 _ID_PATTERNS = (re.compile(r"^segmentation-(.+)$"), re.compile(r"^(?:volume-)?(.+)_seg$"))
 
 
-def _stem(path: Path) -> str:
-    return path.name[: -len(".nii.gz")] if path.name.endswith(".nii.gz") else path.stem
-
-
 def _volume_id(path: Path) -> str:
-    stem = _stem(path)
+    stem = nifti_stem(path)
     for pattern in _ID_PATTERNS:
         match = pattern.match(stem)
         if match:
@@ -58,7 +54,7 @@ def pair_files(pred_dir: str | os.PathLike, truth_dir: str | os.PathLike) -> tup
     def by_id(folder: Path) -> dict[str, Path]:
         found = {}
         for path in sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p) and not p.name.startswith(".")):
-            if re.fullmatch(r"volume-[^_]+", _stem(path)):
+            if re.fullmatch(r"volume-[^_]+", nifti_stem(path)):
                 continue
             found[_volume_id(path)] = path
         return found
@@ -169,10 +165,7 @@ def _figure(rows: list[dict], path: Path) -> None:
     ax.set_xlabel("volume")
     ax.set_ylabel("Dice per case")
     ax.legend()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    write_bytes_atomic(path, buffer.getvalue())
+    save_figure(fig, path)
 
 
 def _fmt(entry: dict | float | None) -> str:

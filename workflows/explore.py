@@ -25,7 +25,7 @@ import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from workflows.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic  # noqa: E402
+from workflows.atomic import save_figure, write_json_atomic, write_text_atomic  # noqa: E402
 from workflows.slice_set import read_manifest, read_mask  # noqa: E402
 
 __all__ = ["explore", "overlay", "main"]
@@ -45,13 +45,6 @@ def overlay(image: np.ndarray, mask: np.ndarray | None, alpha: float = 0.35) -> 
             edge = region & ~ndimage.binary_erosion(region)
             rgb[edge] = colour
     return rgb.clip(0, 255).astype(np.uint8)
-
-
-def _savefig(fig, path: Path) -> None:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    write_bytes_atomic(path, buffer.getvalue())
 
 
 def _area_mm2(row: dict) -> float:
@@ -126,7 +119,7 @@ def explore(slices_dir: str | os.PathLike, out_dir: str | os.PathLike, max_image
     ax.set_ylabel("share of pixels")
     ax.set_title(f"Intensity histogram ({len(sample)} sampled slices)")
     ax.legend()
-    _savefig(fig, out / "intensity_histogram.png")
+    save_figure(fig, out / "intensity_histogram.png")
 
     # -- liver and tumour per volume ----------------------------------------------------------------------------
     ids = list(volumes)
@@ -140,7 +133,7 @@ def explore(slices_dir: str | os.PathLike, out_dir: str | os.PathLike, max_image
     ax.set_xlabel("volume")
     ax.set_ylabel("slices")
     ax.legend()
-    _savefig(fig, out / "per_volume.png")
+    save_figure(fig, out / "per_volume.png")
 
     # -- tumour sizes: connected components on the tumour slices ------------------------------------------------
     tumour_rows = [r for r in labelled if r["tumor_pixels"]]
@@ -166,7 +159,7 @@ def explore(slices_dir: str | os.PathLike, out_dir: str | os.PathLike, max_image
         ax.set_xlabel(f"tumour cross-section area per slice ({unit})")
         ax.set_ylabel("tumour sections")
         ax.set_title("Tumour sizes (connected components per slice)")
-        _savefig(fig, out / "tumour_sizes.png")
+        save_figure(fig, out / "tumour_sizes.png")
 
     # -- sample pictures: tumour, liver only, empty -------------------------------------------------------------
     groups = {
@@ -191,7 +184,7 @@ def explore(slices_dir: str | os.PathLike, out_dir: str | os.PathLike, max_image
             ax.imshow(overlay(image, read_mask(r["mask"]) if r["mask"] else None))
             ax.set_title(f"{name}: volume {r['volume_id']} slice {r['slice_index']}", fontsize=8)
         fig.suptitle("Samples (liver green, tumour red)")
-        _savefig(fig, out / "samples.png")
+        save_figure(fig, out / "samples.png")
 
     summary = {
         "slices_dir": str(Path(slices_dir).resolve()),

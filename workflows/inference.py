@@ -28,7 +28,6 @@ import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
-import pydicom  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from monai.data import MetaTensor  # noqa: E402
 from monai.inferers import SliceInferer  # noqa: E402
@@ -37,9 +36,11 @@ from scipy import ndimage  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from networks import ThreeLevelUNet, load_reference_state_dict  # noqa: E402
-from transforms import TARGET_CHANNELS, LoadScan, WindowHU, is_nifti, to_canonical  # noqa: E402
+from transforms import (  # noqa: E402
+    TARGET_CHANNELS, LoadScan, WindowHU, is_dicom_series_folder, is_nifti, nifti_stem, target_to_lits, to_canonical,
+)
 from transforms.slicing import RAS_LABELS  # noqa: E402
-from workflows.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic  # noqa: E402
+from workflows.atomic import save_figure, write_bytes_atomic, write_json_atomic, write_text_atomic  # noqa: E402
 from workflows.convert import LABEL_LIKE  # noqa: E402
 from workflows.dicom_seg import write_dicom_seg  # noqa: E402
 from workflows.explore import overlay  # noqa: E402
@@ -144,11 +145,11 @@ class ScanInference:
             raise FileNotFoundError(f"--input {path}: no such file or folder.")
         if path.is_file():
             return [path]
-        if any(pydicom_file(p) for p in path.iterdir() if p.is_file()):
+        if is_dicom_series_folder(path):
             return [path]
         found = [p for p in sorted(path.iterdir()) if (p.is_file() and (is_nifti(p) or p.suffix.lower() in IMAGE_SUFFIXES_2D)
                                                        and not LABEL_LIKE.search(p.name))  # labels beside scans
-                 or (p.is_dir() and any(pydicom_file(q) for q in p.iterdir() if q.is_file()))]
+                 or (p.is_dir() and is_dicom_series_folder(p))]
         if not found:
             raise FileNotFoundError(f"--input {path}: no NIfTI file, DICOM series folder or 2D image in it.")
         return found
@@ -178,23 +179,20 @@ class ScanInference:
         return rows
 
     # -- one volume ----------------------------------------------------------------------------------------------
-    def predict_canonical(self, canonical: torch.Tensor) -> np.ndarray:
-        """LiTS-coded label map ``(rows, cols, slices)`` of a canonical HU volume ``(1, rows, cols, slices)``."""
-        grey = self.window(canonical) / 255.0  # whole grey levels, as the PNG slices training read
+    def predict_canonical(self, grey: torch.Tensor) -> np.ndarray:
+        """LiTS-coded label map ``(rows, cols, slices)`` of a windowed canonical volume ``(1, rows, cols, slices)``
+        of whole grey levels 0..255 (as the PNG slices training read)."""
         grey = grey.as_tensor() if isinstance(grey, MetaTensor) else torch.as_tensor(grey)
         with torch.no_grad():
-            logits = self.inferer(grey[None].float().to(self.device), self.model)
-        masks = (torch.sigmoid(logits[0]) > 0.5).cpu().numpy()
-        label = np.zeros(masks.shape[1:], np.uint8)
-        for c, name in enumerate(TARGET_CHANNELS[self.target]):
-            label[masks[c]] = 2 if name == "tumor" else 1
-        return label
+            logits = self.inferer((grey / 255.0)[None].float().to(self.device), self.model)
+        return target_to_lits(torch.sigmoid(logits[0]).cpu().numpy(), self.target)
 
     def segment_volume(self, scan: Path) -> dict:
         image = self.loader(scan)
         canonical = to_canonical(image)
         spacing = torch.linalg.norm(canonical.affine[:3, :3], dim=0).tolist()
-        label = postprocess(self.predict_canonical(canonical), spacing, **self.post)
+        grey = self.window(canonical)  # once: for the network and for the pictures
+        label = postprocess(self.predict_canonical(grey), spacing, **self.post)
         # back to the scan's own grid: reorient the canonical label to the stored axis codes
         stored_codes = "".join(nib.aff2axcodes(image.affine.numpy()))
         restored = Orientation(axcodes=stored_codes, labels=RAS_LABELS)(
@@ -202,7 +200,7 @@ class ScanInference:
         array = restored[0].numpy().astype(np.uint8)
         if array.shape != tuple(image.shape[1:]) or not np.allclose(restored.affine.numpy(), image.affine.numpy(), atol=1e-3):
             raise RuntimeError(f"{scan}: the mask did not return to the scan's grid (internal error).")
-        name = scan.name[: -len(".nii.gz")] if scan.name.endswith(".nii.gz") else (scan.stem if scan.is_file() else scan.name)
+        name = nifti_stem(scan) if scan.is_file() else scan.name
         output = self.output_dir / f"{name}_seg.nii.gz"
         if is_nifti(scan):  # the scan's own header: same affine, qform and sform codes, as a viewer expects
             source = nib.load(scan)
@@ -221,26 +219,22 @@ class ScanInference:
             except ValueError as err:  # the NIfTI mask stands; say why there is no SEG
                 logger.warning(f"no DICOM SEG for {scan}: {err}")
                 row_extra["dicom_seg"] = f"not written: {err}"
-        self._montage(canonical, label, self.output_dir / f"{name}_overlay.png", name)
+        self._montage(np.asarray(grey[0]).astype(np.uint8), label, self.output_dir / f"{name}_overlay.png", name)
         voxel_ml = float(np.prod(spacing)) / 1000.0
         return {"scan": str(scan), "segmentation": str(output), "shape": "x".join(map(str, array.shape)),
                 "liver_ml": round(float(np.count_nonzero(label >= 1)) * voxel_ml, 2),
                 "tumour_ml": round(float(np.count_nonzero(label == 2)) * voxel_ml, 2), **row_extra}
 
-    def _montage(self, canonical: torch.Tensor, label: np.ndarray, path: Path, title: str, n: int = 6) -> None:
+    def _montage(self, grey: np.ndarray, label: np.ndarray, path: Path, title: str, n: int = 6) -> None:
         area = (label >= 1).sum(axis=(0, 1)) + 10 * (label == 2).sum(axis=(0, 1))
         picks = sorted(np.argsort(area)[::-1][:n]) if area.any() else list(np.linspace(0, label.shape[2] - 1, n).astype(int))
-        grey = np.asarray(self.window(canonical)[0]).astype(np.uint8)
         fig, axes = plt.subplots(1, len(picks), figsize=(2.6 * len(picks), 2.9), squeeze=False)
         for ax, k in zip(axes[0], picks):
             ax.imshow(overlay(grey[..., k], label[..., k]))
             ax.set_title(f"slice {k}", fontsize=8)
             ax.axis("off")
         fig.suptitle(f"{title}: liver green, tumour red", fontsize=9)
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-        plt.close(fig)
-        write_bytes_atomic(path, buffer.getvalue())
+        save_figure(fig, path, dpi=90)
 
     # -- one 2D image ------------------------------------------------------------------------------------------
     def segment_image(self, path: Path) -> dict:
@@ -249,10 +243,7 @@ class ScanInference:
             raise ValueError(f"{path}: cannot be read as an image.")
         x = torch.as_tensor(grey, dtype=torch.float32)[None, None] / 255.0
         with torch.no_grad():
-            masks = (torch.sigmoid(self.model(x.to(self.device)))[0] > 0.5).cpu().numpy()
-        label = np.zeros(grey.shape, np.uint8)
-        for c, name in enumerate(TARGET_CHANNELS[self.target]):
-            label[masks[c]] = 2 if name == "tumor" else 1
+            label = target_to_lits(torch.sigmoid(self.model(x.to(self.device)))[0].cpu().numpy(), self.target)
         mask_path = self.output_dir / f"{path.stem}_mask.png"
         # 0/255 for liver (as the Kaggle masks), 0/128/255 when tumour is drawn too
         visible = np.where(label == 2, 255, np.where(label == 1, 255 if self.target == "liver" else 128, 0)).astype(np.uint8)
@@ -264,13 +255,7 @@ class ScanInference:
         axes[1].set_title("prediction")
         for ax in axes:
             ax.axis("off")
-        buffer = io.BytesIO()
-        fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-        plt.close(fig)
-        write_bytes_atomic(self.output_dir / f"{path.stem}_prediction.png", buffer.getvalue())
+        save_figure(fig, self.output_dir / f"{path.stem}_prediction.png", dpi=90)
         return {"scan": str(path), "segmentation": str(mask_path), "shape": "x".join(map(str, grey.shape)),
                 "liver_pixels": int(np.count_nonzero(label >= 1)), "tumour_pixels": int(np.count_nonzero(label == 2))}
 
-
-def pydicom_file(path: Path) -> bool:
-    return not path.name.startswith(".") and not is_nifti(path) and pydicom.misc.is_dicom(str(path))

@@ -22,7 +22,6 @@ import csv
 import io
 import json
 import logging
-import os
 from pathlib import Path
 
 import cv2
@@ -35,8 +34,8 @@ import torch  # noqa: E402
 from ignite.engine import Events  # noqa: E402
 from monai.engines import SupervisedEvaluator  # noqa: E402
 
-from transforms import TARGET_CHANNELS  # noqa: E402
-from workflows.atomic import write_bytes_atomic, write_json_atomic, write_text_atomic  # noqa: E402
+from transforms import TARGET_CHANNELS, target_to_lits  # noqa: E402
+from workflows.atomic import save_figure, write_json_atomic, write_text_atomic  # noqa: E402
 from workflows.evaluate import flatten_case, summarise_cases, write_case_csv  # noqa: E402
 from workflows.explore import overlay  # noqa: E402
 from workflows.slice_set import read_manifest, volume_sort_key  # noqa: E402
@@ -102,14 +101,6 @@ def _share(flags: list[bool]) -> float | None:
     return float(np.mean(flags)) if flags else None
 
 
-def _label_map(channels: np.ndarray, target: str) -> np.ndarray:
-    """Binary target channels ``(C, H, W)`` as one LiTS-coded map (1 liver, 2 tumour) for pictures."""
-    out = np.zeros(channels.shape[1:], np.uint8)
-    for c, name in enumerate(TARGET_CHANNELS[target]):  # liver first, so tumour (2) is drawn over it
-        out[channels[c] > 0.5] = 2 if name == "tumor" else 1
-    return out
-
-
 class VolumeAssembler:
     """Stack slice predictions back into whole validation volumes and score each volume as LiTS does.
 
@@ -138,7 +129,7 @@ class VolumeAssembler:
         if volume_id not in self.expected:
             return
         slices = self.pending.setdefault(volume_id, {})
-        slices[slice_index] = (_label_map(pred, self.target), _label_map(truth, self.target))
+        slices[slice_index] = (target_to_lits(pred, self.target), target_to_lits(truth, self.target))
         if len(slices) == self.expected[volume_id]:
             self._score(volume_id, self.pending.pop(volume_id))
 
@@ -279,17 +270,14 @@ class SliceEvaluation:
             image, truth, pred = pictures[key]
             grey = np.clip(image * 255, 0, 255).astype(np.uint8)
             fig, axes = plt.subplots(1, 3, figsize=(9, 3.3))
-            panels = (("CT", grey, None), ("truth", grey, _label_map(truth, self.target)),
-                      ("prediction", grey, _label_map(pred, self.target)))
+            panels = (("CT", grey, None), ("truth", grey, target_to_lits(truth, self.target)),
+                      ("prediction", grey, target_to_lits(pred, self.target)))
             for ax, (title, img, mask) in zip(axes, panels):
                 ax.imshow(overlay(img, mask) if mask is not None else img, cmap=None if mask is not None else "gray")
                 ax.set_title(title)
                 ax.axis("off")
             fig.suptitle(f"volume {key[0]} slice {key[1]}", fontsize=9)
-            buffer = io.BytesIO()
-            fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-            plt.close(fig)
-            write_bytes_atomic(folder / f"sample_{n}.png", buffer.getvalue())
+            save_figure(fig, folder / f"sample_{n}.png", dpi=90)
 
 
 def _fmt(value: float | None) -> str:

@@ -73,9 +73,9 @@ def peak_memory_mib(reset: bool = False) -> float:
         if reset:
             Path("/proc/self/clear_refs").write_text("5")
         return peak
-    except (OSError, StopIteration):
-        scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale / (1024 if scale == 1 else 1)
+    except (OSError, StopIteration):  # not Linux: the all-time peak (ru_maxrss is bytes on macOS, KiB elsewhere)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 class ResumableSampler(Sampler[int]):

@@ -7,7 +7,7 @@ from monai.bundle import ConfigWorkflow
 
 from workflows.slice_evaluation import REFERENCE_RESULT, slice_counts, summarise
 
-from .conftest import BUNDLE, EVALUATE, TINY, TRAIN
+from .conftest import EVALUATE, TINY, TRAIN
 
 import numpy as np
 

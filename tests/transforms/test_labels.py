@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 import torch
 
-from transforms import TARGET_CHANNELS, LabelToTarget, LabelToTargetd, RemapLabels, RemapLabelsd, parse_label_map
+from transforms import (
+    TARGET_CHANNELS, LabelToTarget, LabelToTargetd, RemapLabels, RemapLabelsd, parse_label_map, target_to_lits,
+)
 
 LABEL = torch.tensor([[[0, 1, 2, 1], [2, 0, 0, 1]]], dtype=torch.float32)  # (1, 2, 4)
 
@@ -55,3 +57,12 @@ def test_other_label_schemes_map_to_lits_with_the_rest_as_background():
 def test_bad_label_maps_are_refused(text):
     with pytest.raises(ValueError, match="label map"):
         parse_label_map(text)
+
+
+def test_target_channels_back_to_lits_labels():
+    for target in ("liver", "tumor", "both"):
+        back = target_to_lits(LabelToTarget(target)(LABEL).numpy(), target)
+        expected = {"liver": (LABEL[0] >= 1) * 1, "tumor": (LABEL[0] == 2) * 2, "both": LABEL[0]}[target]
+        assert np.array_equal(back, expected.numpy())
+    with pytest.raises(ValueError, match="needs 2 channel"):
+        target_to_lits(np.zeros((1, 4, 4)), "both")

@@ -1,7 +1,4 @@
-import csv
-import gzip
 import hashlib
-import os
 import signal
 import subprocess
 import sys
