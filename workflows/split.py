@@ -160,6 +160,11 @@ def plan_split(
             f"asked for {positives} positive + {negatives} negative training slices; the training volumes hold "
             f"{len(pos)} positive and {len(neg)} negative: using {n_pos} + {n_neg} (same ratio)."
         )
+    if n_pos + n_neg == 0:
+        empty = "negative" if positives and not neg else "positive"
+        raise ValueError(
+            f"the training volumes hold {len(pos)} positive and {len(neg)} negative slices: a balanced sample of "
+            f"{positives} + {negatives} is empty. Ask --{empty}s 0 to sample only the other kind, or add volumes.")
     pos_pick = [pos[i] for i in rng.permutation(len(pos))[:n_pos]]
     neg_pick = [neg[i] for i in rng.permutation(len(neg))[:n_neg]]
     # interleave positives and negatives evenly, cut into chunks of exactly chunk_size (the last may be short),

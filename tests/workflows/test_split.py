@@ -73,3 +73,12 @@ def test_a_slice_set_without_manifest_names_the_command(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([str(tmp_path), "--out", str(tmp_path / "lists")])
     assert "python -m workflows.convert" in capsys.readouterr().err
+
+
+def test_an_empty_balanced_sample_is_refused_with_the_way_out(slice_set):
+    rows = [r for r in read_manifest(slice_set) if r["liver_pixels"]]  # only positive slices
+    with pytest.raises(ValueError, match=r"0 negative slices: a balanced sample of 10000 \+ 10000 is empty. "
+                                         r"Ask --negatives 0"):
+        plan_split(rows, val_fraction=0)
+    plan = plan_split(rows, negatives=0, val_fraction=0)
+    assert plan.counts["train_used"] == {"positive": len(rows), "negative": 0}
