@@ -12,7 +12,7 @@ from monai.utils import TransformBackends, convert_data_type, convert_to_tensor
 
 __all__ = [
     "LITS_LABELS", "TARGET_CHANNELS", "check_lits_labels", "parse_label_map", "RemapLabels", "RemapLabelsd",
-    "LabelToTarget", "LabelToTargetd", "target_to_lits",
+    "LabelToTarget", "LabelToTargetd", "target_to_lits", "liver_mask", "tumour_mask",
 ]
 
 #: LiTS label values.
@@ -21,6 +21,16 @@ LITS_LABELS: dict[str, int] = {"background": 0, "liver": 1, "tumor": 2}
 #: What each output channel of a target is. ``liver`` is label >= 1 (liver with its tumours, what the Kaggle
 #: masks hold); ``tumor`` is label == 2; ``both`` is the two as channels (multi-label, one sigmoid each).
 TARGET_CHANNELS: dict[str, tuple[str, ...]] = {"liver": ("liver",), "tumor": ("tumor",), "both": ("liver", "tumor")}
+
+
+def liver_mask(label: NdarrayOrTensor) -> NdarrayOrTensor:
+    """Where a LiTS label map has liver: label >= 1, the liver with its tumours (what the Kaggle masks hold)."""
+    return label >= LITS_LABELS["liver"]
+
+
+def tumour_mask(label: NdarrayOrTensor) -> NdarrayOrTensor:
+    """Where a LiTS label map has tumour: label == 2."""
+    return label == LITS_LABELS["tumor"]
 
 
 def check_lits_labels(label: NdarrayOrTensor, source: object = "label") -> None:
@@ -112,8 +122,7 @@ class LabelToTarget(Transform):
             raise ValueError(f"LabelToTarget expects a channel-first label map (1, *spatial), got shape {tuple(label.shape)}.")
         source = getattr(label, "meta", {}).get("filename_or_obj", "label")
         check_lits_labels(label, source)
-        channels = [label >= LITS_LABELS["liver"] if name == "liver" else label == LITS_LABELS["tumor"]
-                    for name in TARGET_CHANNELS[self.target]]
+        channels = [liver_mask(label) if name == "liver" else tumour_mask(label) for name in TARGET_CHANNELS[self.target]]
         stacked = torch.cat(channels, 0) if isinstance(label, torch.Tensor) else np.concatenate(channels, 0)
         return convert_data_type(stacked, dtype=self.dtype)[0]
 

@@ -12,7 +12,7 @@ from monai.transforms import MapTransform, Transform
 
 from transforms.labels import check_lits_labels
 
-__all__ = ["InvalidScanError", "source_of", "check_volume", "check_label_grid", "ValidateScan", "ValidateScand"]
+__all__ = ["InvalidScanError", "unwrap_transform_error", "source_of", "check_volume", "check_label_grid", "ValidateScan", "ValidateScand"]
 
 #: Largest difference (mm) between a label's and its scan's affine entries still taken as the same grid.
 GRID_TOLERANCE_MM = 0.01
@@ -20,6 +20,14 @@ GRID_TOLERANCE_MM = 0.01
 
 class InvalidScanError(ValueError):
     """A scan or label that cannot be used; the message starts with the file it came from."""
+
+
+def unwrap_transform_error(err: BaseException) -> BaseException:
+    """The exception a transform raised, out of the ``RuntimeError("applying transform ...")`` layers MONAI's
+    ``Compose`` wraps it in, so a bad scan reads as its own one-line reason."""
+    while isinstance(err, RuntimeError) and str(err).startswith("applying transform") and err.__cause__ is not None:
+        err = err.__cause__
+    return err
 
 
 def source_of(img: object, default: str = "image") -> str:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import math
 import os
 from pathlib import Path
 
-__all__ = ["TMP_PREFIX", "write_bytes_atomic", "write_text_atomic", "write_json_atomic", "save_figure",
+__all__ = ["TMP_PREFIX", "write_bytes_atomic", "write_text_atomic", "write_json_atomic", "write_csv_atomic",
            "remove_stale_temporaries"]
 
 TMP_PREFIX = ".tmp-"
@@ -30,16 +33,24 @@ def write_json_atomic(path: str | os.PathLike, payload: object) -> Path:
     return write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
 
-def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
-    """Render a matplotlib figure to PNG, write it atomically, close it."""
-    import io
+def write_csv_atomic(path: str | os.PathLike, rows: list[dict], columns: list[str] | None = None) -> Path:
+    """Rows as CSV (columns: ``columns``, else every key in first-seen order; floats to 6 significant digits,
+    ``None`` and NaN as empty cells), written atomically."""
+    columns = columns or list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([_cell(row.get(column)) for column in columns])
+    return write_text_atomic(path, buffer.getvalue())
 
-    import matplotlib.pyplot as plt
 
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    return write_bytes_atomic(path, buffer.getvalue())
+def _cell(value: object) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> int:

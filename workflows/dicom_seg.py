@@ -17,13 +17,13 @@ import pydicom
 import torch
 from pydicom.sr.codedict import codes
 
-from transforms import dicom_series_files
+from transforms import dicom_series_files, liver_mask, tumour_mask
 
 __all__ = ["series_slice_order", "write_dicom_seg", "read_dicom_seg"]
 
 _SEGMENTS = {
-    1: ("Liver", codes.SCT.Organ, codes.SCT.Liver, lambda label: label >= 1),
-    2: ("Liver tumour", codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Tumor, lambda label: label == 2),
+    1: ("Liver", codes.SCT.Organ, codes.SCT.Liver, liver_mask),
+    2: ("Liver tumour", codes.SCT.MorphologicallyAbnormalStructure, codes.SCT.Tumor, tumour_mask),
 }
 
 

@@ -1,22 +1,24 @@
-"""Segment new scans with a trained model: the bundle's ``inference`` id and ``python -m workflows.infer``.
+"""Segment new scans with a trained model: the Python the bundle's ``inference`` workflow names.
 
-A volume (NIfTI file or DICOM series folder) goes through the training preprocessing (canonical orientation,
-abdomen window to whole grey levels, 0..1, resize to ``spatial_size``) slice by slice with MONAI's
-``SliceInferer``; logits are resized back to each slice, thresholded at 0.5, post-processed, and the label map is
-returned to the scan's own grid: ``<name>_seg.nii.gz`` has the input's shape and affine (0 background, 1 liver,
-2 tumour, or the trained target), so it overlays in any viewer; a DICOM series also gets ``<name>_seg.dcm``, a
-DICOM Segmentation referencing the series. One 2D image (a windowed PNG/JPG slice, as the
-Kaggle export) gives ``<name>_mask.png`` and the reference's side-by-side picture.
+``inference.json`` wires the pieces the model zoo's way: ``preprocessing`` (``transforms.canonical_grey`` then
+``transforms.network_input``, the same definition training reads its slices through), ``inferer`` (MONAI's
+``SliceInferer``), ``evaluator`` (a ``SupervisedEvaluator``) and ``postprocessing`` (``Invertd`` back to the
+scan's grid, sigmoid, threshold, LiTS labels, the largest liver, tumour inside the liver, and
+:class:`SaveScanMaskd`). :class:`ScanInference` feeds the evaluator one scan at a time, so a bad scan is reported
+and skipped while the others are segmented.
+
+Outputs per volume (NIfTI file or DICOM series folder): ``<name>_seg.nii.gz`` on the scan's own grid (its shape and
+affine; 0 background, 1 liver, 2 tumour), ``<name>_seg.dcm`` (DICOM SEG) for a DICOM series, and
+``<name>_overlay.png``. One 2D image (a windowed PNG/JPG slice, as the Kaggle export) gives ``<name>_mask.png`` and
+the reference's side-by-side picture. ``summary.json`` / ``summary.csv``: one row per scan, volumes in mL.
 """
 
 from __future__ import annotations
 
-import csv
 import gzip
-import io
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Hashable, Mapping
 from pathlib import Path
 
 import cv2
@@ -27,70 +29,24 @@ import matplotlib.pyplot as plt  # noqa: E402
 import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from monai.data import MetaTensor  # noqa: E402
-from monai.inferers import SliceInferer  # noqa: E402
-from monai.transforms import Orientation  # noqa: E402
-from scipy import ndimage  # noqa: E402
+from monai.data import MetaTensor, list_data_collate  # noqa: E402
+from monai.engines import SupervisedEvaluator  # noqa: E402
+from monai.transforms import Compose, Invertd, MapTransform  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from networks import ThreeLevelUNet, load_reference_state_dict  # noqa: E402
 from transforms import (  # noqa: E402
-    TARGET_CHANNELS, LoadScan, WindowHU, is_dicom_series_folder, is_nifti, nifti_stem, target_to_lits, to_canonical,
+    TARGET_CHANNELS, InvalidScanError, is_nifti, liver_mask, nifti_stem, target_to_lits, to_canonical, tumour_mask,
+    unwrap_transform_error,
 )
-from transforms.slicing import RAS_LABELS  # noqa: E402
-from workflows.atomic import save_figure, write_bytes_atomic, write_json_atomic, write_text_atomic  # noqa: E402
-from workflows.convert import LABEL_LIKE  # noqa: E402
+from workflows.atomic import write_bytes_atomic, write_csv_atomic, write_json_atomic  # noqa: E402
 from workflows.dicom_seg import write_dicom_seg  # noqa: E402
-from workflows.explore import overlay  # noqa: E402
+from workflows.discovery import find_scans, is_image_2d  # noqa: E402
+from workflows.pictures import montage, overlay, save_figure  # noqa: E402
 
-__all__ = ["ResizedNetwork", "postprocess", "load_weights", "ScanInference"]
+__all__ = ["load_weights", "ScanDataset", "CurrentScan", "SaveScanMaskd", "ScanInference"]
 
 logger = logging.getLogger("liver_ct.inference")
-IMAGE_SUFFIXES_2D = (".png", ".jpg", ".jpeg")
-
-
-class ResizedNetwork(nn.Module):
-    """Run a 2D network at ``spatial_size`` on slices of any size: resize in (bilinear), logits back out."""
-
-    def __init__(self, network: nn.Module, spatial_size: int) -> None:
-        super().__init__()
-        self.network, self.spatial_size = network, int(spatial_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        size = x.shape[-2:]
-        if tuple(size) != (self.spatial_size, self.spatial_size):
-            x = F.interpolate(x, size=(self.spatial_size, self.spatial_size), mode="bilinear", align_corners=False)
-        logits = self.network(x)
-        if tuple(logits.shape[-2:]) != tuple(size):
-            logits = F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
-        return logits
-
-
-def postprocess(label: np.ndarray, spacing: Sequence[float], largest_liver: bool = True, tumour_in_liver: bool = True,
-                min_volume_mm3: float = 0.0) -> np.ndarray:
-    """Clean a LiTS label map (0/1/2): keep the largest connected liver, keep tumour inside the liver, drop
-    tumour components smaller than ``min_volume_mm3``. Each step can be switched off."""
-    label = label.astype(np.uint8).copy()
-    structure = np.ones((3,) * label.ndim, bool)
-    voxel_mm3 = float(np.prod(spacing))
-    liver = label >= 1
-    if largest_liver and liver.any():
-        components, n = ndimage.label(liver, structure)
-        if n > 1:
-            sizes = np.bincount(components.ravel())[1:]
-            liver = components == (int(np.argmax(sizes)) + 1)
-            label[~liver] = 0
-    if tumour_in_liver and (label == 2).any() and liver.any():
-        label[(label == 2) & ~liver] = 0
-    if min_volume_mm3 > 0 and (label == 2).any():
-        components, n = ndimage.label(label == 2, structure)
-        sizes = np.bincount(components.ravel()) * voxel_mm3
-        small = sizes < min_volume_mm3
-        small[0] = False
-        label[small[components]] = 1  # a speck of tumour inside the liver becomes liver
-    return label
 
 
 def load_weights(network: ThreeLevelUNet, path: str | os.PathLike) -> ThreeLevelUNet:
@@ -118,87 +74,69 @@ def load_weights(network: ThreeLevelUNet, path: str | os.PathLike) -> ThreeLevel
         raise ValueError(f"{path} does not fit the configured network: " + ("; ".join(hints) or "keys differ")) from None
 
 
-class ScanInference:
-    """Segment every scan under ``input`` (a NIfTI file, a DICOM series folder, a folder of either, or one 2D
-    image) into ``output_dir``; returns one summary row per scan (volumes in mL)."""
+class ScanDataset(torch.utils.data.Dataset):
+    """The scans under ``input`` (:func:`workflows.discovery.find_scans`), each item ``transform({"image": path})``.
+    The bundle's ``dataset``; 2D images are listed too and segmented apart (they have no volume grid)."""
 
-    def __init__(self, network: ThreeLevelUNet, ckpt_file: str, input: str, output_dir: str, target: str = "liver",
-                 spatial_size: int = 256, device: torch.device | str = "cpu", sw_batch_size: int = 8,
-                 window: str = "abdomen", largest_liver: bool = True, tumour_in_liver: bool = True,
-                 min_tumour_mm3: float = 10.0) -> None:
-        if target not in TARGET_CHANNELS:
-            raise ValueError(f"`target` must be one of {list(TARGET_CHANNELS)}, got {target!r}.")
-        self.network, self.ckpt_file = network, ckpt_file
-        self.input, self.output_dir = Path(input), Path(output_dir)
-        self.target, self.device = target, torch.device(device)
-        self.model = ResizedNetwork(network, spatial_size).to(self.device).eval()
-        self.inferer = SliceInferer(roi_size=(-1, -1), sw_batch_size=sw_batch_size, spatial_dim=2, progress=False)
-        self.window = WindowHU(window, dtype=np.float32)
-        self.post = {"largest_liver": largest_liver, "tumour_in_liver": tumour_in_liver,
-                     "min_volume_mm3": float(min_tumour_mm3)}
-        self.loader = LoadScan()
+    def __init__(self, input: str | os.PathLike, transform=None) -> None:
+        self.input, self.transform = Path(input), transform
+        self._scans: list[Path] | None = None
 
-    # -- what to segment ---------------------------------------------------------------------------------------
+    @property
     def scans(self) -> list[Path]:
-        path = self.input
-        if not path.exists():
-            raise FileNotFoundError(f"--input {path}: no such file or folder.")
-        if path.is_file():
-            return [path]
-        if is_dicom_series_folder(path):
-            return [path]
-        found = [p for p in sorted(path.iterdir()) if (p.is_file() and (is_nifti(p) or p.suffix.lower() in IMAGE_SUFFIXES_2D)
-                                                       and not LABEL_LIKE.search(p.name))  # labels beside scans
-                 or (p.is_dir() and is_dicom_series_folder(p))]
-        if not found:
-            raise FileNotFoundError(f"--input {path}: no NIfTI file, DICOM series folder or 2D image in it.")
-        return found
+        if self._scans is None:  # listed when used, so building the bundle's objects never fails on --input
+            self._scans = find_scans(self.input)
+        return self._scans
 
-    def run(self) -> list[dict]:
-        if str(self.ckpt_file).endswith(".ts"):  # TorchScript from `python -m monai.bundle ckpt_export`
-            self.model.network = torch.jit.load(self.ckpt_file, map_location=self.device).eval()
-        else:
-            load_weights(self.network, self.ckpt_file)
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        rows = []
-        scans = self.scans()
-        for scan in tqdm(scans, desc="segmenting", unit="scan", disable=len(scans) < 2):
-            logger.info(f"segmenting {scan}")
-            try:  # a bad scan is reported and skipped; the others are segmented
-                rows.append(self.segment_image(scan) if scan.suffix.lower() in IMAGE_SUFFIXES_2D else self.segment_volume(scan))
-            except ValueError as err:
-                logger.error(f"FAILED {scan}: {err}")
-                rows.append({"scan": str(scan), "segmentation": "", "error": str(err)})
-        write_json_atomic(self.output_dir / "summary.json", rows)
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(key for row in rows for key in row)),
-                                lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        write_text_atomic(self.output_dir / "summary.csv", buffer.getvalue())
-        return rows
+    def __len__(self) -> int:
+        return len(self.scans)
 
-    # -- one volume ----------------------------------------------------------------------------------------------
-    def predict_canonical(self, grey: torch.Tensor) -> np.ndarray:
-        """LiTS-coded label map ``(rows, cols, slices)`` of a windowed canonical volume ``(1, rows, cols, slices)``
-        of whole grey levels 0..255 (as the PNG slices training read)."""
-        grey = grey.as_tensor() if isinstance(grey, MetaTensor) else torch.as_tensor(grey)
-        with torch.no_grad():
-            logits = self.inferer((grey / 255.0)[None].float().to(self.device), self.model)
-        return target_to_lits(torch.sigmoid(logits[0]).cpu().numpy(), self.target)
+    def __getitem__(self, index: int) -> dict:
+        item = {"image": str(self.scans[index])}
+        return self.transform(item) if self.transform is not None else item
 
-    def segment_volume(self, scan: Path) -> dict:
-        image = self.loader(scan)
-        canonical = to_canonical(image)
-        spacing = torch.linalg.norm(canonical.affine[:3, :3], dim=0).tolist()
-        grey = self.window(canonical)  # once: for the network and for the pictures
-        label = postprocess(self.predict_canonical(grey), spacing, **self.post)
-        # back to the scan's own grid: reorient the canonical label to the stored axis codes
-        stored_codes = "".join(nib.aff2axcodes(image.affine.numpy()))
-        restored = Orientation(axcodes=stored_codes, labels=RAS_LABELS)(
-            MetaTensor(torch.as_tensor(label)[None], affine=canonical.affine, meta={"space": "RAS"}))
-        array = restored[0].numpy().astype(np.uint8)
-        if array.shape != tuple(image.shape[1:]) or not np.allclose(restored.affine.numpy(), image.affine.numpy(), atol=1e-3):
+
+class CurrentScan:
+    """The evaluator's data: one batch, the scan being segmented now (:class:`ScanInference` sets it)."""
+
+    def __init__(self) -> None:
+        self.batch: dict | None = None
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self):
+        yield self.batch
+
+
+class SaveScanMaskd(MapTransform):
+    """The writer at the end of ``postprocessing``: a LiTS label map on the scan's own grid (under ``keys``, its
+    meta from ``Invertd``) to ``<name>_seg.nii.gz`` (the NIfTI source's own header, or the series' affine), a DICOM
+    SEG for a DICOM series, and ``<name>_overlay.png``; the summary row goes to ``d["row"]``.
+
+    Args:
+        output_dir: where the files go.
+        target: what the model segments (``liver``, ``tumor``, ``both``): the segments a DICOM SEG holds.
+        image_key: the network input, inverted to the scan's grid too, drawn under the mask.
+    """
+
+    def __init__(self, keys, output_dir: str, target: str = "liver", image_key: str = "image",
+                 allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.output_dir, self.target, self.image_key = Path(output_dir), target, image_key
+
+    def __call__(self, data: Mapping[Hashable, MetaTensor]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d["row"] = self._write(d[key], d.get(self.image_key))
+        return d
+
+    def _write(self, pred: MetaTensor, image: MetaTensor | None) -> dict:
+        scan = Path(pred.meta["filename_or_obj"])
+        array = pred[0].detach().cpu().numpy().astype(np.uint8)
+        affine = pred.affine.detach().cpu()
+        expected = tuple(int(s) for s in pred.meta["spatial_shape"])
+        if array.shape != expected or not np.allclose(affine.numpy(), np.asarray(pred.meta["original_affine"]), atol=1e-3):
             raise RuntimeError(f"{scan}: the mask did not return to the scan's grid (internal error).")
         name = nifti_stem(scan) if scan.is_file() else scan.name
         output = self.output_dir / f"{name}_seg.nii.gz"
@@ -209,44 +147,94 @@ class ScanInference:
             header.set_slope_inter(1.0, 0.0)
             seg = nib.Nifti1Image(array, source.affine, header)
         else:
-            seg = nib.Nifti1Image(array, image.affine.numpy())
+            seg = nib.Nifti1Image(array, affine.numpy())
         write_bytes_atomic(output, gzip.compress(seg.to_bytes(), mtime=0))
-        row_extra = {}
+        row = {"scan": str(scan), "segmentation": str(output), "shape": "x".join(map(str, array.shape))}
+        spacing = torch.linalg.norm(affine[:3, :3], dim=0)
+        voxel_ml = float(torch.prod(spacing)) / 1000.0
+        row["liver_ml"] = round(float(np.count_nonzero(liver_mask(array))) * voxel_ml, 2)
+        row["tumour_ml"] = round(float(np.count_nonzero(tumour_mask(array))) * voxel_ml, 2)
         if scan.is_dir():  # a DICOM series also gets a DICOM SEG referencing it, for PACS and DICOM viewers
             try:
-                row_extra["dicom_seg"] = str(write_dicom_seg(array, image.affine, scan,
-                                                             self.output_dir / f"{name}_seg.dcm", self.target))
+                row["dicom_seg"] = str(write_dicom_seg(array, affine, scan, self.output_dir / f"{name}_seg.dcm",
+                                                       self.target))
             except ValueError as err:  # the NIfTI mask stands; say why there is no SEG
                 logger.warning(f"no DICOM SEG for {scan}: {err}")
-                row_extra["dicom_seg"] = f"not written: {err}"
-        self._montage(np.asarray(grey[0]).astype(np.uint8), label, self.output_dir / f"{name}_overlay.png", name)
-        voxel_ml = float(np.prod(spacing)) / 1000.0
-        return {"scan": str(scan), "segmentation": str(output), "shape": "x".join(map(str, array.shape)),
-                "liver_ml": round(float(np.count_nonzero(label >= 1)) * voxel_ml, 2),
-                "tumour_ml": round(float(np.count_nonzero(label == 2)) * voxel_ml, 2), **row_extra}
+                row["dicom_seg"] = f"not written: {err}"
+        if image is not None:  # pictures in the radiological view, whatever the stored orientation
+            grey = to_canonical(MetaTensor(torch.as_tensor(image.detach().cpu().float()).as_subclass(torch.Tensor), affine=affine))[0].numpy()
+            label = to_canonical(MetaTensor(torch.as_tensor(array)[None], affine=affine))[0].numpy()
+            montage(np.clip(np.floor(grey * 255 + 0.5), 0, 255).astype(np.uint8), label,
+                    self.output_dir / f"{name}_overlay.png", name)
+        return row
 
-    def _montage(self, grey: np.ndarray, label: np.ndarray, path: Path, title: str, n: int = 6) -> None:
-        area = (label >= 1).sum(axis=(0, 1)) + 10 * (label == 2).sum(axis=(0, 1))
-        picks = sorted(np.argsort(area)[::-1][:n]) if area.any() else list(np.linspace(0, label.shape[2] - 1, n).astype(int))
-        fig, axes = plt.subplots(1, len(picks), figsize=(2.6 * len(picks), 2.9), squeeze=False)
-        for ax, k in zip(axes[0], picks):
-            ax.imshow(overlay(grey[..., k], label[..., k]))
-            ax.set_title(f"slice {k}", fontsize=8)
-            ax.axis("off")
-        fig.suptitle(f"{title}: liver green, tumour red", fontsize=9)
-        save_figure(fig, path, dpi=90)
 
-    # -- one 2D image ------------------------------------------------------------------------------------------
+class ScanInference:
+    """Segment every scan under ``input`` (a NIfTI file, a DICOM series folder, a folder of either, or one 2D
+    image) into ``output_dir`` with the bundle's ``evaluator``; returns one summary row per scan.
+
+    Args:
+        network: the network the evaluator runs (weights loaded here from ``ckpt_file``; a ``.ts`` file from
+            ``python -m monai.bundle ckpt_export`` replaces it).
+        evaluator: a ``SupervisedEvaluator`` reading ``scan`` with the inferer and postprocessing.
+        dataset: a :class:`ScanDataset` whose transform is the preprocessing.
+        scan: the evaluator's :class:`CurrentScan`.
+        network_input: the preprocessing's last step, used alone for 2D images (grey levels already).
+        target: what the model segments.
+    """
+
+    def __init__(self, network: torch.nn.Module, ckpt_file: str, output_dir: str, evaluator: SupervisedEvaluator,
+                 dataset: ScanDataset, scan: CurrentScan, network_input: Compose, target: str = "liver") -> None:
+        if target not in TARGET_CHANNELS:
+            raise ValueError(f"`target` must be one of {list(TARGET_CHANNELS)}, got {target!r}.")
+        self.network, self.ckpt_file, self.output_dir = network, ckpt_file, Path(output_dir)
+        self.evaluator, self.dataset, self.scan = evaluator, dataset, scan
+        self.network_input, self.target = network_input, target
+        self.invert_2d = Invertd(keys="pred", transform=network_input, orig_keys="image", nearest_interp=False)
+
+    def run(self) -> list[dict]:
+        if str(self.ckpt_file).endswith(".ts"):  # TorchScript from `python -m monai.bundle ckpt_export`
+            self.evaluator.network = torch.jit.load(self.ckpt_file, map_location=self.evaluator.state.device).eval()
+        else:
+            load_weights(self.network, self.ckpt_file)
+        scans = self.dataset.scans
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        rows = []
+        for index, scan in enumerate(tqdm(scans, desc="segmenting", unit="scan", disable=len(scans) < 2)):
+            logger.info(f"segmenting {scan}")
+            try:  # a bad scan is reported and skipped; the others are segmented
+                rows.append(self.segment_image(scan) if is_image_2d(scan) else self.segment_volume(index))
+            except (RuntimeError, ValueError) as raised:
+                err = unwrap_transform_error(raised)
+                if not isinstance(err, ValueError):  # not a bad scan: a bug, shown with its traceback
+                    raise
+                logger.error(f"FAILED {scan}: {err}")
+                rows.append({"scan": str(scan), "segmentation": "", "error": str(err)})
+        write_json_atomic(self.output_dir / "summary.json", rows)
+        write_csv_atomic(self.output_dir / "summary.csv", rows)
+        return rows
+
+    def segment_volume(self, index: int) -> dict:
+        self.scan.batch = list_data_collate([self.dataset[index]])
+        self.evaluator.run()
+        return self.evaluator.state.output[0]["row"]
+
     def segment_image(self, path: Path) -> dict:
-        grey = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-        if grey is None:
-            raise ValueError(f"{path}: cannot be read as an image.")
-        x = torch.as_tensor(grey, dtype=torch.float32)[None, None] / 255.0
+        raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        if raw is None:
+            raise InvalidScanError(f"{path}: cannot be read as an image.")
+        grey = raw if raw.ndim == 2 else cv2.cvtColor(raw, cv2.COLOR_BGR2GRAY if raw.shape[2] == 3 else cv2.COLOR_BGRA2GRAY)
+        item = self.network_input({"image": MetaTensor(torch.as_tensor(grey, dtype=torch.float32)[None])})
+        network = self.evaluator.network
         with torch.no_grad():
-            label = target_to_lits(torch.sigmoid(self.model(x.to(self.device)))[0].cpu().numpy(), self.target)
+            logits = network(item["image"][None].to(self.evaluator.state.device))[0].cpu()
+        item["pred"] = MetaTensor(logits, meta=item["image"].meta)
+        logits = self.invert_2d(item)["pred"]
+        label = target_to_lits(torch.sigmoid(torch.as_tensor(logits)).numpy(), self.target)
         mask_path = self.output_dir / f"{path.stem}_mask.png"
         # 0/255 for liver (as the Kaggle masks), 0/128/255 when tumour is drawn too
-        visible = np.where(label == 2, 255, np.where(label == 1, 255 if self.target == "liver" else 128, 0)).astype(np.uint8)
+        visible = np.where(tumour_mask(label), 255, np.where(liver_mask(label), 255 if self.target == "liver" else 128, 0))
+        visible = visible.astype(np.uint8)
         write_bytes_atomic(mask_path, cv2.imencode(".png", visible)[1].tobytes())
         fig, axes = plt.subplots(1, 2, figsize=(7, 3.6))
         axes[0].imshow(grey, cmap="gray")
@@ -257,5 +245,5 @@ class ScanInference:
             ax.axis("off")
         save_figure(fig, self.output_dir / f"{path.stem}_prediction.png", dpi=90)
         return {"scan": str(path), "segmentation": str(mask_path), "shape": "x".join(map(str, grey.shape)),
-                "liver_pixels": int(np.count_nonzero(label >= 1)), "tumour_pixels": int(np.count_nonzero(label == 2))}
-
+                "liver_pixels": int(np.count_nonzero(liver_mask(label))),
+                "tumour_pixels": int(np.count_nonzero(tumour_mask(label)))}

@@ -20,12 +20,12 @@ from pathlib import Path
 import nibabel as nib
 from monai.bundle import run as run_bundle
 
-from workflows.convert import convert
-from workflows.evaluate import evaluate_volumes
-from workflows.explore import explore
+from workflows.conversion import convert
+from workflows.volume_evaluation import evaluate_volumes
+from workflows.exploration import explore
 from workflows.slice_set import read_manifest
-from workflows.split import plan_split, write_split
-from workflows.synthetic import generate_case, generate_dataset
+from workflows.splitting import plan_split, write_split
+from workflows.synthetic_cases import generate_case, generate_dataset
 
 __all__ = ["QUICK_SETTINGS", "main"]
 

@@ -18,8 +18,6 @@ Outputs in ``output_dir``: ``metrics.json``, ``per_slice.csv``, ``volume_metrics
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 from pathlib import Path
@@ -35,11 +33,10 @@ from ignite.engine import Events  # noqa: E402
 from monai.engines import SupervisedEvaluator  # noqa: E402
 
 from transforms import TARGET_CHANNELS, target_to_lits  # noqa: E402
-from workflows.atomic import save_figure, write_json_atomic, write_text_atomic  # noqa: E402
-from workflows.evaluate import flatten_case, summarise_cases, write_case_csv  # noqa: E402
-from workflows.explore import overlay  # noqa: E402
+from workflows.atomic import write_csv_atomic, write_json_atomic  # noqa: E402
+from workflows.pictures import overlay, save_figure  # noqa: E402
 from workflows.slice_set import read_manifest, volume_sort_key  # noqa: E402
-from workflows.volume_metrics import case_metrics  # noqa: E402
+from workflows.volume_metrics import case_metrics, dice_score, flatten_case, iou_score, summarise_cases  # noqa: E402
 
 __all__ = ["REFERENCE_RESULT", "slice_counts", "summarise", "SliceEvaluation"]
 
@@ -56,13 +53,11 @@ def slice_counts(pred: np.ndarray, truth: np.ndarray) -> dict:
 
 
 def _dice(c: dict) -> float:
-    total = c["pred_pixels"] + c["true_pixels"]
-    return 1.0 if total == 0 else 2 * c["tp"] / total
+    return dice_score(c["tp"], c["pred_pixels"], c["true_pixels"])
 
 
 def _iou(c: dict) -> float:
-    union = c["pred_pixels"] + c["true_pixels"] - c["tp"]
-    return 1.0 if union == 0 else c["tp"] / union
+    return iou_score(c["tp"], c["pred_pixels"], c["true_pixels"])
 
 
 def summarise(rows: list[dict], balanced_keys: set[tuple[str, int]] | None = None) -> dict:
@@ -185,8 +180,8 @@ class SliceEvaluation:
 
     def run(self) -> dict:
         if not self.ckpt_file.is_file():
-            raise SystemExit(f"{self.ckpt_file} not found: train first (python -m monai.bundle run training ...), "
-                             "or point --ckpt_file at a checkpoint.")
+            raise FileNotFoundError(f"{self.ckpt_file} not found: train first (python -m monai.bundle run training "
+                                    "...), or point --ckpt_file at a checkpoint.")
         state = torch.load(self.ckpt_file, map_location="cpu", weights_only=True)
         self.evaluator.network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
         balanced = self._balanced_keys()
@@ -220,7 +215,7 @@ class SliceEvaluation:
         finally:
             handle.remove()
         if not rows:
-            raise SystemExit(f"{self.dataset_dir / 'val.json'} holds no slices to evaluate.")
+            raise ValueError(f"{self.dataset_dir / 'val.json'} holds no slices to evaluate.")
 
         metrics = {"checkpoint": str(self.ckpt_file), "target": self.target, "channels": {}}
         for name in self.channels:
@@ -230,7 +225,7 @@ class SliceEvaluation:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if volumes is not None and volumes.rows:
             metrics["volumes"] = volumes.summary()
-            write_case_csv(volumes.rows, self.output_dir / "volume_metrics.csv")
+            write_csv_atomic(self.output_dir / "volume_metrics.csv", volumes.rows)
         write_json_atomic(self.output_dir / "metrics.json", metrics)
         self._write_csv(rows)
         self._write_pictures(pictures, balanced)
@@ -256,11 +251,8 @@ class SliceEvaluation:
         return metrics
 
     def _write_csv(self, rows: list[dict]) -> None:
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(sorted(rows, key=lambda r: (volume_sort_key(r["volume_id"]), r["slice_index"])))
-        write_text_atomic(self.output_dir / "per_slice.csv", buffer.getvalue())
+        ordered = sorted(rows, key=lambda r: (volume_sort_key(r["volume_id"]), r["slice_index"]))
+        write_csv_atomic(self.output_dir / "per_slice.csv", ordered)
 
     def _write_pictures(self, pictures: dict, order: list[tuple[str, int]]) -> None:
         folder = self.output_dir / "val_predictions"

@@ -1,6 +1,6 @@
 """Patient-level split and balanced training chunks, as MONAI datalists.
 
-``python -m workflows.split SLICES_DIR --out LISTS_DIR [--target liver|tumor] [--positives 10000 --negatives 10000]
+``python -m workflows.split --input SLICES_DIR --output LISTS_DIR [--target liver|tumor] [--positives 10000 --negatives 10000]
 [--val-fraction 0.2] [--test-fraction 0] [--chunk-size 2000] [--seed 0] [--val-volumes ID,..] [--test-volumes ID,..]``
 
 Volumes (patients) are split first, so a patient's slices never sit in two splits; volumes with tumour are spread
@@ -16,223 +16,14 @@ validation volumes, for honest metrics), ``val_balanced.json`` (the reference's 
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import os
 import sys
-from collections import defaultdict
-from dataclasses import dataclass, field
+
+import json
 from pathlib import Path
 
-import numpy as np
-
-from workflows.atomic import write_json_atomic
+from workflows.command_line import add_input, add_output, input_of
 from workflows.slice_set import read_manifest
-
-__all__ = ["SplitPlan", "split_volumes", "check_disjoint", "plan_split", "write_split", "main"]
-
-SPLITS = ("train", "val", "test")
-TARGETS = ("liver", "tumor", "both")
-
-
-def _is_positive(row: dict, target: str) -> bool:
-    """A slice is positive when it holds the target; for ``both``, when it holds liver (tumour lies in liver)."""
-    return bool(row["tumor_pixels"] if target == "tumor" else row["liver_pixels"])
-
-
-def check_disjoint(volumes: dict[str, list[str]]) -> None:
-    """Raise ``ValueError`` naming the volumes that sit in more than one split."""
-    where: dict[str, list[str]] = defaultdict(list)
-    for split, ids in volumes.items():
-        for volume_id in ids:
-            where[volume_id].append(split)
-    shared = {v: s for v, s in where.items() if len(s) > 1}
-    if shared:
-        shown = "; ".join(f"volume {v} in {' and '.join(s)}" for v, s in sorted(shared.items()))
-        raise ValueError(f"refusing to write a split whose volumes overlap: {shown}.")
-
-
-def split_volumes(
-    rows: list[dict], val_fraction: float, test_fraction: float, seed: int, val_volumes: list[str] | None = None, test_volumes: list[str] | None = None,
-) -> dict[str, list[str]]:
-    """Assign each volume to train / val / test. Volumes are stratified by whether they hold tumour, shuffled
-    with ``seed``, and dealt to the splits in proportion; ``val_volumes`` / ``test_volumes`` fix them by id."""
-    by_volume: dict[str, list[dict]] = defaultdict(list)
-    for row in rows:
-        by_volume[row["volume_id"]].append(row)
-    ids = sorted(by_volume, key=lambda v: (len(v), v))
-    fixed = {"val": list(val_volumes or []), "test": list(test_volumes or [])}
-    check_disjoint(fixed)
-    unknown = sorted(set(fixed["val"] + fixed["test"]) - set(ids))
-    if unknown:
-        raise ValueError(f"volume(s) {', '.join(unknown)} named for a split are not in the manifest.")
-    free = [v for v in ids if v not in fixed["val"] and v not in fixed["test"]]
-
-    def stratum(volume_id: str) -> int:  # with or without tumour, so validation sees both kinds of patient
-        return int(any(r["tumor_pixels"] for r in by_volume[volume_id]))
-
-    rng = np.random.default_rng(seed)
-    splits = {"train": [], "val": list(fixed["val"]), "test": list(fixed["test"])}
-    n_free = len(free)
-    want = {
-        "val": 0 if val_volumes else _share(n_free, val_fraction),
-        "test": 0 if test_volumes else _share(n_free, test_fraction),
-    }
-    if want["val"] + want["test"] >= n_free and n_free:
-        raise ValueError(f"{n_free} volume(s) cannot give {want['val']} validation and {want['test']} test volumes "
-                         "and keep any for training; lower --val-fraction / --test-fraction.")
-    for group in (0, 1):
-        members = [v for v in free if stratum(v) == group]
-        members = [members[i] for i in rng.permutation(len(members))]
-        share = len(members) / n_free if n_free else 0
-        for split in ("val", "test"):
-            take = round(want[split] * share)
-            splits[split] += members[:take]
-            members = members[take:]
-        splits["train"] += members
-    # rounding per stratum can miss the total by one: move volumes from train to reach it, in a seeded order
-    for split in ("val", "test"):
-        current = len(splits[split]) - len(fixed[split])
-        while current < want[split] and len(splits["train"]) > 1:
-            splits[split].append(splits["train"].pop(int(rng.integers(len(splits["train"])))))
-            current += 1
-        while current > want[split]:
-            splits["train"].append(splits[split].pop())
-            current -= 1
-    out = {split: sorted(splits[split], key=lambda v: (len(v), v)) for split in SPLITS}
-    check_disjoint(out)
-    return out
-
-
-def _share(n: int, fraction: float) -> int:
-    if not 0 <= fraction < 1:
-        raise ValueError(f"split fractions must be in [0, 1), got {fraction!r}.")
-    return max(1, round(n * fraction)) if fraction > 0 and n > 1 else 0
-
-
-@dataclass
-class SplitPlan:
-    target: str
-    seed: int
-    volumes: dict[str, list[str]]
-    chunks: list[list[dict]]
-    val: list[dict]
-    val_balanced: list[dict]
-    test: list[dict]
-    counts: dict = field(default_factory=dict)
-    messages: list[str] = field(default_factory=list)
-
-
-def plan_split(
-    rows: list[dict], target: str = "liver", positives: int = 10_000, negatives: int = 10_000,
-    val_fraction: float = 0.2, test_fraction: float = 0.0, chunk_size: int = 2_000, seed: int = 0,
-    val_balanced: int = 2_000, val_volumes: list[str] | None = None, test_volumes: list[str] | None = None,
-    conversion: dict | None = None,
-) -> SplitPlan:
-    """Everything ``write_split`` writes, decided from the manifest rows; deterministic for a seed.
-    ``conversion`` is the slice set's ``convert.json`` (what its masks hold)."""
-    if target not in TARGETS:
-        raise ValueError(f"`target` must be one of {TARGETS}, got {target!r}.")
-    if chunk_size < 1 or positives < 0 or negatives < 0 or positives + negatives < 1:
-        raise ValueError(f"need --chunk-size >= 1 and some slices to sample, got chunk size {chunk_size}, "
-                         f"{positives} positives, {negatives} negatives.")
-    labelled = [r for r in rows if r["mask"]]
-    if not labelled:
-        raise ValueError("the slice set has no masks; a split for training needs labelled slices.")
-    if target != "liver" and all(r["tumor_pixels"] is None for r in labelled):
-        raise ValueError("the slice set's masks do not tell tumour apart (a Kaggle-style 0/255 set): use --target liver.")
-    converted_target = (conversion or {}).get("target", "both")
-    if converted_target != "both" and converted_target != target:
-        raise ValueError(f"the slice set's masks were converted with --target {converted_target}; they cannot train "
-                         f"--target {target}. Convert again with --target both (the default) or {target}.")
-    volumes = split_volumes(labelled, val_fraction, test_fraction, seed, val_volumes, test_volumes)
-    rng = np.random.default_rng(seed)
-    by_split = {split: [r for r in labelled if r["volume_id"] in set(ids)] for split, ids in volumes.items()}
-    messages = []
-
-    train = by_split["train"]
-    pos = [r for r in train if _is_positive(r, target)]
-    neg = [r for r in train if not _is_positive(r, target)]
-    scale = min(1.0, *(have / asked for have, asked in ((len(pos), positives), (len(neg), negatives)) if asked))
-    n_pos, n_neg = math.floor(positives * scale), math.floor(negatives * scale)
-    if scale < 1:
-        messages.append(
-            f"asked for {positives} positive + {negatives} negative training slices; the training volumes hold "
-            f"{len(pos)} positive and {len(neg)} negative: using {n_pos} + {n_neg} (same ratio)."
-        )
-    if n_pos + n_neg == 0:
-        empty = "negative" if positives and not neg else "positive"
-        raise ValueError(
-            f"the training volumes hold {len(pos)} positive and {len(neg)} negative slices: a balanced sample of "
-            f"{positives} + {negatives} is empty. Ask --{empty}s 0 to sample only the other kind, or add volumes.")
-    pos_pick = [pos[i] for i in rng.permutation(len(pos))[:n_pos]]
-    neg_pick = [neg[i] for i in rng.permutation(len(neg))[:n_neg]]
-    # interleave positives and negatives evenly, cut into chunks of exactly chunk_size (the last may be short),
-    # so every chunk holds its share of both; then shuffle within each chunk
-    slots = sorted([((i + 0.5) / n_pos, 0, i) for i in range(n_pos)] + [((j + 0.5) / n_neg, 1, j) for j in range(n_neg)])
-    ordered = [pos_pick[i] if kind == 0 else neg_pick[i] for _, kind, i in slots]
-    chunks = []
-    for start in range(0, len(ordered), chunk_size):
-        part = ordered[start:start + chunk_size]
-        chunks.append([part[i] for i in rng.permutation(len(part))])
-
-    val = by_split["val"]
-    val_pos = [r for r in val if _is_positive(r, target)]
-    val_neg = [r for r in val if not _is_positive(r, target)]
-    per_class = min(len(val_pos), len(val_neg), val_balanced // 2)
-    balanced = [val_pos[i] for i in rng.permutation(len(val_pos))[:per_class]]
-    balanced += [val_neg[i] for i in rng.permutation(len(val_neg))[:per_class]]
-    balanced = [balanced[i] for i in rng.permutation(len(balanced))]
-    if not val:
-        messages.append("no validation volumes (too few volumes or --val-fraction 0): val.json is empty.")
-    elif per_class * 2 < val_balanced:
-        messages.append(f"val_balanced.json holds {per_class} positive + {per_class} negative slices "
-                        f"(asked for {val_balanced} in all).")
-
-    counts = {
-        "volumes": {s: len(v) for s, v in volumes.items()},
-        "train_available": {"positive": len(pos), "negative": len(neg)},
-        "train_requested": {"positive": positives, "negative": negatives},
-        "train_used": {"positive": n_pos, "negative": n_neg},
-        "chunk_sizes": [len(c) for c in chunks],
-        "val_slices": len(val), "val_positive": len(val_pos),
-        "val_balanced": {"positive": per_class, "negative": per_class},
-        "test_slices": len(by_split["test"]),
-    }
-    return SplitPlan(target, seed, volumes, chunks, val, balanced, by_split["test"], counts, messages)
-
-
-def _entries(rows: list[dict], target: str, lists_dir: Path) -> list[dict]:
-    def rel(path: str) -> str:
-        return os.path.relpath(path, lists_dir)
-
-    return [{"image": rel(r["image"]), "label": rel(r["mask"]), "volume_id": r["volume_id"],
-             "slice_index": r["slice_index"], "positive": _is_positive(r, target)} for r in rows]
-
-
-def write_split(plan: SplitPlan, lists_dir: str | os.PathLike, slices_dir: str | os.PathLike) -> list[Path]:
-    """Write the datalists of ``plan`` into ``lists_dir``; stale chunk files of an earlier split are removed."""
-    lists_dir = Path(lists_dir)
-    lists_dir.mkdir(parents=True, exist_ok=True)
-    check_disjoint(plan.volumes)
-    written = []
-    for stale in lists_dir.glob("chunk_*.json"):
-        stale.unlink()
-    for k, chunk in enumerate(plan.chunks):
-        written.append(write_json_atomic(lists_dir / f"chunk_{k}.json", {"training": _entries(chunk, plan.target, lists_dir)}))
-    written.append(write_json_atomic(lists_dir / "val.json", {"validation": _entries(plan.val, plan.target, lists_dir)}))
-    written.append(write_json_atomic(lists_dir / "val_balanced.json",
-                                     {"validation": _entries(plan.val_balanced, plan.target, lists_dir)}))
-    if plan.volumes["test"]:
-        written.append(write_json_atomic(lists_dir / "test.json", {"testing": _entries(plan.test, plan.target, lists_dir)}))
-    elif (lists_dir / "test.json").exists():
-        (lists_dir / "test.json").unlink()
-    written.append(write_json_atomic(lists_dir / "split.json", {
-        "slices_dir": os.path.relpath(Path(slices_dir).resolve(), lists_dir.resolve()),
-        "target": plan.target, "seed": plan.seed, "volumes": plan.volumes, "counts": plan.counts,
-        "chunks": [f"chunk_{k}.json" for k in range(len(plan.chunks))],
-    }))
-    return written
+from workflows.splitting import TARGETS, plan_split, write_split
 
 
 def _ids(text: str | None) -> list[str] | None:
@@ -241,8 +32,8 @@ def _ids(text: str | None) -> list[str] | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workflows.split", description=__doc__.split("\n\n")[0])
-    parser.add_argument("slices_dir", help="slice set made by workflows.convert (holds manifest.csv)")
-    parser.add_argument("--out", required=True, help="folder for chunk_<k>.json, val.json, ... split.json")
+    add_input(parser, "slice set made by workflows.convert (holds manifest.csv)", positional="slices_dir")
+    add_output(parser, "folder for chunk_<k>.json, val.json, ... split.json", required=True)
     parser.add_argument("--target", choices=TARGETS, default="liver",
                         help="what the model learns: liver, tumor, or both as two channels (default liver); "
                              "a positive slice holds the target (for both: liver)")
@@ -256,13 +47,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-volumes", help="comma-separated volume ids to test on (instead of a fraction)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and the sampling (default 0)")
     args = parser.parse_args(argv)
+    slices_dir = input_of(parser, args, "slices_dir")
     try:
-        rows = read_manifest(args.slices_dir)
-        settings = Path(args.slices_dir) / "convert.json"
+        rows = read_manifest(slices_dir)
+        settings = Path(slices_dir) / "convert.json"
         plan = plan_split(rows, args.target, args.positives, args.negatives, args.val_fraction, args.test_fraction,
                           args.chunk_size, args.seed, args.val_balanced, _ids(args.val_volumes), _ids(args.test_volumes),
                           json.loads(settings.read_text()) if settings.exists() else None)
-        write_split(plan, args.out, args.slices_dir)
+        write_split(plan, args.output, slices_dir)
     except (ValueError, FileNotFoundError) as err:
         parser.exit(2, f"error: {err}\n")
     for message in plan.messages:
@@ -273,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"training: {c['train_used']['positive']} positive + {c['train_used']['negative']} negative slices in "
           f"{len(plan.chunks)} chunk(s) of {', '.join(map(str, c['chunk_sizes']))}")
     print(f"validation: {c['val_slices']} slices in val.json, {2 * c['val_balanced']['positive']} in val_balanced.json")
-    print(f"wrote {args.out}/split.json")
+    print(f"wrote {Path(args.output) / 'split.json'}")
     return 0
 
 

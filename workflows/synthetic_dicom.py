@@ -19,7 +19,7 @@ from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
 if TYPE_CHECKING:
-    from workflows.synthetic import SyntheticCase
+    from workflows.synthetic_cases import SyntheticCase
 
 __all__ = ["write_ct_series"]
 

@@ -21,8 +21,6 @@ import json
 import logging
 import math
 import os
-import resource
-import sys
 import time
 from collections.abc import Iterator, Sized
 from pathlib import Path
@@ -35,8 +33,9 @@ from torch.utils.data import Sampler
 
 from transforms import TARGET_CHANNELS
 from workflows.atomic import write_bytes_atomic, write_json_atomic
+from workflows.memory import peak_memory_mib
 
-__all__ = ["read_split", "target_of", "ResumableSampler", "ChunkedTraining", "ChunkRefused", "peak_memory_mib"]
+__all__ = ["read_split", "target_of", "ResumableSampler", "ChunkedTraining", "ChunkRefused"]
 
 logger = logging.getLogger("liver_ct.training")
 
@@ -62,20 +61,6 @@ def target_of(dataset_dir: str | os.PathLike) -> str:
 
 def out_channels_of(dataset_dir: str | os.PathLike) -> int:
     return len(TARGET_CHANNELS[target_of(dataset_dir)])
-
-
-def peak_memory_mib(reset: bool = False) -> float:
-    """Peak resident memory of this process in MiB; ``reset=True`` starts a new peak (Linux ``clear_refs``),
-    so each chunk reports its own peak rather than the process's all-time high."""
-    try:
-        status = Path("/proc/self/status").read_text()
-        peak = next(float(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:")) / 1024
-        if reset:
-            Path("/proc/self/clear_refs").write_text("5")
-        return peak
-    except (OSError, StopIteration):  # not Linux: the all-time peak (ru_maxrss is bytes on macOS, KiB elsewhere)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 class ResumableSampler(Sampler[int]):
@@ -114,14 +99,9 @@ class ResumableSampler(Sampler[int]):
         return iter(order[skip:])
 
 
-class ChunkRefused(SystemExit):
+class ChunkRefused(ValueError):
     """A chunk that cannot be trained (yet); the message names what is missing and the command that makes it.
-
-    A ``SystemExit``: the bundle's command line prints the message alone and exits with status 1, rather than
-    burying it under the config parser's traceback."""
-
-    def __str__(self) -> str:
-        return str(self.code)
+    The bundle's command line prints it alone (``workflows.bundle.one_line_errors``)."""
 
 
 def _save(path: Path, payload: dict) -> None:

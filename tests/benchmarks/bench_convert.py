@@ -28,7 +28,7 @@ def main() -> int:
     work = Path(args.work)
     raw = work / "raw"
     if not (raw / f"volume-{args.cases - 1}.nii.gz").exists():
-        subprocess.run([sys.executable, "-m", "workflows.synthetic", "--out", str(raw), "--cases", str(args.cases),
+        subprocess.run([sys.executable, "-m", "workflows.synthetic", "--output", str(raw), "--cases", str(args.cases),
                         "--seed", "0", "--size", "512", "--slices", str(args.slices)], cwd=REPO, check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     total = args.cases * args.slices

@@ -3,7 +3,7 @@
     python -m tests.benchmarks.bench_inference [--work /tmp/bench_inference] [--slices 200] [--repeats 2]
 
 The network has the bundle's default width (channels 64-128-256-512) at 256x256 with random weights (the time
-does not depend on them); the whole path is timed: loading the NIfTI, canonical orientation, windowing,
+does not depend on them); the bundle's whole inference workflow is timed (building it included): loading the NIfTI, canonical orientation, windowing,
 SliceInferer in batches of 8, resizing back, post-processing, writing the mask on the scan's grid and the overlay.
 Not a test: it prints figures.
 """
@@ -19,11 +19,8 @@ import torch
 from monai.bundle import ckpt_export
 
 from networks import ThreeLevelUNet
-from workflows.inference import ScanInference
-from workflows.synthetic import generate_dataset
-
-REPO = Path(__file__).resolve().parents[2]
-CONFIGS = REPO / "bundles" / "liver_tumor_ct_segmentation" / "configs"
+from workflows.bundle import config_file, run_workflow
+from workflows.synthetic_cases import generate_dataset
 
 
 def main() -> int:
@@ -40,12 +37,13 @@ def main() -> int:
     weights = work / "model.pt"
     torch.save(ThreeLevelUNet().state_dict(), weights)
     ckpt_export("network_def", filepath=str(work / "model.ts"), ckpt_file=str(weights),
-                config_file=str(CONFIGS / "inference.json"), meta_file=str(CONFIGS / "metadata.json"))
+                config_file=config_file("inference"), meta_file=config_file("metadata"))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; 512x512x{args.slices} volume, full width at 256x256")
     for label, ckpt in (("checkpoint model.pt", weights), ("TorchScript model.ts", work / "model.ts")):
         for repeat in range(args.repeats):
             started = time.perf_counter()
-            ScanInference(ThreeLevelUNet(), str(ckpt), str(scan), str(work / "out"), spatial_size=256).run()
+            run_workflow("inference", ["inference"], "infer", input=str(scan), output_dir=str(work / "out"),
+                         ckpt_file=str(ckpt))
             seconds = time.perf_counter() - started
             print(f"{label}, run {repeat + 1}: {seconds:.1f} s, {args.slices / seconds:.2f} slices/s")
     return 0

@@ -28,10 +28,10 @@ from monai.utils import set_determinism
 REPO = Path(__file__).resolve().parents[2]
 
 from networks import BCEDiceLoss, ThreeLevelUNet  # noqa: E402
-from workflows.convert import convert  # noqa: E402
+from workflows.conversion import convert  # noqa: E402
 from workflows.slice_set import read_manifest  # noqa: E402
-from workflows.split import plan_split, write_split  # noqa: E402
-from workflows.synthetic import generate_dataset  # noqa: E402
+from workflows.splitting import plan_split, write_split  # noqa: E402
+from workflows.synthetic_cases import generate_dataset  # noqa: E402
 
 TRAIN = str(REPO / "bundles" / "liver_tumor_ct_segmentation" / "configs" / "train.json")
 

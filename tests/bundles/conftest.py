@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from workflows.convert import convert
+from workflows.conversion import convert
 from workflows.slice_set import read_manifest
-from workflows.split import plan_split, write_split
-from workflows.synthetic import generate_dataset
+from workflows.splitting import plan_split, write_split
+from workflows.synthetic_cases import generate_dataset
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "liver_tumor_ct_segmentation"
 TRAIN = str(BUNDLE / "configs" / "train.json")

@@ -5,6 +5,7 @@ import cv2
 import pytest
 from monai.bundle import ConfigWorkflow
 
+from workflows.bundle import BundleCommandError
 from workflows.slice_evaluation import REFERENCE_RESULT, slice_counts, summarise
 
 from .conftest import EVALUATE, TINY, TRAIN
@@ -91,5 +92,5 @@ def test_evaluating_without_a_checkpoint_says_what_to_do(lists, tmp_path):
     workflow = ConfigWorkflow(config_file=[TRAIN, EVALUATE], workflow_type="train", run_id="evaluating",
                               **{**TINY, "dataset_dir": str(lists), "ckpt_dir": str(tmp_path)})
     workflow.initialize()
-    with pytest.raises(SystemExit, match="model.pt not found: train first"):
+    with pytest.raises(BundleCommandError, match="model.pt not found: train first"):
         workflow.run()

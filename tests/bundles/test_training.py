@@ -8,7 +8,8 @@ import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
-from workflows.training import ChunkRefused, ResumableSampler
+from workflows.bundle import BundleCommandError
+from workflows.training import ResumableSampler
 
 from .conftest import BUNDLE, EVALUATE, TINY, TRAIN, make_lists
 
@@ -60,7 +61,7 @@ def test_config_workflow_trains_every_chunk_with_checkpoints_and_log(lists, tmp_
 
 
 def test_chunk_by_chunk_and_refusals(lists, tmp_path, capsys):
-    with pytest.raises(ChunkRefused, match=r"chunk 2 starts from the checkpoint chunk 1 ended with.*"
+    with pytest.raises(BundleCommandError, match=r"chunk 2 starts from the checkpoint chunk 1 ended with.*"
                                            r"checkpoint_chunk_1.pt is missing.*--chunk 1"):
         _run(lists, tmp_path, chunk=2)
     _run(lists, tmp_path, chunk=0)
@@ -73,13 +74,13 @@ def test_chunk_by_chunk_and_refusals(lists, tmp_path, capsys):
     assert _run(lists, tmp_path, chunk=1) == [[]]  # done already: says so, trains nothing
     assert "chunk 1 is already done" in capsys.readouterr().out
     assert (tmp_path / "checkpoint_chunk_1.pt").read_bytes() == chunk_1
-    with pytest.raises(ChunkRefused, match=r"--chunk 5 does not exist.*chunks 0..2"):
+    with pytest.raises(BundleCommandError, match=r"--chunk 5 does not exist.*chunks 0..2"):
         _run(lists, tmp_path, chunk=5)
 
 
 def test_resuming_with_other_settings_is_refused_by_name(lists, tmp_path):
     _run(lists, tmp_path, chunk=0)
-    with pytest.raises(ChunkRefused, match=r"spatial_size: checkpoint 32, now 64"):
+    with pytest.raises(BundleCommandError, match=r"spatial_size: checkpoint 32, now 64"):
         _run(lists, tmp_path, chunk=1, spatial_size=64)
 
 

@@ -6,7 +6,7 @@ from monai.data import MetaTensor
 
 from transforms import LoadScan, to_canonical
 from workflows.dicom_seg import read_dicom_seg, write_dicom_seg
-from workflows.synthetic import generate_case
+from workflows.synthetic_cases import generate_case
 from workflows.synthetic_dicom import write_ct_series
 
 

@@ -5,8 +5,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from workflows.evaluate import main, pair_files
-from workflows.synthetic import generate_case
+from workflows.evaluate import main
+from workflows.volume_evaluation import pair_files
+from workflows.synthetic_cases import generate_case
 
 
 @pytest.fixture(scope="module")

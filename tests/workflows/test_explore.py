@@ -2,7 +2,8 @@ import json
 
 import cv2
 
-from workflows.explore import explore, main
+from workflows.exploration import explore
+from workflows.explore import main
 from workflows.slice_set import read_manifest
 
 

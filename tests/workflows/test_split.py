@@ -5,7 +5,8 @@ import pytest
 from monai.data import load_decathlon_datalist
 
 from workflows.slice_set import read_manifest
-from workflows.split import check_disjoint, main, plan_split, write_split
+from workflows.split import main
+from workflows.splitting import check_disjoint, plan_split, write_split
 
 
 def _hash_tree(folder):

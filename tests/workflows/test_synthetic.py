@@ -11,7 +11,8 @@ from scipy import ndimage
 import torch
 
 from transforms import LoadScan, axial_axis, to_canonical
-from workflows.synthetic import SLICE_THICKNESSES_MM, STORED_ORIENTATIONS, generate_case, generate_dataset, main
+from workflows.synthetic import main
+from workflows.synthetic_cases import SLICE_THICKNESSES_MM, STORED_ORIENTATIONS, generate_case, generate_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,0 +1,61 @@
+"""Where the bundle lives and how Python code runs its workflows (the same configs the command line runs)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["BUNDLE_NAME", "BundleCommandError", "bundle_root", "config_file", "one_line_errors", "run_workflow"]
+
+BUNDLE_NAME = "liver_tumor_ct_segmentation"
+
+
+def bundle_root() -> str:
+    """The bundle folder of this installation (``bundles/liver_tumor_ct_segmentation``), absolute, so the configs
+    run from the repository root, from the bundle's own folder or from anywhere else."""
+    return str(Path(__file__).resolve().parents[1] / "bundles" / BUNDLE_NAME)
+
+
+class BundleCommandError(SystemExit):
+    """A user error (bad setting, missing file) leaving a bundle workflow: ``python -m monai.bundle run`` prints
+    the message alone and exits with status 1. MONAI's config parser wraps an ``Exception`` raised inside a ``$``
+    expression in a ``RuntimeError`` and a traceback; a ``SystemExit`` passes through. ``error`` is the original."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(f"error: {error}")
+        self.error = error
+
+    def __str__(self) -> str:
+        return str(self.code)
+
+
+def one_line_errors(run: Callable[[], Any]) -> Any:
+    """Call ``run`` (a workflow's entry, named in a config: ``$one_line_errors(@chunked_training.run)``); a
+    ``ValueError`` or ``FileNotFoundError`` from it leaves as :class:`BundleCommandError`."""
+    try:
+        return run()
+    except (ValueError, FileNotFoundError) as err:
+        raise BundleCommandError(err) from None
+
+
+def config_file(name: str) -> str:
+    """``configs/<name>.json`` of the bundle, absolute."""
+    return str(Path(bundle_root()) / "configs" / f"{name}.json")
+
+
+def run_workflow(run_id: str, configs: list[str], workflow_type: str, **overrides):
+    """Run one workflow of the bundle (``configs`` merged in order, names from :func:`config_file`) with
+    ``overrides`` as the command line's ``--key value``; returns what the run id returns."""
+    from monai.bundle import ConfigWorkflow  # ~5 s of imports: only when a workflow runs
+
+    files = [config_file(name) for name in configs]
+    workflow = ConfigWorkflow(config_file=files if len(files) > 1 else files[0], workflow_type=workflow_type,
+                              run_id=run_id, logging_file=str(Path(files[0]).with_name("logging.conf")), **overrides)
+    workflow.initialize()
+    try:
+        return workflow.run()
+    except BundleCommandError as err:  # Python callers get the original exception
+        raise err.error from None
+    finally:
+        workflow.finalize()

@@ -1,0 +1,28 @@
+"""What every command line shares: ``--input`` / ``--output`` (with the old spellings for one release) and
+one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["add_input", "add_output", "input_of"]
+
+
+def add_input(parser: argparse.ArgumentParser, help: str, positional: str | None = None) -> None:
+    """``--input PATH``; ``positional`` names the old positional spelling, still accepted until release 0.3."""
+    if positional is not None:
+        parser.add_argument(positional, nargs="?", help=argparse.SUPPRESS)
+    parser.add_argument("--input", required=positional is None, help=help)
+
+
+def input_of(parser: argparse.ArgumentParser, args: argparse.Namespace, positional: str) -> str:
+    """The input given as ``--input`` or, the old way, positionally; a one-line error when neither or both."""
+    given = [value for value in (args.input, getattr(args, positional)) if value]
+    if len(given) != 1:
+        parser.error("give the input once, as --input PATH" if given else "the following arguments are required: --input")
+    return given[0]
+
+
+def add_output(parser: argparse.ArgumentParser, help: str, old: tuple[str, ...] = ("--out",), **kwargs) -> None:
+    """``--output PATH``; ``old`` spellings (``--out``, ``--output_dir``) are accepted until release 0.3."""
+    parser.add_argument("--output", *old, dest="output", help=f"{help} ({', '.join(old)}: old spelling)", **kwargs)

@@ -1,0 +1,390 @@
+"""Raw scans (LiTS / MSD NIfTI, DICOM series) or a 2D set (Kaggle JPGs) to a slice set with a manifest: the
+library behind ``python -m workflows.convert`` (see there for the files written).
+
+Volumes are loaded, reoriented and windowed with ``transforms.canonical_grey`` (the steps inference starts with)
+and cut with ``transforms.AxialSlicesd``. A volume is complete when all its slices and its manifest rows
+(``.parts/volume-<id>.csv``, written last) are on disk; a rerun skips complete volumes.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as futures
+import csv
+import json
+import multiprocessing
+import os
+import re
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from monai.transforms import Resize
+from tqdm import tqdm
+
+from transforms import (
+    LITS_LABELS, AxialSlicesd, InvalidScanError, canonical_grey, is_dicom_series_folder, is_nifti, liver_mask,
+    nifti_stem, parse_label_map, tumour_mask, unwrap_transform_error, window_range,
+)
+from workflows.atomic import remove_stale_temporaries, write_bytes_atomic, write_json_atomic
+from workflows.discovery import LABEL_LIKE
+from workflows.memory import peak_memory_mib
+from workflows.slice_set import (
+    MANIFEST_NAME, Slice2D, find_2d_sets, manifest_rows_to_csv, read_mask, slice_name, volume_sort_key, write_manifest,
+)
+
+__all__ = ["TARGETS", "VolumeSource", "ConvertSettings", "ConvertSummary", "find_volume_sources", "convert"]
+
+TARGETS = ("liver", "tumor", "both")
+PARTS_DIR = ".parts"
+SETTINGS_NAME = "convert.json"
+
+
+@dataclass(frozen=True)
+class VolumeSource:
+    """One volume to convert: a NIfTI file or a DICOM series folder, with its label when it has one; or the
+    slices of one volume of a 2D set (``slices``)."""
+
+    volume_id: str
+    kind: str  # "lits", "msd", "nifti", "dicom" or "2d"
+    image: Path | None = None
+    label: Path | None = None
+    slices: tuple[Slice2D, ...] = ()
+
+    @property
+    def where(self) -> str:
+        return str(self.image) if self.image is not None else str(self.slices[0].image.parent)
+
+
+@dataclass(frozen=True)
+class ConvertSettings:
+    target: str = "both"
+    window: str | None = "abdomen"
+    window_hu: tuple[float, float] | None = None
+    format: str | None = None  # None: png for volumes, the source's own format for 2D sets
+    size: int | None = None
+    label_map: dict[int, int] | None = field(default=None, hash=False)
+
+    def as_json(self) -> dict:
+        out = asdict(self)
+        out["window_range_hu"] = list(window_range(self.window, self.window_hu))
+        out["label_map"] = {str(k): v for k, v in (self.label_map or {}).items()} or None
+        out["mask_values"] = {"0": "background", "1": "liver (with its tumours when target is liver)", "2": "tumour"}
+        return out
+
+
+# -- finding what to convert ------------------------------------------------------------------------------------
+def _clean_id(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "scan"
+
+
+def find_volume_sources(root: str | os.PathLike, label: str | os.PathLike | None = None) -> tuple[list[VolumeSource], list[str]]:
+    """What ``root`` holds: LiTS pairs (``volume-N`` + ``segmentation-N``), the MSD Task03 layout
+    (``imagesTr/liver_N`` + ``labelsTr/liver_N``), DICOM series folders (label: a NIfTI inside the folder, or
+    ``segmentation-<id>.nii[.gz]`` beside a folder named ``volume-<id>``), other NIfTI volumes (unlabeled), and
+    2D sets. ``root`` may also be one NIfTI file or one series folder, with ``label`` its label.
+
+    Returns the sources and notes about files left out. Raises ``ValueError`` when two sources share an id.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"--input {root}: no such file or folder.")
+    notes: list[str] = []
+    if root.is_file() or is_dicom_series_folder(root):
+        name = nifti_stem(root) if root.is_file() else root.name
+        match = re.fullmatch(r"volume-(.+)", name)
+        volume_id = _clean_id(match.group(1) if match else name)
+        if label is None and match:  # a LiTS volume finds its segmentation beside it
+            label = next((p for p in (root.parent / f"segmentation-{match.group(1)}{e}" for e in (".nii.gz", ".nii"))
+                          if p.exists()), None)
+        return [VolumeSource(volume_id, "dicom" if root.is_dir() else "nifti", root, Path(label) if label else None)], notes
+    if label is not None:
+        raise ValueError(f"--label pairs with one scan (a NIfTI file or a DICOM series folder); {root} holds several.")
+
+    sources: list[VolumeSource] = []
+    dicom_dirs = sorted(d for d in [root, *root.rglob("*")] if d.is_dir() and not d.name.startswith(".")
+                        and is_dicom_series_folder(d))
+    used_labels: set[Path] = set()
+    for folder in dicom_dirs:
+        match = re.fullmatch(r"volume-(.+)", folder.name)
+        volume_id = _clean_id(match.group(1) if match else folder.name)
+        inside = sorted(p for p in folder.iterdir() if is_nifti(p))
+        beside = [folder.parent / f"segmentation-{volume_id}{ext}" for ext in (".nii.gz", ".nii")]
+        found = inside[:1] or [p for p in beside if p.exists()][:1]
+        used_labels.update(found)
+        sources.append(VolumeSource(volume_id, "dicom", folder, found[0] if found else None))
+
+    niftis = sorted(p for p in root.rglob("*") if p.is_file() and is_nifti(p) and not p.name.startswith("."))
+    niftis = [p for p in niftis if p not in used_labels and not any(d in p.parents for d in dicom_dirs)]
+    lits_labels = {m.group(1): p for p in niftis if (m := re.fullmatch(r"segmentation-(.+)", nifti_stem(p)))}
+    for path in niftis:
+        stem = nifti_stem(path)
+        if (m := re.fullmatch(r"volume-(.+)", stem)) is not None:
+            sources.append(VolumeSource(_clean_id(m.group(1)), "lits", path, lits_labels.get(m.group(1))))
+        elif path.parent.name in ("imagesTr", "imagesTs") and (m := re.fullmatch(r"liver_(\d+)", stem)):
+            msd_label = path.parent.parent / "labelsTr" / path.name
+            sources.append(VolumeSource(m.group(1), "msd", path, msd_label if msd_label.exists() else None))
+        elif path.parent.name == "labelsTr" or re.fullmatch(r"segmentation-(.+)", stem):
+            continue
+        elif LABEL_LIKE.search(stem):
+            notes.append(f"left out {path}: looks like a label without its scan (pair it with --input SCAN --label)")
+        else:
+            sources.append(VolumeSource(_clean_id(stem), "nifti", path, None))
+
+    by_volume: dict[str, list[Slice2D]] = defaultdict(list)
+    for item in find_2d_sets(root):
+        by_volume[_clean_id(item.volume_id)].append(item)
+    sources += [VolumeSource(vid, "2d", slices=tuple(items)) for vid, items in sorted(by_volume.items())]
+
+    seen: dict[str, VolumeSource] = {}
+    for source in sources:
+        if source.volume_id in seen:
+            raise ValueError(
+                f"volume id {source.volume_id!r} is found twice: {seen[source.volume_id].where} and {source.where}; "
+                "convert them into separate outputs or rename one."
+            )
+        seen[source.volume_id] = source
+    return sources, notes
+
+
+def describe_sources(sources: list[VolumeSource]) -> str:
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    names = {"lits": "LiTS volume(s)", "msd": "MSD Task03 volume(s)", "dicom": "DICOM series",
+             "nifti": "other NIfTI volume(s)", "2d": "2D-set volume(s)"}
+    for source in sources:
+        counts[source.kind][0] += 1
+        counts[source.kind][1] += source.label is not None or any(s.mask for s in source.slices)
+    parts = [f"{n} {names[kind]} ({labelled} labelled)" for kind, (n, labelled) in counts.items()]
+    return "found " + (", ".join(parts) if parts else "nothing to convert")
+
+
+# -- converting one volume --------------------------------------------------------------------------------------
+class _Converter:
+    """Per-process state: readers and transforms built once, then one volume at a time."""
+
+    def __init__(self, output: Path, settings: ConvertSettings):
+        self.output = output
+        self.settings = settings
+        # the loading, orientation and window inference uses too (transforms.canonical_grey), whole volumes at once
+        self.volume_to_grey = {
+            labelled: canonical_grey("image", ["label"] if labelled else [], settings.window, settings.window_hu,
+                                     dtype=np.uint8, label_map=settings.label_map)
+            for labelled in (False, True)
+        }
+        self.slicer = AxialSlicesd(keys=["image", "label"], allow_missing_keys=True)
+        size = settings.size
+        self.resize_image = Resize((size, size), mode="bilinear") if size else None
+        self.resize_mask = Resize((size, size), mode="nearest") if size else None
+
+    # masks on disk hold LiTS labels, reduced to the target
+    def _mask_for_target(self, label: np.ndarray) -> np.ndarray:
+        if self.settings.target == "liver":
+            return liver_mask(label).astype(np.uint8)
+        if self.settings.target == "tumor":
+            return (tumour_mask(label) * LITS_LABELS["tumor"]).astype(np.uint8)
+        return label.astype(np.uint8)
+
+    def _resized(self, array: np.ndarray, mask: bool) -> np.ndarray:
+        resize = self.resize_mask if mask else self.resize_image
+        if resize is None or array.shape == (self.settings.size, self.settings.size):
+            return array
+        out = resize(torch.as_tensor(array[None], dtype=torch.float32))[0].numpy()
+        return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
+
+    def _write_slice(self, name: str, image: np.ndarray, mask: np.ndarray | None, fmt: str,
+                     image_bytes: bytes | None = None) -> tuple[str, str]:
+        image_rel = f"images/{name}.{fmt}"
+        if image_bytes is None:
+            params = [cv2.IMWRITE_JPEG_QUALITY, 95] if fmt == "jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 3]
+            ok, encoded = cv2.imencode(f".{fmt}", image, params)
+            image_bytes = encoded.tobytes()
+        write_bytes_atomic(self.output / image_rel, image_bytes)
+        mask_rel = ""
+        if mask is not None:
+            mask_rel = f"masks/{name}.png"
+            write_bytes_atomic(self.output / mask_rel, cv2.imencode(".png", mask)[1].tobytes())
+        return image_rel, mask_rel
+
+    def convert(self, source: VolumeSource, slice_bar: bool = False) -> list[dict]:
+        if source.kind == "2d":
+            return self._convert_2d(source)
+        labelled = source.label is not None
+        data = self.volume_to_grey[labelled]({"image": source.image, "label": source.label} if labelled
+                                             else {"image": source.image})
+        spacing = torch.linalg.norm(data["image"].affine[:3, :3], dim=0).tolist()
+        fmt = self.settings.format or "png"
+        rows = []
+        for item in tqdm(self.slicer(data), desc=f"volume-{source.volume_id}", unit="slice", leave=False,
+                         disable=not slice_bar):
+            k = item["slice_index"]
+            grey = self._resized(item["image"][0].numpy(), mask=False)
+            row = {"volume_id": source.volume_id, "slice_index": k, "source": str(source.image),
+                   "label_source": str(source.label or ""), "spacing_row_mm": spacing[0],
+                   "spacing_col_mm": spacing[1], "slice_thickness_mm": spacing[2]}
+            mask = None
+            if labelled:
+                full = self._resized(item["label"][0].numpy().astype(np.uint8), mask=True)
+                row["liver_pixels"], row["tumor_pixels"] = int(liver_mask(full).sum()), int(tumour_mask(full).sum())
+                mask = self._mask_for_target(full)
+            row["image"], row["mask"] = self._write_slice(slice_name(source.volume_id, k), grey, mask, fmt)
+            rows.append(row)
+        return rows
+
+    def _convert_2d(self, source: VolumeSource) -> list[dict]:
+        seen: dict[int, Path] = {}
+        rows, binary_masks = [], False
+        for item in sorted(source.slices, key=lambda s: s.slice_index):
+            if item.slice_index in seen:
+                raise InvalidScanError(f"{item.image}: slice {item.slice_index} of volume {source.volume_id} "
+                                       f"already comes from {seen[item.slice_index]}.")
+            seen[item.slice_index] = item.image
+            raw = cv2.imread(str(item.image), cv2.IMREAD_UNCHANGED)
+            if raw is None:
+                raise InvalidScanError(f"{item.image}: cannot be read as an image.")
+            source_fmt = "jpg" if item.image.suffix.lower() in (".jpg", ".jpeg") else "png"
+            fmt = self.settings.format or source_fmt
+            copy_bytes = raw.ndim == 2 and raw.dtype == np.uint8 and fmt == source_fmt and self.resize_image is None
+            grey = raw if raw.ndim == 2 else cv2.cvtColor(raw, cv2.COLOR_BGR2GRAY if raw.shape[2] == 3 else cv2.COLOR_BGRA2GRAY)
+            if grey.dtype != np.uint8:
+                raise InvalidScanError(f"{item.image}: expected an 8-bit windowed slice, got {grey.dtype} pixels.")
+            grey = self._resized(grey, mask=False)
+            row = {"volume_id": source.volume_id, "slice_index": item.slice_index, "source": str(item.image),
+                   "label_source": str(item.mask or "")}
+            mask = None
+            if item.mask is not None:
+                labels, binary = read_mask(item.mask, with_kind=True)
+                binary_masks |= binary
+                labels = self._resized(labels, mask=True)
+                if labels.shape != grey.shape:
+                    raise InvalidScanError(f"{item.mask}: mask {labels.shape} does not match its image {grey.shape}.")
+                row["liver_pixels"], row["tumor_pixels"] = int(liver_mask(labels).sum()), int(tumour_mask(labels).sum())
+                mask = self._mask_for_target(labels)
+            image_bytes = item.image.read_bytes() if copy_bytes else None
+            row["image"], row["mask"] = self._write_slice(slice_name(source.volume_id, item.slice_index), grey,
+                                                          mask, fmt, image_bytes)
+            rows.append(row)
+        if binary_masks:  # 0/255 masks (Kaggle, CHAOS) merge liver and tumour: tumour is unknown, not absent
+            if self.settings.target == "tumor":
+                raise InvalidScanError(f"{source.where}: this 2D set's masks hold liver and tumour merged (0/255); "
+                                       "--target tumor needs LiTS labels 0/1/2.")
+            for row in rows:
+                row["tumor_pixels"] = None
+        return rows
+
+
+_worker: _Converter | None = None
+
+
+def _init_worker(output: Path, settings: ConvertSettings, one_thread: bool = True) -> None:
+    global _worker
+    if one_thread:  # parallelism comes from the workers
+        torch.set_num_threads(1)
+    _worker = _Converter(output, settings)
+
+
+def _convert_one(source: VolumeSource, slice_bar: bool = False) -> tuple[str, str, int, int]:
+    """Convert and mark complete. Returns (volume id, error or "", slices, peak RSS in MiB of this process)."""
+    try:
+        rows = _worker.convert(source, slice_bar)
+        write_bytes_atomic(_part_path(_worker.output, source.volume_id), manifest_rows_to_csv(rows).encode())
+        error, count = "", len(rows)
+    except Exception as raised:  # a batch goes on; the summary names the volume and the reason
+        err = unwrap_transform_error(raised)
+        error = str(err) if isinstance(err, InvalidScanError) else f"{source.where}: {type(err).__name__}: {err}"
+        count = 0
+    return source.volume_id, error, count, int(peak_memory_mib())
+
+
+def _part_path(output: Path, volume_id: str) -> Path:
+    return output / PARTS_DIR / f"volume-{volume_id}.csv"
+
+
+def _read_parts(output: Path) -> list[dict]:
+    rows = []
+    for part in sorted((output / PARTS_DIR).glob("volume-*.csv")):
+        with open(part, newline="") as handle:
+            rows += list(csv.DictReader(handle))
+    return rows
+
+
+@dataclass
+class ConvertSummary:
+    converted: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    slices: int = 0
+    peak_rss_mib: int = 0
+
+
+def _check_settings(output: Path, settings: ConvertSettings, input_path: Path) -> None:
+    path = output / SETTINGS_NAME
+    wanted = {"input": str(input_path.resolve()), **settings.as_json()}
+    if path.exists():
+        before = json.loads(path.read_text())
+        differing = sorted(k for k in wanted if k != "input" and before.get(k) != wanted[k])
+        if differing:
+            shown = ", ".join(f"{k}: {before.get(k)!r} -> {wanted[k]!r}" for k in differing)
+            raise ValueError(f"{output} was converted with other settings ({shown}); use a new --output "
+                             "or the same options to carry on.")
+    write_json_atomic(path, wanted)
+
+
+def convert(input_path: str | os.PathLike, output: str | os.PathLike, settings: ConvertSettings = ConvertSettings(),
+            label: str | os.PathLike | None = None, workers: int = 1, progress: bool = True) -> ConvertSummary:
+    """Convert everything found under ``input_path`` into the slice set ``output``; see the module docstring."""
+    input_path, output = Path(input_path), Path(output)
+    sources, notes = find_volume_sources(input_path, label)
+    say = tqdm.write if progress else (lambda *_: None)
+    say(describe_sources(sources))
+    for note in notes:
+        say(note)
+    output.mkdir(parents=True, exist_ok=True)
+    _check_settings(output, settings, input_path)
+    if remove_stale_temporaries(output):
+        say("removed temporary files an interrupted run left behind")
+
+    summary = ConvertSummary()
+    todo = []
+    for source in sources:
+        (summary.skipped if _part_path(output, source.volume_id).exists() else todo).append(source)
+    summary.skipped = sorted((s.volume_id for s in summary.skipped), key=volume_sort_key)
+    if summary.skipped:
+        say(f"{len(summary.skipped)} volume(s) already complete, skipped: {', '.join(summary.skipped[:10])}"
+            + (" ..." if len(summary.skipped) > 10 else ""))
+
+    bar = tqdm(total=len(todo), desc="converting", unit="volume", disable=not progress)
+
+    def record(result: tuple[str, str, int, int]) -> None:
+        volume_id, error, count, rss = result
+        summary.peak_rss_mib = max(summary.peak_rss_mib, rss)
+        if error:
+            summary.failed[volume_id] = error
+            say(f"FAILED volume {volume_id}: {error}")
+        else:
+            summary.converted.append(volume_id)
+            summary.slices += count
+        bar.update(1)
+        bar.set_postfix(slices=summary.slices, failed=len(summary.failed))
+
+    if workers <= 1:
+        _init_worker(output, settings, one_thread=False)
+        for source in todo:
+            record(_convert_one(source, slice_bar=progress))
+    else:
+        context = multiprocessing.get_context("spawn")  # a clean interpreter per worker: no forked thread pools
+        with futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                         initargs=(output, settings)) as pool:
+            for future in futures.as_completed([pool.submit(_convert_one, s) for s in todo]):
+                record(future.result())
+    bar.close()
+
+    write_manifest(output / MANIFEST_NAME, _read_parts(output))
+    say(f"converted {len(summary.converted)}, skipped {len(summary.skipped)} (already complete), "
+        f"failed {len(summary.failed)}; {summary.slices} new slice(s); manifest: {output / MANIFEST_NAME}")
+    if summary.converted or summary.failed:
+        say(f"peak memory per worker {summary.peak_rss_mib} MiB")
+    for volume_id, error in summary.failed.items():
+        say(f"  failed {volume_id}: {error}")
+    return summary

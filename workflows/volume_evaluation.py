@@ -1,0 +1,107 @@
+"""Volume-level evaluation of predicted label maps against ground truth, as the LiTS benchmark reports it: the
+library behind ``python -m workflows.evaluate`` (see there for the files written)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from transforms import LoadScan, check_label_grid, check_lits_labels, is_nifti, nifti_stem, to_canonical  # noqa: E402
+from workflows.atomic import write_csv_atomic, write_json_atomic  # noqa: E402
+from workflows.pictures import save_figure  # noqa: E402
+from workflows.slice_set import volume_sort_key  # noqa: E402
+from workflows.volume_metrics import case_metrics, flatten_case, summarise_cases  # noqa: E402
+
+__all__ = ["pair_files", "evaluate_volumes"]
+
+_ID_PATTERNS = (re.compile(r"^segmentation-(.+)$"), re.compile(r"^(?:volume-)?(.+)_seg$"))
+
+
+def _volume_id(path: Path) -> str:
+    stem = nifti_stem(path)
+    for pattern in _ID_PATTERNS:
+        match = pattern.match(stem)
+        if match:
+            return match.group(1)
+    return stem
+
+
+def pair_files(pred_dir: str | os.PathLike, truth_dir: str | os.PathLike) -> tuple[list[tuple[str, Path, Path]], list[str]]:
+    """(volume id, prediction, truth) for every id found in both folders, and notes on the unpaired files.
+    Scans named ``volume-<id>.nii[.gz]`` beside their labels (the LiTS layout) are not label maps and are skipped."""
+    def by_id(folder: Path) -> dict[str, Path]:
+        found = {}
+        for path in sorted(p for p in folder.iterdir() if p.is_file() and is_nifti(p) and not p.name.startswith(".")):
+            if re.fullmatch(r"volume-[^_]+", nifti_stem(path)):
+                continue
+            found[_volume_id(path)] = path
+        return found
+
+    preds, truths = by_id(Path(pred_dir)), by_id(Path(truth_dir))
+    common = sorted(set(preds) & set(truths), key=volume_sort_key)
+    notes = [f"no truth for prediction {preds[i]}" for i in sorted(set(preds) - set(truths))]
+    notes += [f"no prediction for truth {truths[i]}" for i in sorted(set(truths) - set(preds))]
+    return [(i, preds[i], truths[i]) for i in common], notes
+
+
+def evaluate_volumes(pred_dir: str | os.PathLike, truth_dir: str | os.PathLike, out_dir: str | os.PathLike,
+                     slice_metrics: str | os.PathLike | None = None, progress: bool = True) -> dict:
+    """Evaluate every pair, write the report, return the summary."""
+    pairs, notes = pair_files(pred_dir, truth_dir)
+    say = tqdm.write if progress else (lambda *_: None)
+    for note in notes:
+        say(note)
+    if not pairs:
+        raise ValueError(f"no prediction in {pred_dir} pairs with a truth in {truth_dir} (by volume id).")
+    loader = LoadScan(modality=None)
+    rows, failed = [], {}
+    for volume_id, pred_path, truth_path in tqdm(pairs, desc="evaluating", unit="case", disable=not progress):
+        try:  # a bad pair is reported and skipped; the others are evaluated
+            pred, truth = to_canonical(loader(pred_path)), to_canonical(loader(truth_path))
+            check_label_grid(pred, truth)
+            for label, path in ((pred, pred_path), (truth, truth_path)):
+                check_lits_labels(label, path)
+        except ValueError as err:
+            failed[volume_id] = str(err)
+            say(f"FAILED {volume_id}: {err}")
+            continue
+        spacing = torch.linalg.norm(truth.affine[:3, :3], dim=0).tolist()
+        metrics = case_metrics(pred[0].numpy().astype(np.uint8), truth[0].numpy().astype(np.uint8), spacing)
+        rows.append(flatten_case(volume_id, metrics))
+    if not rows:
+        raise ValueError(f"no case could be evaluated: {failed}")
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_csv_atomic(out / "metrics.csv", rows)
+    summary = summarise_cases(rows)
+    summary["failed"] = failed
+    if slice_metrics is not None:
+        summary["slice_level"] = json.loads(Path(slice_metrics).read_text())
+    write_json_atomic(out / "summary.json", summary)
+    _figure(rows, out / "per_case_dice.png")
+    return summary
+
+
+def _figure(rows: list[dict], path: Path) -> None:
+    ids = [r["volume_id"] for r in rows]
+    x = np.arange(len(ids))
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(ids)), 4))
+    ax.bar(x - 0.2, [r["liver_dice"] for r in rows], 0.4, color="tab:green", label="liver")
+    ax.bar(x + 0.2, [r["tumour_dice"] for r in rows], 0.4, color="tab:red", label="tumour")
+    ax.set_xticks(x, ids, rotation=90 if len(ids) > 12 else 0)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("volume")
+    ax.set_ylabel("Dice per case")
+    ax.legend()
+    save_figure(fig, path)
