@@ -1,14 +1,21 @@
-"""Chunked, resumable training on MONAI's ``SupervisedTrainer``: the logic the bundle's ``training`` id runs.
+"""Chunked, resumable training on MONAI's ``SupervisedTrainer``: what the bundle's ``training`` id runs.
 
 A split (``workflows.split``) cuts the training slices into chunks; each chunk is trained for
-``epochs_per_chunk`` epochs with only that chunk cached. Files in ``ckpt_dir``:
+``epochs_per_chunk`` epochs with only that chunk cached. The engine's behaviour comes from handlers listed in
+``train.json`` (MONAI's ``ValidationHandler``, ``StatsHandler``, ``TensorBoardStatsHandler``,
+``LrScheduleHandler`` and the ones below); :class:`ChunkedTraining` only orchestrates the chunks. Files in
+``ckpt_dir``:
 
-- ``checkpoint_chunk_<k>.pt``: the state chunk k ended with (model, optimizer, scheduler, trainer, chunk state);
-  its presence means chunk k is done, and ``--chunk k+1`` starts from it.
-- ``checkpoint_progress.pt``: the chunk in progress, saved every ``checkpoint_every`` iterations; rerunning the
-  same command carries on from it, data order included, so a killed run ends with the same weights.
-- ``model.pt``: the weights of the latest complete chunk; ``best_model.pt``: the best validation Dice so far.
-- ``training_log.json``: per chunk loss, time, peak memory and validation Dice.
+- ``checkpoint_chunk_<k>.pt``: the state chunk k ended with (model, optimizer, scheduler, trainer, chunk state,
+  its log entry); its presence means chunk k is done, and ``--chunk k+1`` starts from it.
+- ``checkpoint_progress.pt``: the chunk in progress, saved every ``checkpoint_every`` iterations
+  (:class:`ProgressCheckpointHandler`); rerunning the same command carries on from it, data order included, so a
+  killed run ends with the same weights.
+- ``model.pt``: the weights of the latest complete chunk; ``best_model.pt``: those of the chunk with the best
+  validation Dice (:class:`ChunkCheckpointHandler`).
+- ``training_log.json``: per chunk loss, time, peak memory and validation Dice, rebuilt from the chunk checkpoints
+  when a kill left it behind them.
+- ``tensorboard/``: loss per iteration and validation Dice per chunk, with steps counted across chunks.
 
 All are written atomically and hold only tensors and plain values (``torch.load(..., weights_only=True)``).
 """
@@ -26,7 +33,7 @@ from collections.abc import Iterator, Sized
 from pathlib import Path
 
 import torch
-from ignite.engine import Events
+from ignite.engine import Engine, Events
 from monai.data import load_decathlon_datalist
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from torch.utils.data import Sampler
@@ -35,7 +42,10 @@ from transforms import TARGET_CHANNELS
 from workflows.atomic import write_bytes_atomic, write_json_atomic
 from workflows.memory import peak_memory_mib
 
-__all__ = ["read_split", "target_of", "ResumableSampler", "ChunkedTraining", "ChunkRefused"]
+__all__ = [
+    "read_split", "target_of", "ResumableSampler", "ChunkRun", "SamplerEpochHandler", "ProgressCheckpointHandler",
+    "ChunkCheckpointHandler", "LossProgressBar", "ChunkedTraining", "ChunkRefused",
+]
 
 logger = logging.getLogger("liver_ct.training")
 
@@ -49,7 +59,7 @@ def read_split(dataset_dir: str | os.PathLike) -> dict:
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} not found: --dataset_dir must be a lists folder made by "
-            f"`python -m workflows.split SLICES_DIR --out {dataset_dir}`."
+            f"`python -m workflows.split --input SLICES_DIR --output {dataset_dir}`."
         )
     return json.loads(path.read_text())
 
@@ -61,6 +71,11 @@ def target_of(dataset_dir: str | os.PathLike) -> str:
 
 def out_channels_of(dataset_dir: str | os.PathLike) -> int:
     return len(TARGET_CHANNELS[target_of(dataset_dir)])
+
+
+class ChunkRefused(ValueError):
+    """A chunk that cannot be trained (yet); the message names what is missing and the command that makes it.
+    The bundle's command line prints it alone (``workflows.bundle.one_line_errors``)."""
 
 
 class ResumableSampler(Sampler[int]):
@@ -99,11 +114,6 @@ class ResumableSampler(Sampler[int]):
         return iter(order[skip:])
 
 
-class ChunkRefused(ValueError):
-    """A chunk that cannot be trained (yet); the message names what is missing and the command that makes it.
-    The bundle's command line prints it alone (``workflows.bundle.one_line_errors``)."""
-
-
 def _save(path: Path, payload: dict) -> None:
     buffer = io.BytesIO()
     torch.save(payload, buffer)
@@ -114,66 +124,38 @@ def _load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-class ChunkedTraining:
-    """Train the chunks of a split one after another, resumably.
+class ChunkRun:
+    """The chunk in progress and the files of a chunked training, shared by :class:`ChunkedTraining` and the
+    handlers: which chunk runs, global steps across chunks (for TensorBoard and MLflow), the state a checkpoint
+    holds and its restoring.
 
     Args:
-        trainer: a ``SupervisedTrainer`` whose data loader reads ``dataset`` through ``sampler``.
-        dataset: a ``CacheDataset`` refilled with each chunk (``set_data``), so only the current chunk is cached.
-        sampler: the loader's :class:`ResumableSampler`.
-        dataset_dir: the lists folder (``split.json``, ``chunk_<k>.json``, the validation list).
-        ckpt_dir: where checkpoints go.
-        chunk: train this chunk only (it needs chunk-1's checkpoint); ``None`` trains every chunk not yet done.
+        dataset_dir: the lists folder (``split.json``, ``chunk_<k>.json``).
+        ckpt_dir: where checkpoints, the log and ``tensorboard/`` go.
         epochs_per_chunk: epochs over each chunk.
-        checkpoint_every: iterations between progress checkpoints (a crash loses at most this many).
-        evaluator: validation run after each chunk on ``val_datalist``; its key metric picks ``best_model.pt``.
-        val_dataset: the evaluator's dataset, filled from ``val_datalist`` once.
-        val_datalist: file name in ``dataset_dir`` (default ``val.json``: all validation slices).
-        lr_scheduler: saved and restored with the rest.
+        batch_size: the training batch size (iterations per epoch = ceil(slices / batch_size)).
+        seed: the data order's seed, recorded in checkpoints.
         config_summary: plain values recorded in the checkpoints (network widths, size, target) so a mismatching
             resume is refused by name.
-        command: how the user runs training, for messages (the bundle's command line).
-        progress: show a progress bar per epoch.
+        lr_scheduler: saved and restored with the rest.
     """
 
-    def __init__(
-        self,
-        trainer: SupervisedTrainer,
-        dataset,
-        sampler: ResumableSampler,
-        dataset_dir: str,
-        ckpt_dir: str,
-        chunk: int | None = None,
-        epochs_per_chunk: int = 2,
-        checkpoint_every: int = 100,
-        evaluator: SupervisedEvaluator | None = None,
-        val_dataset=None,
-        val_datalist: str = "val.json",
-        lr_scheduler=None,
-        config_summary: dict | None = None,
-        command: str = "python -m monai.bundle run training --config_file <bundle>/configs/train.json",
-        progress: bool | str = True,
-    ) -> None:
-        if epochs_per_chunk < 1:
+    def __init__(self, dataset_dir: str, ckpt_dir: str, epochs_per_chunk: int = 2, batch_size: int = 2, seed: int = 0,
+                 config_summary: dict | None = None, lr_scheduler=None) -> None:
+        if int(epochs_per_chunk) < 1:
             raise ValueError(f"`epochs_per_chunk` must be a positive integer, got {epochs_per_chunk!r}.")
-        if checkpoint_every < 1:
-            raise ValueError(f"`checkpoint_every` must be a positive integer, got {checkpoint_every!r}.")
-        self.trainer, self.dataset, self.sampler = trainer, dataset, sampler
         self.dataset_dir, self.ckpt_dir = Path(dataset_dir), Path(ckpt_dir)
-        self.chunk = None if chunk is None else int(chunk)
-        self.epochs_per_chunk, self.checkpoint_every = int(epochs_per_chunk), int(checkpoint_every)
-        self.evaluator, self.val_dataset, self.val_datalist = evaluator, val_dataset, val_datalist
-        self.lr_scheduler = lr_scheduler
+        self.epochs_per_chunk, self.batch_size, self.seed = int(epochs_per_chunk), int(batch_size), int(seed)
         self.config_summary = dict(config_summary or {})
-        self.command = command
-        # `--progress false` arrives from the command line as a string
-        self.progress = progress.strip().lower() not in ("false", "0", "no") if isinstance(progress, str) else bool(progress)
+        self.lr_scheduler = lr_scheduler
         self.split = read_split(self.dataset_dir)
         self.n_chunks = len(self.split["chunks"])
-        self._current_chunk = 0
-        self._handlers_attached = False
+        self.chunk = 0
+        self.chunk_started = time.time()
+        self.resumed_at: int | None = None  # the iteration the chunk in progress resumed at, if it did
+        self._chunk_lengths: list[int] | None = None
 
-    # -- file names ---------------------------------------------------------------------------------------------
+    # -- files ----------------------------------------------------------------------------------------------------
     def chunk_checkpoint(self, k: int) -> Path:
         return self.ckpt_dir / f"checkpoint_chunk_{k}.pt"
 
@@ -181,48 +163,45 @@ class ChunkedTraining:
     def progress_checkpoint(self) -> Path:
         return self.ckpt_dir / PROGRESS_NAME
 
-    def _command_for(self, k: int) -> str:
-        return f"{self.command} --dataset_dir {self.dataset_dir} --chunk {k} (with the options you used here)"
+    @property
+    def log_path(self) -> Path:
+        return self.ckpt_dir / LOG_NAME
 
-    # -- what to train ------------------------------------------------------------------------------------------
-    def chunks_to_train(self) -> list[int]:
-        done = [k for k in range(self.n_chunks) if self.chunk_checkpoint(k).exists()]
-        if self.chunk is None:
-            return [k for k in range(self.n_chunks) if k not in done]
-        k = self.chunk
-        if not 0 <= k < self.n_chunks:
-            raise ChunkRefused(f"--chunk {k} does not exist: {self.dataset_dir} holds chunks 0..{self.n_chunks - 1}.")
-        if k in done:
-            return []
-        if k > 0 and not self.chunk_checkpoint(k - 1).exists():
-            raise ChunkRefused(
-                f"chunk {k} starts from the checkpoint chunk {k - 1} ended with, and "
-                f"{self.chunk_checkpoint(k - 1)} is missing. Train chunk {k - 1} first: {self._command_for(k - 1)}"
-            )
-        return [k]
+    @property
+    def tensorboard_dir(self) -> str:
+        return str(self.ckpt_dir / "tensorboard")
 
-    def run(self) -> list[dict]:
-        """Train what is due; returns the log entries of the chunks trained now."""
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        todo = self.chunks_to_train()
-        if not todo:
-            which = f"chunk {self.chunk} is" if self.chunk is not None else f"all {self.n_chunks} chunks are"
-            logger.info(f"{which} already done ({self.ckpt_dir}); nothing to train.")
-            return []
-        self._attach_handlers()
-        entries = []
-        for k in todo:
-            entries.append(self._train_chunk(k))
-        return entries
+    def chunk_data(self, k: int) -> list[dict]:
+        return load_decathlon_datalist(self.dataset_dir / self.split["chunks"][k], data_list_key="training")
+
+    # -- global steps ---------------------------------------------------------------------------------------------
+    def iterations_per_epoch(self, k: int) -> int:
+        if self._chunk_lengths is None:
+            self._chunk_lengths = [len(json.loads((self.dataset_dir / name).read_text())["training"])
+                                   for name in self.split["chunks"]]
+        return math.ceil(self._chunk_lengths[k] / self.batch_size)
+
+    def global_iteration(self, iteration: int) -> int:
+        """An iteration of the chunk in progress, counted from the first iteration of chunk 0."""
+        return sum(self.iterations_per_epoch(k) for k in range(self.chunk)) * self.epochs_per_chunk + int(iteration)
+
+    def global_epoch(self, epoch: int) -> int:
+        """An epoch of the chunk in progress, counted from the first epoch of chunk 0."""
+        return self.chunk * self.epochs_per_chunk + int(epoch)
+
+    def write_tensorboard_loss(self, engine: Engine, writer) -> None:
+        """``TensorBoardStatsHandler``'s iteration writer: the loss at the global iteration."""
+        writer.add_scalar("train_loss", _loss_of(engine.state.output), self.global_iteration(engine.state.iteration))
+        writer.flush()
 
     # -- state ----------------------------------------------------------------------------------------------------
-    def _state(self, k: int, chunk_done: bool) -> dict:
+    def state(self, engine: SupervisedTrainer, chunk_done: bool) -> dict:
         state = {
-            "model": self.trainer.network.state_dict(),
-            "optimizer": self.trainer.optimizer.state_dict(),
-            "trainer": dict(self.trainer.state_dict()),
-            "chunk": {"index": k, "done": chunk_done, "n_chunks": self.n_chunks,
-                      "epochs_per_chunk": self.epochs_per_chunk, "seed": self.sampler.seed},
+            "model": engine.network.state_dict(),
+            "optimizer": engine.optimizer.state_dict(),
+            "trainer": dict(engine.state_dict()),
+            "chunk": {"index": self.chunk, "done": chunk_done, "n_chunks": self.n_chunks,
+                      "epochs_per_chunk": self.epochs_per_chunk, "seed": self.seed},
             "config": self.config_summary,
             "torch_rng": torch.get_rng_state(),
         }
@@ -230,122 +209,207 @@ class ChunkedTraining:
             state["lr_scheduler"] = self.lr_scheduler.state_dict()
         return state
 
-    def _restore(self, state: dict, source: Path) -> None:
-        differing = {k: (state.get("config", {}).get(k), v) for k, v in self.config_summary.items()
-                     if k in state.get("config", {}) and state["config"][k] != v}
+    def restore(self, engine: SupervisedTrainer, state: dict, source: Path) -> None:
+        recorded = state.get("config", {})
+        differing = {k: (recorded.get(k), v) for k, v in self.config_summary.items() if k in recorded and recorded[k] != v}
         if differing:
             shown = ", ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in differing.items())
             raise ChunkRefused(f"{source} was made with other settings ({shown}); use the same settings or "
                                "another --ckpt_dir.")
-        self.trainer.network.load_state_dict(state["model"])
-        self.trainer.optimizer.load_state_dict(state["optimizer"])
+        engine.network.load_state_dict(state["model"])
+        engine.optimizer.load_state_dict(state["optimizer"])
         if self.lr_scheduler is not None and "lr_scheduler" in state:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         torch.set_rng_state(state["torch_rng"])
 
-    # -- engine hooks --------------------------------------------------------------------------------------------
-    def _attach_handlers(self) -> None:
-        if self._handlers_attached:
-            return
-        trainer = self.trainer
+    # -- the log ----------------------------------------------------------------------------------------------------
+    def read_log(self) -> list[dict]:
+        """``training_log.json``, rebuilt from the chunk checkpoints when it lacks a chunk they hold (a kill
+        between a chunk's checkpoint and its log entry)."""
+        log = json.loads(self.log_path.read_text()) if self.log_path.exists() else []
+        done = [k for k in range(self.n_chunks) if self.chunk_checkpoint(k).exists()]
+        if sorted(e["chunk"] for e in log) != done:
+            log = [_load(self.chunk_checkpoint(k)).get("log", {"chunk": k}) for k in done]
+            write_json_atomic(self.log_path, log)
+        return log
 
-        @trainer.on(Events.EPOCH_STARTED)
-        def _order_this_epoch(engine) -> None:
-            self.sampler.set_epoch(self._current_chunk, engine.state.epoch)
 
-        @trainer.on(Events.ITERATION_COMPLETED(every=self.checkpoint_every) | Events.COMPLETED)
-        def _save_progress(engine) -> None:
-            _save(self.progress_checkpoint, self._state(self._current_chunk, chunk_done=False))
+def _loss_of(output) -> float:
+    return float(output[0]["loss"] if isinstance(output, list) else output["loss"])
 
-        @trainer.on(Events.ITERATION_COMPLETED)
-        def _record_loss(engine) -> None:
-            output = engine.state.output
-            loss = output[0]["loss"] if isinstance(output, list) else output["loss"]
-            self._losses.append(float(loss))
 
-        if self.progress:
+class SamplerEpochHandler:
+    """Give the :class:`ResumableSampler` the chunk and epoch at each epoch's start, so the order is reproducible."""
+
+    def __init__(self, sampler: ResumableSampler, run: ChunkRun) -> None:
+        self.sampler, self.run = sampler, run
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        self.sampler.set_epoch(self.run.chunk, engine.state.epoch)
+
+
+class ProgressCheckpointHandler:
+    """Save ``checkpoint_progress.pt`` every ``every`` iterations of a chunk (a crash loses at most that many).
+    Not at the chunk's last iteration: a resumed run always has an iteration left, so the chunk's end (validation,
+    chunk checkpoint) runs through the engine's events."""
+
+    def __init__(self, run: ChunkRun, every: int = 100) -> None:
+        if int(every) < 1:
+            raise ValueError(f"`checkpoint_every` must be a positive integer, got {every!r}.")
+        self.run, self.every = run, int(every)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.every), self)
+
+    def __call__(self, engine: Engine) -> None:
+        if engine.state.iteration < engine.state.epoch_length * engine.state.max_epochs:
+            _save(self.run.progress_checkpoint, self.run.state(engine, chunk_done=False))
+
+
+class ChunkCheckpointHandler:
+    """At a chunk's end (after ``ValidationHandler`` ran ``validator``): ``model.pt``, ``best_model.pt`` when the
+    validation Dice beats every earlier chunk's, ``checkpoint_chunk_<k>.pt`` with the chunk's log entry, and
+    ``training_log.json``. Records the loss of every iteration for the log."""
+
+    def __init__(self, run: ChunkRun, validator: SupervisedEvaluator | None = None) -> None:
+        self.run, self.validator = run, validator
+        self.losses: list[float] = []
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, lambda e: self.losses.clear())
+        engine.add_event_handler(Events.ITERATION_COMPLETED, lambda e: self.losses.append(_loss_of(e.state.output)))
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        run, k = self.run, self.run.chunk
+        val_metric, metric_name = None, None
+        if self.validator is not None and self.validator.state.metrics:
+            metric_name = self.validator.state.key_metric_name
+            val_metric = float(self.validator.state.metrics[metric_name])
+        log = [e for e in run.read_log() if e["chunk"] != k]
+        best = max([e["val_metric"] for e in log if e.get("val_metric") is not None], default=-math.inf)
+        per_epoch = engine.state.epoch_length
+        entry = {
+            "chunk": k, "slices": len(engine.data_loader.dataset), "epochs": run.epochs_per_chunk,
+            "iterations": per_epoch * engine.state.max_epochs, "resumed_at_iteration": run.resumed_at,
+            "mean_loss_last_epoch": sum(self.losses[-per_epoch:]) / len(self.losses[-per_epoch:]) if self.losses else None,
+            "seconds": round(time.time() - run.chunk_started, 1), "peak_memory_mib": round(peak_memory_mib(), 1),
+            "val_metric_name": metric_name, "val_metric": val_metric,
+            "best": val_metric is not None and val_metric > best,
+        }
+        weights = io.BytesIO()
+        torch.save(engine.network.state_dict(), weights)
+        state = run.state(engine, chunk_done=True)
+        state["log"] = {key: value for key, value in entry.items() if value is not None}
+        _save(run.chunk_checkpoint(k), state)  # chunk k is done from here on
+        write_bytes_atomic(run.ckpt_dir / "model.pt", weights.getvalue())
+        if entry["best"]:
+            write_bytes_atomic(run.ckpt_dir / "best_model.pt", weights.getvalue())
+        run.progress_checkpoint.unlink(missing_ok=True)
+        write_json_atomic(run.log_path, log + [entry])
+        loss = f"{entry['mean_loss_last_epoch']:.4f}" if entry["mean_loss_last_epoch"] is not None else "n/a"
+        metric = f", {metric_name} {val_metric:.4f}{' (best)' if entry['best'] else ''}" if val_metric is not None else ""
+        logger.info(f"chunk {k} done: loss {loss}, {entry['seconds']} s, peak memory {entry['peak_memory_mib']} MiB"
+                    f"{metric}; checkpoint {run.chunk_checkpoint(k)}")
+
+
+class LossProgressBar:
+    """Ignite's progress bar with the loss, per epoch; ``enabled=false`` (or ``"false"`` from the command line)
+    leaves it out."""
+
+    def __init__(self, enabled: bool | str = True) -> None:
+        self.enabled = enabled.strip().lower() not in ("false", "0", "no") if isinstance(enabled, str) else bool(enabled)
+
+    def attach(self, engine: Engine) -> None:
+        if self.enabled:
             from ignite.handlers import ProgressBar
 
-            ProgressBar(persist=False, desc="chunk").attach(
-                trainer, output_transform=lambda out: {"loss": float(out[0]["loss"] if isinstance(out, list) else out["loss"])}
-            )
-        self._handlers_attached = True
+            ProgressBar(persist=False, desc="chunk").attach(engine, output_transform=lambda out: {"loss": _loss_of(out)})
 
-    # -- one chunk -----------------------------------------------------------------------------------------------
-    def _train_chunk(self, k: int) -> dict:
-        self._current_chunk = k
-        self._losses: list[float] = []
-        data = load_decathlon_datalist(self.dataset_dir / self.split["chunks"][k], data_list_key="training")
-        started = time.time()
+
+class ChunkedTraining:
+    """Train the chunks of a split one after another, resumably: the orchestration; everything the engine does
+    during a chunk comes from the trainer's handlers.
+
+    Args:
+        trainer: a ``SupervisedTrainer`` whose data loader reads ``dataset`` through ``sampler``, with the
+            handlers above (:class:`ChunkCheckpointHandler` ends each chunk).
+        dataset: a ``CacheDataset`` refilled with each chunk (``set_data``), so only the current chunk is cached.
+        sampler: the loader's :class:`ResumableSampler`.
+        run: the :class:`ChunkRun` the handlers share.
+        chunk: train this chunk only (it needs chunk-1's checkpoint); ``None`` trains every chunk not yet done.
+        command: how the user runs training, for messages (the bundle's command line).
+    """
+
+    def __init__(self, trainer: SupervisedTrainer, dataset, sampler: ResumableSampler, run: ChunkRun,
+                 chunk: int | None = None,
+                 command: str = "python -m monai.bundle run training --config_file <bundle>/configs/train.json") -> None:
+        self.trainer, self.dataset, self.sampler = trainer, dataset, sampler
+        self.chunk_run = run
+        self.chunk = None if chunk is None else int(chunk)
+        self.command = command
+
+    def _command_for(self, k: int) -> str:
+        return f"{self.command} --dataset_dir {self.chunk_run.dataset_dir} --chunk {k} (with the options you used here)"
+
+    def chunks_to_train(self) -> list[int]:
+        run = self.chunk_run
+        done = [k for k in range(run.n_chunks) if run.chunk_checkpoint(k).exists()]
+        if self.chunk is None:
+            return [k for k in range(run.n_chunks) if k not in done]
+        k = self.chunk
+        if not 0 <= k < run.n_chunks:
+            raise ChunkRefused(f"--chunk {k} does not exist: {run.dataset_dir} holds chunks 0..{run.n_chunks - 1}.")
+        if k in done:
+            return []
+        if k > 0 and not run.chunk_checkpoint(k - 1).exists():
+            raise ChunkRefused(
+                f"chunk {k} starts from the checkpoint chunk {k - 1} ended with, and "
+                f"{run.chunk_checkpoint(k - 1)} is missing. Train chunk {k - 1} first: {self._command_for(k - 1)}"
+            )
+        return [k]
+
+    def run(self) -> list[dict]:
+        """Train what is due; returns the log entries of the chunks trained now."""
+        self.chunk_run.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        self.chunk_run.read_log()  # a log a kill left behind the checkpoints is rebuilt first
+        todo = self.chunks_to_train()
+        if not todo:
+            which = f"chunk {self.chunk} is" if self.chunk is not None else f"all {self.chunk_run.n_chunks} chunks are"
+            logger.info(f"{which} already done ({self.chunk_run.ckpt_dir}); nothing to train.")
+            return []
+        for k in todo:
+            self._train_chunk(k)
+        trained = set(todo)
+        return [e for e in self.chunk_run.read_log() if e["chunk"] in trained]
+
+    def _train_chunk(self, k: int) -> None:
+        run = self.chunk_run
+        run.chunk, run.chunk_started = k, time.time()
+        data = run.chunk_data(k)
         self.dataset.set_data([])  # drop the previous chunk's cache before filling the next one
         gc.collect()
         peak_memory_mib(reset=True)
         self.dataset.set_data(data)
         loader_length = len(self.trainer.data_loader)
-        total = loader_length * self.epochs_per_chunk
+        total = loader_length * run.epochs_per_chunk
 
-        iteration = 0
-        progress = _load(self.progress_checkpoint) if self.progress_checkpoint.exists() else None
-        resumed = progress is not None and progress["chunk"]["index"] == k
-        if resumed:
-            state = progress
-            self._restore(state, self.progress_checkpoint)
-            iteration = int(state["trainer"]["iteration"])
-            logger.info(f"chunk {k}: resuming at iteration {iteration} of {total} from {self.progress_checkpoint}")
+        iteration, resumed = 0, False
+        progress = _load(run.progress_checkpoint) if run.progress_checkpoint.exists() else None
+        if progress is not None and progress["chunk"]["index"] == k:
+            run.restore(self.trainer, progress, run.progress_checkpoint)
+            iteration, resumed = int(progress["trainer"]["iteration"]), True
+            logger.info(f"chunk {k}: resuming at iteration {iteration} of {total} from {run.progress_checkpoint}")
         elif k > 0:
-            self._restore(_load(self.chunk_checkpoint(k - 1)), self.chunk_checkpoint(k - 1))
-            logger.info(f"chunk {k}: starting from {self.chunk_checkpoint(k - 1)}")
-        logger.info(f"chunk {k}/{self.n_chunks - 1}: {len(data)} slices, {self.epochs_per_chunk} epoch(s), "
+            run.restore(self.trainer, _load(run.chunk_checkpoint(k - 1)), run.chunk_checkpoint(k - 1))
+            logger.info(f"chunk {k}: starting from {run.chunk_checkpoint(k - 1)}")
+        logger.info(f"chunk {k}/{run.n_chunks - 1}: {len(data)} slices, {run.epochs_per_chunk} epoch(s), "
                     f"{loader_length} iterations per epoch")
-
-        if iteration < total:
-            self.trainer.load_state_dict({"iteration": iteration, "epoch_length": loader_length,
-                                          "max_epochs": self.epochs_per_chunk})
-            self.sampler.skip_next((iteration % loader_length) * self.trainer.data_loader.batch_size)
-            self.trainer.run()
-        train_seconds = time.time() - started
-
-        val_metric = None
-        if self.evaluator is not None:
-            if self.val_dataset is not None and not len(self.val_dataset.data):
-                self.val_dataset.set_data(load_decathlon_datalist(self.dataset_dir / self.val_datalist,
-                                                                  data_list_key="validation"))
-            if len(self.evaluator.data_loader):
-                self.evaluator.run()
-                val_metric = float(self.evaluator.state.metrics[self.evaluator.state.key_metric_name])
-
-        log = self._read_log()
-        best = max([e["val_metric"] for e in log if e.get("val_metric") is not None], default=-math.inf)
-        weights = io.BytesIO()
-        torch.save(self.trainer.network.state_dict(), weights)
-        write_bytes_atomic(self.ckpt_dir / "model.pt", weights.getvalue())
-        if val_metric is not None and val_metric > best:
-            write_bytes_atomic(self.ckpt_dir / "best_model.pt", weights.getvalue())
-
-        entry = {
-            "chunk": k, "slices": len(data), "epochs": self.epochs_per_chunk, "iterations": total,
-            "resumed_at_iteration": iteration if resumed else None,
-            "mean_loss_last_epoch": _mean(self._losses[-loader_length:]) if self._losses else None,
-            "seconds": round(time.time() - started, 1), "train_seconds": round(train_seconds, 1),
-            "peak_memory_mib": round(peak_memory_mib(), 1),
-            "val_metric_name": self.evaluator.state.key_metric_name if self.evaluator is not None else None,
-            "val_metric": val_metric, "best": val_metric is not None and val_metric > best,
-        }
-        state = self._state(k, chunk_done=True)
-        state["log"] = {key: value for key, value in entry.items() if value is not None}
-        _save(self.chunk_checkpoint(k), state)  # chunk k is done from here on
-        self.progress_checkpoint.unlink(missing_ok=True)
-        write_json_atomic(self.ckpt_dir / LOG_NAME, [e for e in log if e["chunk"] != k] + [entry])
-        loss = f"{entry['mean_loss_last_epoch']:.4f}" if entry["mean_loss_last_epoch"] is not None else "n/a"
-        metric = f", {entry['val_metric_name']} {val_metric:.4f}{' (best)' if entry['best'] else ''}" if val_metric is not None else ""
-        logger.info(f"chunk {k} done: loss {loss}, {entry['seconds']} s, peak memory {entry['peak_memory_mib']} MiB"
-                    f"{metric}; checkpoint {self.chunk_checkpoint(k)}")
-        return entry
-
-    def _read_log(self) -> list[dict]:
-        path = self.ckpt_dir / LOG_NAME
-        return json.loads(path.read_text()) if path.exists() else []
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values)
+        run.resumed_at = iteration if resumed else None
+        self.trainer.load_state_dict({"iteration": iteration, "epoch_length": loader_length,
+                                      "max_epochs": run.epochs_per_chunk})
+        self.sampler.skip_next((iteration % loader_length) * self.trainer.data_loader.batch_size)
+        self.trainer.run()

@@ -136,3 +136,48 @@ def test_sigkill_mid_chunk_then_rerun_gives_the_same_weights(tmp_path):
     clean, resumed = _weights(tmp_path / "clean" / "model.pt"), _weights(killed / "model.pt")
     assert clean.keys() == resumed.keys()
     assert all(torch.equal(clean[k], resumed[k]) for k in clean)
+
+
+def _scalars(folder, tag):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    steps = []
+    for events in sorted(folder.glob("events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events))
+        accumulator.Reload()
+        if tag in accumulator.Tags()["scalars"]:
+            steps += [(e.step, e.value) for e in accumulator.Scalars(tag)]
+    return sorted(steps)
+
+
+def test_tensorboard_counts_steps_across_chunks_and_a_lost_log_is_rebuilt(lists, tmp_path):
+    for k in range(3):  # one process per chunk, as a user runs --chunk k
+        _run(lists, tmp_path, chunk=k, checkpoint_every=1)
+    log = json.loads((tmp_path / "training_log.json").read_text())
+    iterations = [e["iterations"] for e in log]
+    losses = _scalars(tmp_path / "tensorboard", "train_loss")
+    assert [step for step, _ in losses] == list(range(1, sum(iterations) + 1))  # no step twice, none missing
+    dice = _scalars(tmp_path / "tensorboard", "val_mean_dice")
+    assert [step for step, _ in dice] == [1, 2, 3]  # one epoch per chunk: global epochs
+    assert [value for _, value in dice] == pytest.approx([e["val_metric"] for e in log])
+
+    # a kill between chunk 2's checkpoint and its log entry: the log is rebuilt from the checkpoints
+    (tmp_path / "training_log.json").write_text(json.dumps(log[:1]))
+    assert _run(lists, tmp_path) == [[]]
+    rebuilt = json.loads((tmp_path / "training_log.json").read_text())
+    assert [e["chunk"] for e in rebuilt] == [0, 1, 2]
+    assert [e["val_metric"] for e in rebuilt] == pytest.approx([e["val_metric"] for e in log])
+
+
+def test_training_runs_from_the_bundle_folder_with_relative_configs(lists, tmp_path):
+    args = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.json",
+            "--dataset_dir", str(lists), "--ckpt_dir", str(tmp_path)]
+    for key, value in TINY.items():
+        args += [f"--{key}", str(value).replace(" ", "")]
+    args += ["--chunk", "0"]
+    result = subprocess.run(args, cwd=BUNDLE, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert (tmp_path / "checkpoint_chunk_0.pt").exists() and list((tmp_path / "tensorboard").glob("events.*"))
+    refused = subprocess.run(args[:-1] + ["2"], cwd=BUNDLE, capture_output=True, text=True)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr  # one line, no traceback
+    assert refused.stderr.strip().splitlines()[-1].startswith("error: chunk 2 starts from the checkpoint chunk 1")
