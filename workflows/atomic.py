@@ -7,9 +7,10 @@ import io
 import json
 import math
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-__all__ = ["TMP_PREFIX", "write_bytes_atomic", "write_text_atomic", "write_json_atomic", "write_csv_atomic",
+__all__ = ["TMP_PREFIX", "write_bytes_atomic", "write_text_atomic", "write_json_atomic", "csv_text", "write_csv_atomic",
            "remove_stale_temporaries"]
 
 TMP_PREFIX = ".tmp-"
@@ -33,16 +34,22 @@ def write_json_atomic(path: str | os.PathLike, payload: object) -> Path:
     return write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
 
-def write_csv_atomic(path: str | os.PathLike, rows: list[dict], columns: list[str] | None = None) -> Path:
-    """Rows as CSV (columns: ``columns``, else every key in first-seen order; floats to 6 significant digits,
-    ``None`` and NaN as empty cells), written atomically."""
-    columns = columns or list(dict.fromkeys(key for row in rows for key in row))
+def csv_text(rows: Iterable[dict], columns: Sequence[str] | None = None) -> str:
+    """Rows as CSV text: ``columns``, else every key in first-seen order; floats to 6 significant digits, ``None``
+    and NaN as empty cells. The one CSV writer of the project."""
+    rows = list(rows)
+    columns = list(columns or dict.fromkeys(key for row in rows for key in row))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
         writer.writerow([_cell(row.get(column)) for column in columns])
-    return write_text_atomic(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def write_csv_atomic(path: str | os.PathLike, rows: Iterable[dict], columns: Sequence[str] | None = None) -> Path:
+    """:func:`csv_text` written atomically."""
+    return write_text_atomic(path, csv_text(rows, columns))
 
 
 def _cell(value: object) -> str:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from transforms import (
     LITS_LABELS, AxialSlicesd, InvalidScanError, canonical_grey, is_dicom_series_folder, is_nifti, liver_mask,
-    nifti_stem, parse_label_map, tumour_mask, unwrap_transform_error, window_range,
+    nifti_stem, tumour_mask, unwrap_transform_error, window_range,
 )
 from workflows.atomic import remove_stale_temporaries, write_bytes_atomic, write_json_atomic
 from workflows.discovery import LABEL_LIKE

@@ -1,6 +1,6 @@
 """The whole job end to end on generated data, in minutes on a laptop CPU.
 
-``python -m workflows.quickstart [--out DIR]`` generates LiTS-like volumes, converts them to slices, writes the
+``python -m workflows.quickstart [--output DIR]`` generates LiTS-like volumes, converts them to slices, writes the
 exploration report, splits by patient into small chunks, trains every chunk through the bundle (a narrow network
 at a small size, stated below), evaluates, segments a held-out scan stored in another orientation through the
 bundle's inference workflow, evaluates that per volume, and prints where the report and pictures are. Rerunning it carries on
@@ -20,16 +20,17 @@ from pathlib import Path
 import nibabel as nib
 from monai.bundle import run as run_bundle
 
+from workflows.bundle import config_file
+from workflows.command_line import add_output
 from workflows.conversion import convert
-from workflows.volume_evaluation import evaluate_volumes
 from workflows.exploration import explore
 from workflows.slice_set import read_manifest
 from workflows.splitting import plan_split, write_split
 from workflows.synthetic_cases import generate_case, generate_dataset
+from workflows.volume_evaluation import evaluate_volumes
 
 __all__ = ["QUICK_SETTINGS", "main"]
 
-BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "liver_tumor_ct_segmentation"
 
 #: Orientation the held-out scan is stored in: axes permuted and flipped, unlike any training volume.
 HELD_OUT_AXCODES = "SAR"
@@ -72,14 +73,13 @@ def _command(run_id: str, configs: list[str], overrides: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workflows.quickstart", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", default="quickstart", help="working folder (default ./quickstart)")
+    add_output(parser, "working folder (default ./quickstart)", default="quickstart")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated data and the training (0)")
     args = parser.parse_args(argv)
-    out = Path(args.out).resolve()
+    out = Path(args.output).resolve()
     s = QUICK_SETTINGS
     started = time.time()
-    train_config = str(BUNDLE / "configs" / "train.json")
-    evaluate_config = str(BUNDLE / "configs" / "evaluate.json")
+    train_config, evaluate_config = config_file("train"), config_file("evaluate")
     print(f"quickstart in {out}: {s['cases']} generated volumes of {s['size']}x{s['size']}x{s['slices']}, "
           f"ThreeLevelUNet with channels {s['overrides']['network_def#channels']} at "
           f"{s['overrides']['spatial_size']}x{s['overrides']['spatial_size']} (the bundle's defaults are the "
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         folder.mkdir(parents=True, exist_ok=True)
         name = "volume" if array is held_out.hu else "segmentation"
         nib.save(held_out.stored_image(array), folder / f"{name}-{held_out.index}.nii.gz")
-    inference_config = str(BUNDLE / "configs" / "inference.json")
+    inference_config = config_file("inference")
     inference_overrides = {"input": str(out / "held_out" / "scan"), "output_dir": str(out / "held_out" / "pred"),
                            "ckpt_file": str(out / "models" / "model.pt"), "target": "liver",
                            "spatial_size": s["overrides"]["spatial_size"],

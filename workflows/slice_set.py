@@ -8,8 +8,6 @@ per slice (:data:`MANIFEST_COLUMNS`). Every later command reads the manifest.
 from __future__ import annotations
 
 import csv
-import io
-import math
 import os
 import re
 from collections.abc import Iterable
@@ -19,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from workflows.atomic import write_text_atomic
+from workflows.atomic import csv_text, write_text_atomic
 
 __all__ = [
     "MANIFEST_COLUMNS", "MANIFEST_NAME", "IMAGE_SUFFIXES", "slice_name", "parse_slice_name", "volume_sort_key",
@@ -48,21 +46,8 @@ def parse_slice_name(name: str) -> tuple[str, int] | None:
     return (match["volume"], int(match["slice"])) if match else None
 
 
-def _cell(value: object) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return ""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return str(value)
-
-
 def manifest_rows_to_csv(rows: Iterable[dict]) -> str:
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(MANIFEST_COLUMNS)
-    for row in rows:
-        writer.writerow([_cell(row.get(column)) for column in MANIFEST_COLUMNS])
-    return buffer.getvalue()
+    return csv_text(rows, MANIFEST_COLUMNS)
 
 
 def write_manifest(path: str | os.PathLike, rows: Iterable[dict]) -> Path:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections import defaultdict
@@ -13,7 +12,6 @@ from pathlib import Path
 import numpy as np
 
 from workflows.atomic import write_json_atomic
-from workflows.slice_set import read_manifest
 
 __all__ = ["SPLITS", "TARGETS", "SplitPlan", "split_volumes", "check_disjoint", "plan_split", "write_split"]
 

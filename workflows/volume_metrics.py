@@ -45,7 +45,6 @@ def overlap_metrics(pred: np.ndarray, truth: np.ndarray) -> dict:
     pred, truth = pred.astype(bool), truth.astype(bool)
     tp = int(np.count_nonzero(pred & truth))
     n_pred, n_true = int(np.count_nonzero(pred)), int(np.count_nonzero(truth))
-    union = n_pred + n_true - tp
     if n_pred + n_true == 0:
         return {"dice": 1.0, "voe": 0.0, "rvd": 0.0, "tp": 0, "pred_voxels": 0, "true_voxels": 0}
     return {

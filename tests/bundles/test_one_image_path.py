@@ -4,7 +4,6 @@ preprocessing and through inference; the bundle's configs have every property MO
 import dataclasses
 
 import nibabel as nib
-import numpy as np
 import pytest
 import torch
 from monai.bundle import ConfigParser, ConfigWorkflow, verify_net_in_out
@@ -77,3 +76,26 @@ def test_the_network_takes_and_gives_what_metadata_says():
     verify_net_in_out(net_id="network_def", meta_file=str(BUNDLE / "configs" / "metadata.json"),
                       config_file=config_file("inference"), device="cpu", p=1, n=1, any=8,
                       **{"network_def#channels": [4, 8, 16, 32]})
+
+
+def test_metadata_has_every_key_the_zoo_schema_requires_and_measured_metrics():
+    import json
+
+    meta = json.loads((BUNDLE / "configs" / "metadata.json").read_text())
+    required = {"schema", "version", "changelog", "monai_version", "pytorch_version", "numpy_version",
+                "required_packages_version", "task", "description", "authors", "copyright", "network_data_format"}
+    assert required <= set(meta) and meta["version"] in meta["changelog"]
+    assert "meta_schema_20240725" in meta["schema"]  # the schema whose package key MONAI 1.6 reads
+    for direction in ("inputs", "outputs"):
+        for tensor in meta["network_data_format"][direction].values():
+            assert {"type", "format", "num_channels", "spatial_shape", "dtype", "value_range", "is_patch_data",
+                    "channel_def"} <= set(tensor)
+    assert "logit" in meta["network_data_format"]["outputs"]["pred"]["channel_def"]["0"]
+    assert meta["network_data_format"]["outputs"]["pred"]["value_range"] == []  # logits are unbounded
+    assert all(isinstance(v, float) and 0 < v <= 1 for v in meta["eval_metrics"].values())
+    assert "python -m workflows.quickstart" in meta["eval_metrics_source"]
+    import importlib.metadata
+
+    for package, version in meta["required_packages_version"].items():  # what is installed is what is declared
+        assert importlib.metadata.version(package) == version, package
+    assert (BUNDLE / "LICENSE").read_text().count("Apache License") >= 1

@@ -36,7 +36,7 @@ def test_files_pair_by_volume_id(cases):
 def test_report_per_case_and_summary(cases, tmp_path, capsys):
     slice_metrics = tmp_path / "slice_metrics.json"
     slice_metrics.write_text(json.dumps({"channels": {"liver": {"reference": {"dice": 0.95}}}}))
-    assert main(["--pred", str(cases / "pred"), "--truth", str(cases / "truth"), "--out", str(tmp_path / "out"),
+    assert main(["--pred", str(cases / "pred"), "--truth", str(cases / "truth"), "--output", str(tmp_path / "out"),
                  "--slice-metrics", str(slice_metrics)]) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     rows = (tmp_path / "out" / "metrics.csv").read_text().splitlines()

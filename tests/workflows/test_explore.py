@@ -29,6 +29,6 @@ def test_two_d_set_without_tumour_labels_says_unknown(real_data, tmp_path, capsy
     from workflows.convert import convert
 
     convert(real_data / "chaos_ct_p1", tmp_path / "slices", progress=False)
-    assert main([str(tmp_path / "slices"), "--out", str(tmp_path / "report"), "--max-images", "20"]) == 0
+    assert main(["--input", str(tmp_path / "slices"), "--output", str(tmp_path / "report"), "--max-images", "20"]) == 0
     assert "95 slices, 93 with liver, unknown with tumour" in capsys.readouterr().out
     assert "tumour_sizes.png" not in (tmp_path / "report" / "report.md").read_text()

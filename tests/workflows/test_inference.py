@@ -86,7 +86,7 @@ def test_dicom_series_gets_a_mask_on_its_grid(weights, tmp_path):
 def test_a_2d_image_gives_a_mask_and_the_side_by_side_picture(weights, tmp_path, capsys):
     image = np.clip(np.random.default_rng(0).normal(120, 30, (48, 40)), 0, 255).astype(np.uint8)
     cv2.imwrite(str(tmp_path / "new_ct.jpg"), image)
-    assert infer_main(["--image", str(tmp_path / "new_ct.jpg"), "--model", str(weights), "--channels",
+    assert infer_main(["--input", str(tmp_path / "new_ct.jpg"), "--model", str(weights), "--channels",
                        *map(str, CHANNELS), "--spatial-size", "32", "--output", str(tmp_path / "out")]) == 0
     mask = cv2.imread(str(tmp_path / "out" / "new_ct_mask.png"), cv2.IMREAD_UNCHANGED)
     assert mask.shape == (48, 40) and set(np.unique(mask)) <= {0, 255}

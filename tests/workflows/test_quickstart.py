@@ -14,7 +14,7 @@ TINY = {
 
 def test_quickstart_runs_end_to_end_and_carries_on(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(quickstart, "QUICK_SETTINGS", TINY)
-    assert quickstart.main(["--out", str(tmp_path)]) == 0
+    assert quickstart.main(["--output", str(tmp_path)]) == 0
     printed = capsys.readouterr().out
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())["channels"]["liver"]
     honest = metrics["honest"]["dice_slices_with_target"]
@@ -30,7 +30,7 @@ def test_quickstart_runs_end_to_end_and_carries_on(tmp_path, monkeypatch, capsys
     assert n_chunks >= 2 and len(json.loads((tmp_path / "models" / "training_log.json").read_text())) == n_chunks
 
     model = (tmp_path / "models" / "model.pt").read_bytes()
-    assert quickstart.main(["--out", str(tmp_path)]) == 0  # a rerun carries on: nothing left to train
+    assert quickstart.main(["--out", str(tmp_path)]) == 0  # the old spelling still works; a rerun carries on: nothing left to train
     printed = capsys.readouterr().out
     assert "5 volume(s) already complete, skipped" in printed and f"all {n_chunks} chunks are already done" in printed
     assert (tmp_path / "models" / "model.pt").read_bytes() == model

@@ -14,7 +14,7 @@ def _hash_tree(folder):
 
 
 def test_split_is_by_patient_with_requested_chunk_sizes(slice_set, tmp_path, capsys):
-    assert main([str(slice_set), "--out", str(tmp_path), "--positives", "16", "--negatives", "8",
+    assert main(["--input", str(slice_set), "--output", str(tmp_path), "--positives", "16", "--negatives", "8",
                  "--chunk-size", "8", "--val-fraction", "0.34", "--seed", "1"]) == 0
     split = json.loads((tmp_path / "split.json").read_text())
     volumes = split["volumes"]
@@ -83,3 +83,14 @@ def test_an_empty_balanced_sample_is_refused_with_the_way_out(slice_set):
         plan_split(rows, val_fraction=0)
     plan = plan_split(rows, negatives=0, val_fraction=0)
     assert plan.counts["train_used"] == {"positive": len(rows), "negative": 0}
+
+
+def test_the_old_positional_input_still_works_and_the_input_is_given_once(slice_set, tmp_path, capsys):
+    # `split SLICES --out LISTS` was the spelling before release 0.2; --input / --output are the new ones
+    assert main([str(slice_set), "--out", str(tmp_path / "old"), "--positives", "4", "--negatives", "4"]) == 0
+    assert (tmp_path / "old" / "split.json").exists()
+    for argv in ([str(slice_set), "--input", str(slice_set), "--output", str(tmp_path / "twice")],
+                 ["--output", str(tmp_path / "none")]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert "--input" in capsys.readouterr().err
