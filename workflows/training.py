@@ -23,6 +23,7 @@ All are written atomically and hold only tensors and plain values (``torch.load(
 from __future__ import annotations
 
 import gc
+import hashlib
 import io
 import json
 import logging
@@ -188,6 +189,12 @@ class ChunkRun:
     def global_epoch(self, epoch: int) -> int:
         """An epoch of the chunk in progress, counted from the first epoch of chunk 0."""
         return self.chunk * self.epochs_per_chunk + int(epoch)
+
+    @property
+    def tracking_run_name(self) -> str:
+        """One MLflow run per checkpoint folder, continued by every ``--chunk`` (its name, not a timestamp)."""
+        folder = self.ckpt_dir.resolve()
+        return f"{folder.name}-{hashlib.sha1(str(folder).encode()).hexdigest()[:8]}"
 
     def write_tensorboard_loss(self, engine: Engine, writer) -> None:
         """``TensorBoardStatsHandler``'s iteration writer: the loss at the global iteration."""

@@ -181,3 +181,20 @@ def test_training_runs_from_the_bundle_folder_with_relative_configs(lists, tmp_p
     refused = subprocess.run(args[:-1] + ["2"], cwd=BUNDLE, capture_output=True, text=True)
     assert refused.returncode == 1 and "Traceback" not in refused.stderr  # one line, no traceback
     assert refused.stderr.strip().splitlines()[-1].startswith("error: chunk 2 starts from the checkpoint chunk 1")
+
+
+def test_mlflow_keeps_one_run_across_chunks_with_global_steps(lists, tmp_path):
+    from mlflow import MlflowClient
+
+    for k in range(3):  # one process per chunk
+        _run(lists, tmp_path, chunk=k, mlflow=True)
+    log = json.loads((tmp_path / "training_log.json").read_text())
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlruns.db'}")
+    experiment = client.get_experiment_by_name("liver_ct")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1 and runs[0].info.run_name.startswith(tmp_path.name)
+    run_id = runs[0].info.run_id
+    assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [1, 2, 3]  # one epoch per chunk
+    dice = sorted(client.get_metric_history(run_id, "val_mean_dice"), key=lambda m: m.step)
+    assert [m.step for m in dice] == [1, 2, 3]
+    assert [m.value for m in dice] == pytest.approx([e["val_metric"] for e in log])
