@@ -1,14 +1,19 @@
-"""What a folder holds: the scans and 2D images a command can read, and which files are labels, not scans."""
+"""What a folder holds: the volumes (with their labels) conversion reads, the scans and 2D images inference reads,
+and which files are labels, not scans. The one home of scan discovery."""
 
 from __future__ import annotations
 
 import os
 import re
+from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 
-from transforms import is_dicom_series_folder, is_nifti
+from transforms import is_dicom_series_folder, is_nifti, nifti_stem
+from workflows.slice_set import Slice2D, find_2d_sets
 
-__all__ = ["LABEL_LIKE", "IMAGE_SUFFIXES_2D", "is_image_2d", "find_scans"]
+__all__ = ["LABEL_LIKE", "IMAGE_SUFFIXES_2D", "is_image_2d", "find_scans", "VolumeSource", "find_volume_sources",
+           "describe_sources"]
 
 #: File names that mark a label map (``segmentation-3.nii.gz``, ``ct_seg.nii.gz``, ``mask.png``), not a scan.
 LABEL_LIKE = re.compile(r"(seg|label|mask)", re.IGNORECASE)
@@ -37,3 +42,104 @@ def find_scans(path: str | os.PathLike) -> list[Path]:
     if not found:
         raise FileNotFoundError(f"--input {path}: no NIfTI file, DICOM series folder or 2D image in it.")
     return found
+
+
+@dataclass(frozen=True)
+class VolumeSource:
+    """One volume to convert: a NIfTI file or a DICOM series folder, with its label when it has one; or the
+    slices of one volume of a 2D set (``slices``)."""
+
+    volume_id: str
+    kind: str  # "lits", "msd", "nifti", "dicom" or "2d"
+    image: Path | None = None
+    label: Path | None = None
+    slices: tuple[Slice2D, ...] = ()
+
+    @property
+    def where(self) -> str:
+        return str(self.image) if self.image is not None else str(self.slices[0].image.parent)
+
+
+
+def _clean_id(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "scan"
+
+
+def find_volume_sources(root: str | os.PathLike, label: str | os.PathLike | None = None) -> tuple[list[VolumeSource], list[str]]:
+    """What ``root`` holds: LiTS pairs (``volume-N`` + ``segmentation-N``), the MSD Task03 layout
+    (``imagesTr/liver_N`` + ``labelsTr/liver_N``), DICOM series folders (label: a NIfTI inside the folder, or
+    ``segmentation-<id>.nii[.gz]`` beside a folder named ``volume-<id>``), other NIfTI volumes (unlabeled), and
+    2D sets. ``root`` may also be one NIfTI file or one series folder, with ``label`` its label.
+
+    Returns the sources and notes about files left out. Raises ``ValueError`` when two sources share an id.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"--input {root}: no such file or folder.")
+    notes: list[str] = []
+    if root.is_file() or is_dicom_series_folder(root):
+        name = nifti_stem(root) if root.is_file() else root.name
+        match = re.fullmatch(r"volume-(.+)", name)
+        volume_id = _clean_id(match.group(1) if match else name)
+        if label is None and match:  # a LiTS volume finds its segmentation beside it
+            label = next((p for p in (root.parent / f"segmentation-{match.group(1)}{e}" for e in (".nii.gz", ".nii"))
+                          if p.exists()), None)
+        return [VolumeSource(volume_id, "dicom" if root.is_dir() else "nifti", root, Path(label) if label else None)], notes
+    if label is not None:
+        raise ValueError(f"--label pairs with one scan (a NIfTI file or a DICOM series folder); {root} holds several.")
+
+    sources: list[VolumeSource] = []
+    dicom_dirs = sorted(d for d in [root, *root.rglob("*")] if d.is_dir() and not d.name.startswith(".")
+                        and is_dicom_series_folder(d))
+    used_labels: set[Path] = set()
+    for folder in dicom_dirs:
+        match = re.fullmatch(r"volume-(.+)", folder.name)
+        volume_id = _clean_id(match.group(1) if match else folder.name)
+        inside = sorted(p for p in folder.iterdir() if is_nifti(p))
+        beside = [folder.parent / f"segmentation-{volume_id}{ext}" for ext in (".nii.gz", ".nii")]
+        found = inside[:1] or [p for p in beside if p.exists()][:1]
+        used_labels.update(found)
+        sources.append(VolumeSource(volume_id, "dicom", folder, found[0] if found else None))
+
+    niftis = sorted(p for p in root.rglob("*") if p.is_file() and is_nifti(p) and not p.name.startswith("."))
+    niftis = [p for p in niftis if p not in used_labels and not any(d in p.parents for d in dicom_dirs)]
+    lits_labels = {m.group(1): p for p in niftis if (m := re.fullmatch(r"segmentation-(.+)", nifti_stem(p)))}
+    for path in niftis:
+        stem = nifti_stem(path)
+        if (m := re.fullmatch(r"volume-(.+)", stem)) is not None:
+            sources.append(VolumeSource(_clean_id(m.group(1)), "lits", path, lits_labels.get(m.group(1))))
+        elif path.parent.name in ("imagesTr", "imagesTs") and (m := re.fullmatch(r"liver_(\d+)", stem)):
+            msd_label = path.parent.parent / "labelsTr" / path.name
+            sources.append(VolumeSource(m.group(1), "msd", path, msd_label if msd_label.exists() else None))
+        elif path.parent.name == "labelsTr" or re.fullmatch(r"segmentation-(.+)", stem):
+            continue
+        elif LABEL_LIKE.search(stem):
+            notes.append(f"left out {path}: looks like a label without its scan (pair it with --input SCAN --label)")
+        else:
+            sources.append(VolumeSource(_clean_id(stem), "nifti", path, None))
+
+    by_volume: dict[str, list[Slice2D]] = defaultdict(list)
+    for item in find_2d_sets(root):
+        by_volume[_clean_id(item.volume_id)].append(item)
+    sources += [VolumeSource(vid, "2d", slices=tuple(items)) for vid, items in sorted(by_volume.items())]
+
+    seen: dict[str, VolumeSource] = {}
+    for source in sources:
+        if source.volume_id in seen:
+            raise ValueError(
+                f"volume id {source.volume_id!r} is found twice: {seen[source.volume_id].where} and {source.where}; "
+                "convert them into separate outputs or rename one."
+            )
+        seen[source.volume_id] = source
+    return sources, notes
+
+
+def describe_sources(sources: list[VolumeSource]) -> str:
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    names = {"lits": "LiTS volume(s)", "msd": "MSD Task03 volume(s)", "dicom": "DICOM series",
+             "nifti": "other NIfTI volume(s)", "2d": "2D-set volume(s)"}
+    for source in sources:
+        counts[source.kind][0] += 1
+        counts[source.kind][1] += source.label is not None or any(s.mask for s in source.slices)
+    parts = [f"{n} {names[kind]} ({labelled} labelled)" for kind, (n, labelled) in counts.items()]
+    return "found " + (", ".join(parts) if parts else "nothing to convert")

@@ -10,7 +10,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from workflows.conversion import ConvertSettings, convert, find_volume_sources
+from workflows.conversion import ConvertSettings, convert
+from workflows.discovery import find_volume_sources
 from workflows.convert import main
 from workflows.slice_set import parse_slice_name, read_manifest, read_mask
 

@@ -1,0 +1,29 @@
+"""The project is installed (``pip install -r requirements.txt`` holds ``-e .``): it imports from any folder and its
+command lines exist."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_the_packages_import_from_another_folder(tmp_path):
+    result = subprocess.run([sys.executable, "-c", "import networks, transforms, workflows.bundle; "
+                             "print(workflows.bundle.bundle_root())"], cwd=tmp_path, capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("bundles/liver_tumor_ct_segmentation")
+
+
+COMMANDS = ["liver-ct-convert", "liver-ct-explore", "liver-ct-split", "liver-ct-evaluate", "liver-ct-infer",
+            "liver-ct-synthetic", "liver-ct-quickstart"]
+
+
+def _installed(command):
+    return shutil.which(command) or shutil.which(command, path=str(Path(sys.executable).parent))
+
+
+def test_every_command_line_is_installed_and_one_answers(tmp_path):
+    assert all(_installed(c) for c in COMMANDS), [c for c in COMMANDS if not _installed(c)]
+    result = subprocess.run([_installed("liver-ct-infer"), "--help"], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0 and "--input" in result.stdout and "--output" in result.stdout, result.stderr
