@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import warnings
 from collections.abc import Hashable, Mapping
 from pathlib import Path
@@ -85,6 +86,20 @@ def _quiet_gpu_decoder_probe():
         logger.setLevel(level)
 
 
+def _root_cause(err: BaseException) -> str:
+    """The reader's own reason in one line: MONAI's ``LoadImage`` wraps it (with the tracebacks of every reader it
+    tried) in a ``RuntimeError``; ``ImageFileError: File x is not a gzip file`` is what a user can act on."""
+    while err.__cause__ is not None:
+        err = err.__cause__
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    # the readers' tracebacks are text in LoadImage's message; the first is the reader asked for (ours)
+    reasons = [line for line in lines if re.match(r"^[\w.]+(Error|Exception): ", line)]
+    if reasons:
+        name, _, message = reasons[0].partition(": ")
+        return f"{name.rsplit('.', 1)[-1]}: {message}"
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
+
+
 class LoadScan(Transform):
     """Read a CT scan as a float32 ``(1, X, Y, Z)`` MetaTensor in HU, with a RAS affine, and check it.
 
@@ -122,7 +137,7 @@ class LoadScan(Transform):
         try:
             img = loader(target)
         except Exception as err:  # readers raise anything from EOFError to zlib.error on a damaged file
-            raise InvalidScanError(f"{path}: cannot be read ({type(err).__name__}: {err}).") from err
+            raise InvalidScanError(f"{path}: cannot be read ({_root_cause(err)}).") from err
         img.meta["filename_or_obj"] = str(path)
         check_volume(img, str(path))
         return img

@@ -139,3 +139,13 @@ def test_label_grid_and_values_are_checked(tmp_path, loader):
     wrong_values = loader(_nifti(tmp_path, values, "seg-values.nii.gz"))
     with pytest.raises(InvalidScanError, match=r"seg-values.nii.gz: label values must be LiTS labels.*got also 5"):
         validate({"image": image, "label": wrong_values})
+
+
+def test_an_unreadable_file_is_one_line_with_the_readers_reason(tmp_path):
+    broken = tmp_path / "volume-9.nii.gz"
+    broken.write_bytes(b"not a scan")
+    with pytest.raises(InvalidScanError) as error:
+        LoadScan()(broken)
+    message = str(error.value)
+    assert "\n" not in message and "Traceback" not in message
+    assert message.startswith(f"{broken}: cannot be read") and "not a gzip file" in message
