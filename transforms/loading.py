@@ -6,6 +6,8 @@ import contextlib
 import logging
 import os
 import re
+import shutil
+import tempfile
 import warnings
 from collections.abc import Hashable, Mapping
 from pathlib import Path
@@ -16,7 +18,10 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor, NibabelReader, PydicomReader
 from monai.transforms import LoadImage, MapTransform, Transform
 
+from transforms.dicom_series import dicom_series
 from transforms.validation import InvalidScanError, check_volume
+
+logger = logging.getLogger("liver_ct.loading")
 
 __all__ = ["NIFTI_SUFFIXES", "is_nifti", "nifti_stem", "is_dicom_series_folder", "dicom_series_files", "LoadScan",
            "LoadScand"]
@@ -43,32 +48,13 @@ def is_dicom_series_folder(folder: str | os.PathLike) -> bool:
 
 
 def dicom_series_files(folder: str | os.PathLike, modality: str | None = "CT") -> list[Path]:
-    """The DICOM files of the one series in ``folder``, checked: at least one file, one series, the modality.
+    """The image files of the one series in ``folder`` that make its volume, inferior to superior (localizers,
+    reformats of another orientation and exact copies left out): :func:`transforms.dicom_series.dicom_series`.
 
     Raises:
-        InvalidScanError: no DICOM file, more than one series, or a modality other than ``modality``.
+        InvalidScanError: no DICOM file, more than one series, another modality, or not one regular volume.
     """
-    folder = Path(folder)
-    files, series, modalities = [], set(), set()
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
-        try:
-            header = pydicom.dcmread(path, stop_before_pixels=True)
-        except (pydicom.errors.InvalidDicomError, OSError):
-            continue  # not DICOM (a README, a thumbnail): ignore
-        if "PixelData" not in header and not hasattr(header, "Rows"):
-            continue  # DICOMDIR, SEG references without images, ...
-        files.append(path)
-        series.add(str(header.get("SeriesInstanceUID", "")))
-        modalities.add(str(header.get("Modality", "")))
-    if not files:
-        raise InvalidScanError(f"{folder}: no DICOM image files in this folder (expected one CT series).")
-    if len(series) > 1:
-        raise InvalidScanError(f"{folder}: holds {len(series)} DICOM series; put one series per folder.")
-    if modality is not None and modalities != {modality}:
-        raise InvalidScanError(
-            f"{folder}: DICOM modality is {', '.join(sorted(modalities)) or 'missing'}, expected {modality}."
-        )
-    return files
+    return dicom_series(folder, modality).files
 
 
 @contextlib.contextmanager
@@ -107,11 +93,14 @@ class LoadScan(Transform):
         modality: the DICOM modality required of a series (default ``"CT"``; ``None`` accepts any).
 
     ``__call__(path)`` takes a NIfTI file (``.nii`` / ``.nii.gz``, LiTS volumes and segmentations) or a folder
-    holding one DICOM series (uncompressed or JPEG 2000; rescale slope and intercept applied, slices ordered by
-    position). Both go through MONAI's ``LoadImage``. Labels load the same way.
+    holding one DICOM series (uncompressed or JPEG 2000; rescale slope and intercept applied; the images of the
+    series' own orientation ordered along the slice normal, others left out with a logged note kept in
+    ``meta["series_notes"]``, see :mod:`transforms.dicom_series`). Both go through MONAI's ``LoadImage``. Labels
+    load the same way.
 
     Raises:
-        InvalidScanError: a missing or unreadable file, a folder without one CT series, a 2D or 4D image, NaNs.
+        InvalidScanError: a missing or unreadable file, a folder without one CT series, a series that is not one
+            regular volume (gaps, uneven spacing, tilt, conflicting duplicates), a 2D or 4D image, NaNs.
     """
 
     def __init__(self, modality: str | None = "CT") -> None:
@@ -125,21 +114,39 @@ class LoadScan(Transform):
         if not path.exists():
             raise InvalidScanError(f"{path}: no such file or folder.")
         if path.is_dir():
-            dicom_series_files(path, self.modality)
-            loader, target = self.dicom, str(path)
-        elif is_nifti(path):
-            loader, target = self.nifti, str(path)
-        else:
+            return self._load_series(path)
+        if not is_nifti(path):
             raise InvalidScanError(
                 f"{path}: not a scan this loader reads; expected a NIfTI file ({', '.join(NIFTI_SUFFIXES)}) "
                 "or a folder holding one DICOM series."
             )
+        return self._read(self.nifti, path, path)
+
+    def _load_series(self, folder: Path) -> MetaTensor:
+        series = dicom_series(folder, self.modality)
+        for note in series.notes:
+            logger.info(note)  # said once: commands print or record the notes themselves
+        if series.complete:
+            img = self._read(self.dicom, folder, folder)
+        else:  # the reader takes a folder: give it one holding only the images kept (links, the user's files untouched)
+            with tempfile.TemporaryDirectory(prefix="liver-ct-series-") as kept:
+                for file in series.files:
+                    try:
+                        os.symlink(file.resolve(), Path(kept) / file.name)
+                    except OSError:  # no symlinks (Windows without the privilege): a copy in the temporary folder
+                        shutil.copy2(file, Path(kept) / file.name)
+                img = self._read(self.dicom, Path(kept), folder)
+        img.meta["series_notes"] = list(series.notes)
+        return img
+
+    @staticmethod
+    def _read(loader: LoadImage, target: Path, source: Path) -> MetaTensor:
         try:
-            img = loader(target)
+            img = loader(str(target))
         except Exception as err:  # readers raise anything from EOFError to zlib.error on a damaged file
-            raise InvalidScanError(f"{path}: cannot be read ({_root_cause(err)}).") from err
-        img.meta["filename_or_obj"] = str(path)
-        check_volume(img, str(path))
+            raise InvalidScanError(f"{source}: cannot be read ({_root_cause(err)}).") from err
+        img.meta["filename_or_obj"] = str(source)
+        check_volume(img, str(source))
         return img
 
 

@@ -71,6 +71,7 @@ class _Converter:
             for labelled in (False, True)
         }
         self.slicer = AxialSlicesd(keys=["image", "label"], allow_missing_keys=True)
+        self.notes: list[str] = []
         size = settings.size
         self.resize_image = Resize((size, size), mode="bilinear") if size else None
         self.resize_mask = Resize((size, size), mode="nearest") if size else None
@@ -110,6 +111,7 @@ class _Converter:
         labelled = source.label is not None
         data = self.volume_to_grey[labelled]({"image": source.image, "label": source.label} if labelled
                                              else {"image": source.image})
+        self.notes = list(data["image"].meta.get("series_notes", []))  # images a DICOM series left out
         spacing = torch.linalg.norm(data["image"].affine[:3, :3], dim=0).tolist()
         fmt = self.settings.format or "png"
         rows = []
@@ -181,8 +183,10 @@ def _init_worker(output: Path, settings: ConvertSettings, one_thread: bool = Tru
     _worker = _Converter(output, settings)
 
 
-def _convert_one(source: VolumeSource, slice_bar: bool = False) -> tuple[str, str, int, int]:
-    """Convert and mark complete. Returns (volume id, error or "", slices, peak RSS in MiB of this process)."""
+def _convert_one(source: VolumeSource, slice_bar: bool = False) -> tuple[str, str, int, int, list[str]]:
+    """Convert and mark complete. Returns (volume id, error or "", slices, peak RSS in MiB of this process, notes
+    on what the source left out)."""
+    _worker.notes = []
     try:
         rows = _worker.convert(source, slice_bar)
         write_bytes_atomic(_part_path(_worker.output, source.volume_id), manifest_rows_to_csv(rows).encode())
@@ -191,7 +195,7 @@ def _convert_one(source: VolumeSource, slice_bar: bool = False) -> tuple[str, st
         err = unwrap_transform_error(raised)
         error = str(err) if isinstance(err, InvalidScanError) else f"{source.where}: {type(err).__name__}: {err}"
         count = 0
-    return source.volume_id, error, count, int(peak_memory_mib())
+    return source.volume_id, error, count, int(peak_memory_mib()), _worker.notes
 
 
 def _part_path(output: Path, volume_id: str) -> Path:
@@ -253,9 +257,11 @@ def convert(input_path: str | os.PathLike, output: str | os.PathLike, settings: 
 
     bar = tqdm(total=len(todo), desc="converting", unit="volume", disable=not progress)
 
-    def record(result: tuple[str, str, int, int]) -> None:
-        volume_id, error, count, rss = result
+    def record(result: tuple[str, str, int, int, list[str]]) -> None:
+        volume_id, error, count, rss, notes = result
         summary.peak_rss_mib = max(summary.peak_rss_mib, rss)
+        for note in notes:
+            say(f"volume {volume_id}: {note}")
         if error:
             summary.failed[volume_id] = error
             say(f"FAILED volume {volume_id}: {error}")

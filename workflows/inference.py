@@ -150,6 +150,8 @@ class SaveScanMaskd(MapTransform):
             seg = nib.Nifti1Image(array, affine.numpy())
         write_bytes_atomic(output, gzip.compress(seg.to_bytes(), mtime=0))
         row = {"scan": str(scan), "segmentation": str(output), "shape": "x".join(map(str, array.shape))}
+        if pred.meta.get("series_notes"):  # images a DICOM series left out (a reformat, a localizer, a copy)
+            row["notes"] = "; ".join(pred.meta["series_notes"])
         spacing = torch.linalg.norm(affine[:3, :3], dim=0)
         voxel_ml = float(torch.prod(spacing)) / 1000.0
         row["liver_ml"] = round(float(np.count_nonzero(liver_mask(array))) * voxel_ml, 2)

@@ -175,3 +175,10 @@ def test_kaggle_jpg_masks_are_thresholded_at_half_range(tmp_path):
 
     with pytest.raises(SystemExit):
         main(["--input", str(kaggle), "--output", str(tmp_path / "bad"), "--window-hu", "10"])
+
+
+def test_a_real_hospital_series_converts_its_axial_stack(real_data, tmp_path, capsys):
+    folder = real_data / "hcc_tace_2144" / "31_EQP_Ax5.00mm"
+    summary = convert(folder, tmp_path / "out")
+    assert not summary.failed and summary.slices == 58  # 59 images, one coronal reformat left out
+    assert "dicom-00001.dcm" in capsys.readouterr().out

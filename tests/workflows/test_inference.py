@@ -153,3 +153,14 @@ def test_an_anonymised_series_gets_its_nifti_mask_and_a_reason_for_no_seg(weight
     rows = _infer(weights, real_data / "totalseg_example" / "ct_dicom", tmp_path)
     assert rows[0]["dicom_seg"].startswith("not written:") and "StudyInstanceUID" in rows[0]["dicom_seg"]
     assert nib.load(tmp_path / "ct_dicom_seg.nii.gz").shape == (512, 512, 20)
+
+
+def test_a_real_hospital_series_with_a_reformat_is_segmented_on_its_axial_grid(weights, real_data, tmp_path):
+    folder = real_data / "hcc_tace_0697" / "31_EQP_Ax5.00mm"
+    rows = _infer(weights, folder, tmp_path)
+    series = LoadScan()(folder)
+    seg = LoadScan(modality=None)(tmp_path / "31_EQP_Ax5.00mm_seg.nii.gz")
+    assert tuple(seg.shape) == tuple(series.shape) == (1, 512, 512, 44)
+    assert torch.allclose(seg.affine, series.affine, atol=1e-3)
+    assert rows[0]["dicom_seg"].endswith("31_EQP_Ax5.00mm_seg.dcm")  # every kept frame sits on the grid
+    assert "dicom-00001.dcm" in rows[0]["notes"] and "another orientation" in rows[0]["notes"]
