@@ -12,6 +12,7 @@ import warnings
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pydicom
 from monai.config import KeysCollection
@@ -23,7 +24,8 @@ from transforms.validation import InvalidScanError, check_volume
 
 logger = logging.getLogger("liver_ct.loading")
 
-__all__ = ["NIFTI_SUFFIXES", "is_nifti", "nifti_stem", "is_dicom_series_folder", "dicom_series_files", "LoadScan",
+__all__ = ["NIFTI_SUFFIXES", "MAX_VOXELS", "is_nifti", "nifti_stem", "is_dicom_series_folder", "dicom_series_files",
+           "check_nifti_header", "LoadScan",
            "LoadScand"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -70,6 +72,54 @@ def _quiet_gpu_decoder_probe():
             yield
     finally:
         logger.setLevel(level)
+
+
+#: Largest volume read (voxels): 2**30 float32 voxels are 4 GiB, four times a 987-slice LiTS volume.
+MAX_VOXELS = 2**30
+
+
+def check_nifti_header(path: str | os.PathLike) -> None:
+    """Refuse, from the header alone and before any voxel is allocated, a NIfTI whose geometry cannot be used or
+    whose size is not what it says: a NaN or sheared affine, a zero voxel size, more than :data:`MAX_VOXELS` voxels,
+    an uncompressed file shorter than its header describes.
+
+    Raises:
+        InvalidScanError: naming the file and the value found.
+    """
+    path = Path(path)
+    try:  # the header as stored: nibabel's loader silently sets a 0 pixdim to 1
+        with nib.openers.ImageOpener(path) as handle:
+            size = handle.read(4)
+            nifti2 = 540 in (int.from_bytes(size, "little"), int.from_bytes(size, "big"))  # 540-byte header
+            handle.seek(0)
+            header = (nib.Nifti2Header if nifti2 else nib.Nifti1Header).from_fileobj(handle, check=False)
+        shape = tuple(int(n) for n in header.get_data_shape())
+        zooms = tuple(float(z) for z in header["pixdim"][1:4])
+        affine = np.asarray(header.get_best_affine(), dtype=float)
+    except Exception as err:  # not even a header: the reader says why
+        raise InvalidScanError(f"{path}: cannot be read ({type(err).__name__}: {err}).") from err
+    voxels = int(np.prod(shape, dtype=np.int64))
+    if voxels > MAX_VOXELS:
+        raise InvalidScanError(f"{path}: the header describes {shape} = {voxels:,} voxels, more than the "
+                               f"{MAX_VOXELS:,} this tool reads; crop or resample the scan first.")
+    if not str(path).lower().endswith(".gz"):
+        expected = int(header.get_data_offset()) + voxels * np.dtype(header.get_data_dtype()).itemsize
+        actual = path.stat().st_size
+        if actual < expected:
+            raise InvalidScanError(f"{path}: cannot be read (truncated: the header describes {expected:,} bytes, "
+                                   f"the file holds {actual:,}).")
+    if len(shape) < 3:
+        return  # not a volume: check_volume says so, with the shape
+    if not np.all(np.isfinite(affine)):
+        raise InvalidScanError(f"{path}: the affine holds NaN or infinite values, so the scan has no place in space; "
+                               "fix the header (qform/sform) first.")
+    if min(zooms) <= 0 or np.any(np.linalg.norm(affine[:3, :3], axis=0) < 1e-6):
+        raise InvalidScanError(f"{path}: voxel size {zooms} mm has a zero (or negative) axis; fix pixdim in the header.")
+    axes = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+    cosines = np.abs(axes.T @ axes - np.eye(3))
+    if float(cosines.max()) > 1e-3:
+        raise InvalidScanError(f"{path}: the affine is sheared (axes not at right angles, cosine "
+                               f"{float(cosines.max()):.3f}); resample it onto an orthogonal grid first.")
 
 
 def _root_cause(err: BaseException) -> str:
@@ -120,6 +170,7 @@ class LoadScan(Transform):
                 f"{path}: not a scan this loader reads; expected a NIfTI file ({', '.join(NIFTI_SUFFIXES)}) "
                 "or a folder holding one DICOM series."
             )
+        check_nifti_header(path)
         return self._read(self.nifti, path, path)
 
     def _load_series(self, folder: Path) -> MetaTensor:

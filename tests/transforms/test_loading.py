@@ -148,4 +148,52 @@ def test_an_unreadable_file_is_one_line_with_the_readers_reason(tmp_path):
         LoadScan()(broken)
     message = str(error.value)
     assert "\n" not in message and "Traceback" not in message
-    assert message.startswith(f"{broken}: cannot be read") and "not a gzip file" in message
+    assert message.startswith(f"{broken}: cannot be read") and "not a gzip" in message.lower()
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("nan affine", r"NaN or infinite"),
+    ("zero spacing", r"zero \(or negative\) axis"),
+    ("sheared", r"sheared"),
+    ("truncated .nii", r"cannot be read \(truncated: the header describes"),
+    ("too many voxels", r"more than the"),
+])
+def test_nifti_headers_that_cannot_be_used_are_refused_before_reading(tmp_path, loader, fault, message):
+    affine = np.diag([0.8, 0.8, 2.5, 1.0])
+    data = np.zeros((8, 8, 4), np.int16)
+    name = "scan.nii" if fault == "truncated .nii" else "scan.nii.gz"
+    if fault == "nan affine":
+        affine[0, 3] = np.nan
+    elif fault == "sheared":
+        affine[0, 1] = 0.4
+    image = nib.Nifti1Image(data, affine)
+    if fault == "zero spacing":  # no sform or qform: the geometry comes from pixdim, one of them 0
+        image = nib.Nifti1Image(data, None)
+        image.header.set_sform(None, code=0)
+        image.header.set_qform(None, code=0)
+        image.header["pixdim"][1:4] = [0.8, 0.8, 0.0]
+    nib.save(image, tmp_path / name)
+    if fault == "truncated .nii":
+        full = (tmp_path / name).read_bytes()
+        (tmp_path / name).write_bytes(full[:-100])
+    if fault == "too many voxels":
+        header = nib.load(tmp_path / name).header
+        header.set_data_shape((4096, 4096, 128))  # 2**31 voxels, described in 352 bytes
+        nib.save(nib.Nifti1Image(np.zeros((1, 1, 1), np.int16), affine, header), tmp_path / "big.nii.gz")
+        raw = bytearray((tmp_path / "big.nii.gz").read_bytes())
+        import gzip
+
+        body = bytearray(gzip.decompress(bytes(raw)))
+        body[40:56] = np.array([3, 4096, 4096, 128, 1, 1, 1, 1], np.int16).tobytes()
+        (tmp_path / name).write_bytes(gzip.compress(bytes(body)))
+    with pytest.raises(InvalidScanError, match=message) as error:
+        loader(tmp_path / name)
+    assert str(error.value).startswith(str(tmp_path / name)) and "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["two.nii", "two.nii.gz"])
+def test_nifti_2_files_pass_the_header_checks(tmp_path, name):
+    nib.save(nib.Nifti2Image(np.arange(256, dtype=np.int16).reshape(8, 8, 4), np.diag([0.7, 0.7, 2.0, 1.0])),
+             tmp_path / name)
+    img = LoadScan(modality=None)(tmp_path / name)
+    assert tuple(img.shape) == (1, 8, 8, 4) and float(img.max()) == 255.0
