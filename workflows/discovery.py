@@ -12,7 +12,7 @@ from pathlib import Path
 from transforms import is_dicom_series_folder, is_nifti, nifti_stem
 from workflows.slice_set import Slice2D, find_2d_sets
 
-__all__ = ["LABEL_LIKE", "IMAGE_SUFFIXES_2D", "is_image_2d", "find_scans", "VolumeSource", "find_volume_sources",
+__all__ = ["LABEL_LIKE", "OUTPUT_LIKE", "IMAGE_SUFFIXES_2D", "is_image_2d", "ScanList", "find_scans", "output_names", "VolumeSource", "find_volume_sources",
            "describe_sources"]
 
 #: File names that mark a label map (``segmentation-3.nii.gz``, ``ct_seg.nii.gz``, ``mask.png``), not a scan.
@@ -24,9 +24,39 @@ def is_image_2d(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_SUFFIXES_2D
 
 
-def find_scans(path: str | os.PathLike) -> list[Path]:
+#: What inference writes (``<name>_seg.nii.gz``, ``<name>_overlay.png``, ...): never read back as a scan.
+OUTPUT_LIKE = re.compile(r"(_seg\.nii(\.gz)?|_seg\.dcm|_overlay\.png|_mask\.png|_prediction\.png|^summary\.(csv|json))$",
+                         re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class ScanList:
+    """What :func:`find_scans` found: the scans, and the files beside them it left out with the reason."""
+
+    scans: list[Path]
+    skipped: list[tuple[Path, str]]
+
+
+def _why_not_a_scan(path: Path) -> str | None:
+    if path.name.startswith("."):
+        return "hidden"
+    if OUTPUT_LIKE.search(path.name):
+        return "an output of this tool"
+    if path.is_dir():
+        return None if is_dicom_series_folder(path) else "a folder without a DICOM series"
+    if not (is_nifti(path) or is_image_2d(path)):
+        return "not a NIfTI file or 2D image"
+    if LABEL_LIKE.search(path.name):
+        return "named like a label (seg, label, mask)"
+    if not path.is_file():
+        return "not a regular file"
+    return None
+
+
+def find_scans(path: str | os.PathLike) -> ScanList:
     """The scans to segment at ``path``: itself when it is a file or a DICOM series folder, else the NIfTI files,
-    DICOM series folders and 2D images directly in it, labels beside scans left out.
+    DICOM series folders and 2D images directly in it; labels, the tool's own outputs and other files left out,
+    each with its reason.
 
     Raises:
         FileNotFoundError: ``path`` does not exist or holds nothing to segment.
@@ -35,13 +65,25 @@ def find_scans(path: str | os.PathLike) -> list[Path]:
     if not path.exists():
         raise FileNotFoundError(f"--input {path}: no such file or folder.")
     if path.is_file() or is_dicom_series_folder(path):
-        return [path]
-    found = [p for p in sorted(path.iterdir()) if (p.is_file() and (is_nifti(p) or is_image_2d(p))
-                                                   and not LABEL_LIKE.search(p.name) and not p.name.startswith("."))
-             or (p.is_dir() and is_dicom_series_folder(p))]
-    if not found:
+        return ScanList([path], [])
+    scans, skipped = [], []
+    for entry in sorted(path.iterdir()):
+        reason = _why_not_a_scan(entry)
+        (skipped.append((entry, reason)) if reason else scans.append(entry))
+    if not scans:
         raise FileNotFoundError(f"--input {path}: no NIfTI file, DICOM series folder or 2D image in it.")
-    return found
+    return ScanList(scans, skipped)
+
+
+def output_names(scans: list[Path]) -> dict[Path, str]:
+    """The name each scan's outputs carry: its stem (``volume-3`` of ``volume-3.nii.gz``, a series folder's name),
+    or, where two scans share a stem (``scan.nii`` and ``scan.nii.gz``), the whole file name with dots as ``_``
+    (``scan_nii``, ``scan_nii_gz``), so no output overwrites another."""
+    stems = {scan: (nifti_stem(scan) if is_nifti(scan) else scan.stem if scan.is_file() else scan.name) for scan in scans}
+    counts = defaultdict(int)
+    for stem in stems.values():
+        counts[stem] += 1
+    return {scan: stem if counts[stem] == 1 else scan.name.replace(".", "_") for scan, stem in stems.items()}
 
 
 @dataclass(frozen=True)

@@ -32,17 +32,23 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from workflows.bundle import run_workflow  # after --help: the bundle's imports take seconds
+    from workflows.inference import SomeScansFailed
 
     settings = {"input": args.input, "output_dir": args.output, "ckpt_file": args.model, "target": args.target,
                 "spatial_size": args.spatial_size, "network_def#channels": list(args.channels),
                 "min_tumour_mm3": args.min_tumour_mm3}
     try:
         rows = run_workflow("inference", ["inference"], "infer", **settings)[0]
+    except SomeScansFailed as err:  # the others were segmented: list them all
+        rows = err.rows
     except (ValueError, FileNotFoundError) as err:
         parser.exit(2, f"error: {err}\n")
     for row in rows:
         if row.get("error"):
             print(f"{row['scan']}: FAILED: {row['error']}")
+            continue
+        if row.get("skipped"):
+            print(f"{row['scan']}: left out ({row['skipped']})")
             continue
         print(f"{row['scan']} -> {row['segmentation']}"
               + (f" (liver {row['liver_ml']} mL, tumour {row['tumour_ml']} mL)" if "liver_ml" in row else ""))

@@ -41,10 +41,10 @@ from transforms import (  # noqa: E402
 )
 from workflows.atomic import write_bytes_atomic, write_csv_atomic, write_json_atomic  # noqa: E402
 from workflows.dicom_seg import write_dicom_seg  # noqa: E402
-from workflows.discovery import find_scans, is_image_2d  # noqa: E402
+from workflows.discovery import ScanList, find_scans, is_image_2d, output_names  # noqa: E402
 from workflows.pictures import montage, overlay, save_figure  # noqa: E402
 
-__all__ = ["load_weights", "ScanDataset", "CurrentScan", "SaveScanMaskd", "ScanInference"]
+__all__ = ["load_weights", "ScanDataset", "SomeScansFailed", "CurrentScan", "SaveScanMaskd", "ScanInference"]
 
 logger = logging.getLogger("liver_ct.inference")
 
@@ -75,25 +75,43 @@ def load_weights(network: ThreeLevelUNet, path: str | os.PathLike) -> ThreeLevel
 
 
 class ScanDataset(torch.utils.data.Dataset):
-    """The scans under ``input`` (:func:`workflows.discovery.find_scans`), each item ``transform({"image": path})``.
-    The bundle's ``dataset``; 2D images are listed too and segmented apart (they have no volume grid)."""
+    """The scans under ``input`` (:func:`workflows.discovery.find_scans`), each item
+    ``transform({"image": path, "name": output name})``. The bundle's ``dataset``; 2D images are listed too and
+    segmented apart (they have no volume grid)."""
 
     def __init__(self, input: str | os.PathLike, transform=None) -> None:
         self.input, self.transform = Path(input), transform
-        self._scans: list[Path] | None = None
+        self._found: ScanList | None = None
+
+    @property
+    def found(self) -> ScanList:
+        if self._found is None:  # listed when used, so building the bundle's objects never fails on --input
+            self._found = find_scans(self.input)
+            self.names = output_names(self._found.scans)
+        return self._found
 
     @property
     def scans(self) -> list[Path]:
-        if self._scans is None:  # listed when used, so building the bundle's objects never fails on --input
-            self._scans = find_scans(self.input)
-        return self._scans
+        return self.found.scans
 
     def __len__(self) -> int:
         return len(self.scans)
 
     def __getitem__(self, index: int) -> dict:
-        item = {"image": str(self.scans[index])}
+        scan = self.scans[index]
+        item = {"image": str(scan), "name": self.names[scan]}
         return self.transform(item) if self.transform is not None else item
+
+
+class SomeScansFailed(ValueError):
+    """Scans that could not be segmented; the others were. ``rows`` is the whole summary."""
+
+    def __init__(self, rows: list[dict], summary: Path) -> None:
+        failed = [r for r in rows if r.get("error")]
+        done = sum(1 for r in rows if r.get("segmentation"))
+        super().__init__(f"{len(failed)} scan(s) failed ({'; '.join(r['error'] for r in failed[:3])}"
+                         f"{' ...' if len(failed) > 3 else ''}); {done} segmented; every row in {summary}")
+        self.rows = rows
 
 
 class CurrentScan:
@@ -128,17 +146,17 @@ class SaveScanMaskd(MapTransform):
     def __call__(self, data: Mapping[Hashable, MetaTensor]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            d["row"] = self._write(d[key], d.get(self.image_key))
+            d["row"] = self._write(d[key], d.get(self.image_key), d.get("name"))
         return d
 
-    def _write(self, pred: MetaTensor, image: MetaTensor | None) -> dict:
+    def _write(self, pred: MetaTensor, image: MetaTensor | None, name: str | None) -> dict:
         scan = Path(pred.meta["filename_or_obj"])
         array = pred[0].detach().cpu().numpy().astype(np.uint8)
         affine = pred.affine.detach().cpu()
         expected = tuple(int(s) for s in pred.meta["spatial_shape"])
         if array.shape != expected or not np.allclose(affine.numpy(), np.asarray(pred.meta["original_affine"]), atol=1e-3):
             raise RuntimeError(f"{scan}: the mask did not return to the scan's grid (internal error).")
-        name = nifti_stem(scan) if scan.is_file() else scan.name
+        name = name or (nifti_stem(scan) if scan.is_file() else scan.name)
         output = self.output_dir / f"{name}_seg.nii.gz"
         if is_nifti(scan):  # the scan's own header: same affine, qform and sform codes, as a viewer expects
             source = nib.load(scan)
@@ -199,9 +217,17 @@ class ScanInference:
             self.evaluator.network = torch.jit.load(self.ckpt_file, map_location=self.evaluator.state.device).eval()
         else:
             load_weights(self.network, self.ckpt_file)
-        scans = self.dataset.scans
+        source = self.dataset.input.resolve()
+        if source.is_dir() and source in [self.output_dir.resolve(), *self.output_dir.resolve().parents]:
+            raise ValueError(f"--output_dir {self.output_dir} is inside --input {self.dataset.input}: the results "
+                             "would be mixed with the scans; choose an output folder outside the input.")
+        found = self.dataset.found
         self.output_dir.mkdir(parents=True, exist_ok=True)
         rows = []
+        for path, reason in found.skipped:  # every file of the input has its line: nothing silently ignored
+            logger.info(f"left out {path}: {reason}")
+            rows.append({"scan": str(path), "segmentation": "", "skipped": reason})
+        scans = found.scans
         for index, scan in enumerate(tqdm(scans, desc="segmenting", unit="scan", disable=len(scans) < 2)):
             logger.info(f"segmenting {scan}")
             try:  # a bad scan is reported and skipped; the others are segmented
@@ -212,9 +238,15 @@ class ScanInference:
                     raise
                 logger.error(f"FAILED {scan}: {err}")
                 rows.append({"scan": str(scan), "segmentation": "", "error": str(err)})
+            self._write_summary(rows)  # as each scan finishes: a kill keeps what was done
+        self._write_summary(rows)
+        if any(row.get("error") for row in rows):
+            raise SomeScansFailed(rows, self.output_dir / "summary.csv")
+        return rows
+
+    def _write_summary(self, rows: list[dict]) -> None:
         write_json_atomic(self.output_dir / "summary.json", rows)
         write_csv_atomic(self.output_dir / "summary.csv", rows)
-        return rows
 
     def segment_volume(self, index: int) -> dict:
         self.scan.batch = list_data_collate([self.dataset[index]])
@@ -233,7 +265,8 @@ class ScanInference:
         item["pred"] = MetaTensor(logits, meta=item["image"].meta)
         logits = self.invert_2d(item)["pred"]
         label = target_to_lits(torch.sigmoid(torch.as_tensor(logits)).numpy(), self.target)
-        mask_path = self.output_dir / f"{path.stem}_mask.png"
+        name = self.dataset.names[path]
+        mask_path = self.output_dir / f"{name}_mask.png"
         # 0/255 for liver (as the Kaggle masks), 0/128/255 when tumour is drawn too
         visible = np.where(tumour_mask(label), 255, np.where(liver_mask(label), 255 if self.target == "liver" else 128, 0))
         visible = visible.astype(np.uint8)
@@ -245,7 +278,7 @@ class ScanInference:
         axes[1].set_title("prediction")
         for ax in axes:
             ax.axis("off")
-        save_figure(fig, self.output_dir / f"{path.stem}_prediction.png", dpi=90)
+        save_figure(fig, self.output_dir / f"{name}_prediction.png", dpi=90)
         return {"scan": str(path), "segmentation": str(mask_path), "shape": "x".join(map(str, grey.shape)),
                 "liver_pixels": int(np.count_nonzero(liver_mask(label))),
                 "tumour_pixels": int(np.count_nonzero(tumour_mask(label)))}

@@ -131,18 +131,23 @@ def test_torchscript_export_gives_the_same_masks(weights, tmp_path):
 
 def test_a_lits_folder_segments_the_scans_not_their_labels(weights, tmp_path):
     case = generate_case(0, seed=6, size=32, slices=6)
-    nib.save(case.stored_image(case.hu), tmp_path / "volume-0.nii.gz")
-    nib.save(case.stored_image(case.label), tmp_path / "segmentation-0.nii.gz")
-    rows = _infer(weights, tmp_path, tmp_path / "out")
-    assert [Path(r["scan"]).name for r in rows] == ["volume-0.nii.gz"]
+    (tmp_path / "lits").mkdir()
+    nib.save(case.stored_image(case.hu), tmp_path / "lits" / "volume-0.nii.gz")
+    nib.save(case.stored_image(case.label), tmp_path / "lits" / "segmentation-0.nii.gz")
+    rows = _infer(weights, tmp_path / "lits", tmp_path / "out")
+    assert [Path(r["scan"]).name for r in rows if r["segmentation"]] == ["volume-0.nii.gz"]
+    assert [(Path(r["scan"]).name, r["skipped"]) for r in rows if r.get("skipped")] == [
+        ("segmentation-0.nii.gz", "named like a label (seg, label, mask)")]  # listed, not silently ignored
 
 
 def test_a_bad_scan_is_reported_and_the_others_segmented(weights, tmp_path, capsys):
     case = generate_case(0, seed=6, size=32, slices=6)
-    nib.save(case.stored_image(case.hu), tmp_path / "volume-0.nii.gz")
-    good = (tmp_path / "volume-0.nii.gz").read_bytes()
-    (tmp_path / "volume-1.nii.gz").write_bytes(good[: len(good) // 2])
-    assert infer_main(["--image", str(tmp_path), "--model", str(weights), "--channels", *map(str, CHANNELS),
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    nib.save(case.stored_image(case.hu), scans / "volume-0.nii.gz")
+    good = (scans / "volume-0.nii.gz").read_bytes()
+    (scans / "volume-1.nii.gz").write_bytes(good[: len(good) // 2])
+    assert infer_main(["--image", str(scans), "--model", str(weights), "--channels", *map(str, CHANNELS),
                        "--spatial-size", "32", "--output", str(tmp_path / "out")]) == 1
     printed = capsys.readouterr().out
     assert "volume-1.nii.gz: FAILED:" in printed and "cannot be read" in printed
@@ -164,3 +169,40 @@ def test_a_real_hospital_series_with_a_reformat_is_segmented_on_its_axial_grid(w
     assert torch.allclose(seg.affine, series.affine, atol=1e-3)
     assert rows[0]["dicom_seg"].endswith("31_EQP_Ax5.00mm_seg.dcm")  # every kept frame sits on the grid
     assert "dicom-00001.dcm" in rows[0]["notes"] and "another orientation" in rows[0]["notes"]
+
+
+def test_outputs_never_overwrite_each_other_nor_become_inputs(weights, tmp_path):
+    case = generate_case(0, seed=6, size=32, slices=6)
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    nib.save(case.stored_image(case.hu), scans / "scan.nii.gz")
+    nib.save(dataclasses.replace(case, stored_axcodes="SAR").stored_image(case.hu), scans / "scan.nii")
+    rows = _infer(weights, scans, tmp_path / "out")
+    assert sorted(Path(r["segmentation"]).name for r in rows) == ["scan_nii_gz_seg.nii.gz", "scan_nii_seg.nii.gz"]
+    assert nib.load(tmp_path / "out" / "scan_nii_seg.nii.gz").affine.tolist() != nib.load(
+        tmp_path / "out" / "scan_nii_gz_seg.nii.gz").affine.tolist()  # each mask on its own scan's grid
+    # a folder holding a previous run's outputs beside the scans: only the scans are segmented
+    for output in (tmp_path / "out").iterdir():
+        output.rename(scans / output.name)
+    again = _infer(weights, scans, tmp_path / "again")
+    assert sorted(Path(r["scan"]).name for r in again if r["segmentation"]) == ["scan.nii", "scan.nii.gz"]
+    assert {r["skipped"] for r in again if r.get("skipped")} == {"an output of this tool"}
+    with pytest.raises(ValueError, match=r"inside --input .*choose an output folder outside"):
+        _infer(weights, scans, scans / "predictions")
+    assert not (scans / "predictions").exists()
+
+
+def test_the_bundle_command_exits_1_in_one_line_when_a_scan_failed(weights, tmp_path):
+    import subprocess
+    import sys
+
+    case = generate_case(0, seed=6, size=32, slices=6)
+    nib.save(case.stored_image(case.hu), tmp_path / "volume-0.nii.gz")
+    (tmp_path / "volume-1.nii.gz").write_bytes(b"broken")
+    result = subprocess.run([sys.executable, "-m", "monai.bundle", "run", "inference", "--config_file", INFERENCE,
+                             "--input", str(tmp_path), "--output_dir", str(tmp_path.parent / "out_bundle"),
+                             "--ckpt_file", str(weights), "--spatial_size", "32", "--network_def#channels",
+                             "[4,8,16,32]"], capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error: 1 scan(s) failed (")
+    assert (tmp_path.parent / "out_bundle" / "volume-0_seg.nii.gz").exists()
