@@ -132,6 +132,11 @@ class _Converter:
         return rows
 
     def _convert_2d(self, source: VolumeSource) -> list[dict]:
+        unlabelled = [item.image for item in source.slices if item.mask is None]
+        if unlabelled and len(unlabelled) < len(source.slices):  # never a silently unlabelled slice
+            shown = ", ".join(p.name for p in unlabelled[:4]) + (f" and {len(unlabelled) - 4} more" if len(unlabelled) > 4 else "")
+            raise InvalidScanError(f"{source.where}: no mask for {shown} (the other {len(source.slices) - len(unlabelled)} "
+                                   "images have one, by the same name); add the missing masks or move those images out.")
         seen: dict[int, Path] = {}
         rows, binary_masks = [], False
         for item in sorted(source.slices, key=lambda s: s.slice_index):
@@ -153,7 +158,10 @@ class _Converter:
                    "label_source": str(item.mask or "")}
             mask = None
             if item.mask is not None:
-                labels, binary = read_mask(item.mask, with_kind=True)
+                try:
+                    labels, binary = read_mask(item.mask, with_kind=True)
+                except ValueError as err:
+                    raise InvalidScanError(str(err)) from None
                 binary_masks |= binary
                 labels = self._resized(labels, mask=True)
                 if labels.shape != grey.shape:

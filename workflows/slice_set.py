@@ -89,19 +89,30 @@ def read_manifest(slices_dir: str | os.PathLike) -> list[dict]:
 
 
 def read_mask(path: str | os.PathLike, with_kind: bool = False) -> np.ndarray | tuple[np.ndarray, bool]:
-    """A 2D mask as LiTS labels (uint8). Masks holding 0..2 are labels already; masks with larger values
-    (0/255 liver masks, Kaggle JPGs) are binary and thresholded at half range: JPEG ringing leaves faint non-zero
-    pixels around every edge, so ``> 0`` would grow the liver. ``with_kind=True`` also says whether the mask was
-    binary 0/255 (liver and tumour merged)."""
+    """A 2D mask as LiTS labels (uint8). A lossless mask holds LiTS labels (0, 1, 2) or is binary (0 and its
+    maximum, 255 for 8 bits: liver and tumour merged); a JPG mask (the Kaggle export) is thresholded at half range,
+    because JPEG ringing leaves faint non-zero pixels around every edge, so ``> 0`` would grow the liver.
+    ``with_kind=True`` also says whether the mask was binary.
+
+    Raises:
+        ValueError: an unreadable file, or a lossless mask holding other values (named), which would otherwise be
+            guessed at.
+    """
     mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if mask is None:
         raise ValueError(f"{path}: cannot be read as an image.")
     if mask.ndim == 3:
         mask = cv2.cvtColor(mask, cv2.COLOR_BGR2GRAY if mask.shape[2] == 3 else cv2.COLOR_BGRA2GRAY)
-    binary = int(mask.max()) > 2
+    full = np.iinfo(mask.dtype).max if mask.dtype.kind == "u" else None
+    values = np.unique(mask)
+    binary = int(values.max()) > 2
+    if binary and Path(path).suffix.lower() not in (".jpg", ".jpeg"):
+        if full is None or not set(values.tolist()) <= {0, full}:
+            shown = ", ".join(str(v) for v in values[:8].tolist()) + (" ..." if len(values) > 8 else "")
+            raise ValueError(f"{path}: mask values {shown} are neither LiTS labels (0 background, 1 liver, 2 tumour) "
+                             f"nor a binary 0/{full or 255} liver mask; convert the masks to one of these first.")
     if binary:
-        half = (np.iinfo(mask.dtype).max if mask.dtype.kind == "u" else mask.max()) / 2
-        mask = mask > half
+        mask = mask > (full if full is not None else mask.max()) / 2
     labels = mask.astype(np.uint8)
     return (labels, binary) if with_kind else labels
 

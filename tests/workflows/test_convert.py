@@ -182,3 +182,28 @@ def test_a_real_hospital_series_converts_its_axial_stack(real_data, tmp_path, ca
     summary = convert(folder, tmp_path / "out")
     assert not summary.failed and summary.slices == 58  # 59 images, one coronal reformat left out
     assert "dicom-00001.dcm" in capsys.readouterr().out
+
+
+def _png_set(root, masks):
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for k, mask in enumerate(masks):
+        cv2.imwrite(str(root / "images" / f"slice_{k:03d}.png"), np.full((16, 16), 100, np.uint8))
+        if mask is not None:
+            cv2.imwrite(str(root / "masks" / f"slice_{k:03d}.png"), mask)
+    return root
+
+
+def test_masks_outside_the_conventions_and_missing_masks_are_refused_by_name(tmp_path, capsys):
+    liver_lesion = np.zeros((16, 16), np.uint8)
+    liver_lesion[4:12, 4:12], liver_lesion[6:8, 6:8] = 127, 255  # a layout with 127 liver, 255 lesion
+    binary = np.where(liver_lesion > 0, 255, 0).astype(np.uint8)
+    _png_set(tmp_path / "sets" / "odd_values", [liver_lesion, binary])
+    _png_set(tmp_path / "sets" / "missing", [binary, None, binary])
+    _png_set(tmp_path / "sets" / "good", [binary, binary])
+    code = main(["--input", str(tmp_path / "sets"), "--output", str(tmp_path / "out")])
+    printed = capsys.readouterr().out
+    assert code == 1
+    assert "slice_000.png: mask values 0, 127, 255 are neither LiTS labels" in printed
+    assert "no mask for slice_001.png (the other 2 images have one" in printed
+    assert {r["volume_id"] for r in read_manifest(tmp_path / "out")} == {"good"}  # the good set converted
