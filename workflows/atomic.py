@@ -10,6 +10,8 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from workflows.locking import process_running
+
 __all__ = ["TMP_PREFIX", "write_bytes_atomic", "write_text_atomic", "write_json_atomic", "csv_text", "write_csv_atomic",
            "remove_stale_temporaries"]
 
@@ -60,11 +62,18 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-def remove_stale_temporaries(folder: str | os.PathLike) -> int:
-    """Delete temporaries a killed run left under ``folder``; returns how many."""
+def remove_stale_temporaries(folder: str | os.PathLike, subfolders: Sequence[str] = ()) -> int:
+    """Delete the temporaries (``.tmp-<pid>-<name>``) a killed run of this tool left directly in ``folder`` and in
+    its ``subfolders``, and only those: files of a process still running, and anything deeper (an input folder
+    below the output, say), are left alone. Returns how many were removed."""
     removed = 0
-    for tmp in Path(folder).rglob(f"{TMP_PREFIX}*"):
-        if tmp.is_file():
-            tmp.unlink()
-            removed += 1
+    for where in [Path(folder), *(Path(folder) / name for name in subfolders)]:
+        if not where.is_dir():
+            continue
+        for tmp in where.glob(f"{TMP_PREFIX}*"):
+            pid = tmp.name[len(TMP_PREFIX):].split("-", 1)[0]
+            if tmp.is_file() and pid.isdigit() and int(pid) != os.getpid() and not process_running(int(pid)):
+                tmp.unlink()
+                removed += 1
     return removed
+

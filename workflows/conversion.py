@@ -13,6 +13,8 @@ import csv
 import json
 import multiprocessing
 import os
+import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,6 +30,7 @@ from transforms import (
 )
 from workflows.atomic import remove_stale_temporaries, write_bytes_atomic, write_json_atomic
 from workflows.discovery import VolumeSource, describe_sources, find_volume_sources
+from workflows.locking import LOCK_NAME, folder_lock
 from workflows.memory import peak_memory_mib
 from workflows.slice_set import (
     MANIFEST_NAME, manifest_rows_to_csv, read_mask, slice_name, volume_sort_key, write_manifest,
@@ -184,11 +187,21 @@ class _Converter:
 _worker: _Converter | None = None
 
 
-def _init_worker(output: Path, settings: ConvertSettings, one_thread: bool = True) -> None:
+def _init_worker(output: Path, settings: ConvertSettings, parent: int | None = None) -> None:
+    """Per-process set-up; ``parent`` is the PID of the conversion that started this worker process."""
     global _worker
-    if one_thread:  # parallelism comes from the workers
+    if parent is not None:  # a worker process: parallelism comes from the workers, and it dies with its parent
         torch.set_num_threads(1)
+        threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
     _worker = _Converter(output, settings)
+
+
+def _exit_with_parent(parent: int) -> None:
+    """A worker whose parent was killed stops at once instead of writing on into a folder nobody holds."""
+    while True:
+        if os.getppid() != parent:
+            os._exit(1)
+        time.sleep(0.25)
 
 
 def _convert_one(source: VolumeSource, slice_bar: bool = False) -> tuple[str, str, int, int, list[str]]:
@@ -196,7 +209,9 @@ def _convert_one(source: VolumeSource, slice_bar: bool = False) -> tuple[str, st
     on what the source left out)."""
     _worker.notes = []
     try:
+        fingerprint = source_fingerprint(source)
         rows = _worker.convert(source, slice_bar)
+        write_json_atomic(_fingerprint_path(_worker.output, source.volume_id), fingerprint)
         write_bytes_atomic(_part_path(_worker.output, source.volume_id), manifest_rows_to_csv(rows).encode())
         error, count = "", len(rows)
     except Exception as raised:  # a batch goes on; the summary names the volume and the reason
@@ -232,12 +247,42 @@ def _check_settings(output: Path, settings: ConvertSettings, input_path: Path) -
     wanted = {"input": str(input_path.resolve()), **settings.as_json()}
     if path.exists():
         before = json.loads(path.read_text())
+        if before.get("input") != wanted["input"]:
+            raise ValueError(f"{output} holds the conversion of {before.get('input')}; converting --input "
+                             f"{input_path} into it would mix two datasets. Use another --output.")
         differing = sorted(k for k in wanted if k != "input" and before.get(k) != wanted[k])
         if differing:
             shown = ", ".join(f"{k}: {before.get(k)!r} -> {wanted[k]!r}" for k in differing)
             raise ValueError(f"{output} was converted with other settings ({shown}); use a new --output "
                              "or the same options to carry on.")
+    elif any(entry.name != LOCK_NAME for entry in output.iterdir()):
+        raise ValueError(f"{output} is not empty and was not made by this conversion (no {SETTINGS_NAME}); nothing "
+                         "in it is overwritten: choose an empty or new --output.")
     write_json_atomic(path, wanted)
+
+
+def source_fingerprint(source: VolumeSource) -> dict:
+    """Path, size and modification time of every file a volume is made of, to tell a changed source on a rerun."""
+    if source.kind == "2d":
+        files = [p for item in source.slices for p in (item.image, item.mask) if p is not None]
+    else:
+        files = [p for root in (source.image, source.label) if root is not None
+                 for p in (sorted(q for q in root.iterdir() if q.is_file()) if root.is_dir() else [root])]
+    stats = [(str(p), p.stat()) for p in files]
+    return {"files": len(stats), "bytes": sum(st.st_size for _, st in stats),
+            "newest_mtime_ns": max((st.st_mtime_ns for _, st in stats), default=0), "first": stats[0][0] if stats else ""}
+
+
+def _fingerprint_path(output: Path, volume_id: str) -> Path:
+    return output / PARTS_DIR / f"volume-{volume_id}.source.json"
+
+
+def _check_unchanged(output: Path, source: VolumeSource) -> None:
+    recorded = _fingerprint_path(output, source.volume_id)
+    if recorded.exists() and json.loads(recorded.read_text()) != source_fingerprint(source):
+        raise ValueError(f"{source.where} changed since volume {source.volume_id} was converted into {output} (files, "
+                         f"size or modification time differ); delete {_part_path(output, source.volume_id)} to "
+                         "convert it again, or use another --output.")
 
 
 def convert(input_path: str | os.PathLike, output: str | os.PathLike, settings: ConvertSettings = ConvertSettings(),
@@ -250,14 +295,22 @@ def convert(input_path: str | os.PathLike, output: str | os.PathLike, settings: 
     for note in notes:
         say(note)
     output.mkdir(parents=True, exist_ok=True)
-    _check_settings(output, settings, input_path)
-    if remove_stale_temporaries(output):
-        say("removed temporary files an interrupted run left behind")
+    with folder_lock(output, "a conversion"):
+        _check_settings(output, settings, input_path)
+        if remove_stale_temporaries(output, ["images", "masks", PARTS_DIR]):
+            say("removed temporary files an interrupted run left behind")
+        return _convert_sources(sources, output, settings, workers, progress, say)
 
+
+def _convert_sources(sources: list[VolumeSource], output: Path, settings: ConvertSettings, workers: int,
+                     progress: bool, say) -> ConvertSummary:
     summary = ConvertSummary()
     todo = []
     for source in sources:
-        (summary.skipped if _part_path(output, source.volume_id).exists() else todo).append(source)
+        complete = _part_path(output, source.volume_id).exists()
+        if complete:
+            _check_unchanged(output, source)
+        (summary.skipped if complete else todo).append(source)
     summary.skipped = sorted((s.volume_id for s in summary.skipped), key=volume_sort_key)
     if summary.skipped:
         say(f"{len(summary.skipped)} volume(s) already complete, skipped: {', '.join(summary.skipped[:10])}"
@@ -280,13 +333,13 @@ def convert(input_path: str | os.PathLike, output: str | os.PathLike, settings: 
         bar.set_postfix(slices=summary.slices, failed=len(summary.failed))
 
     if workers <= 1:
-        _init_worker(output, settings, one_thread=False)
+        _init_worker(output, settings)
         for source in todo:
             record(_convert_one(source, slice_bar=progress))
     else:
         context = multiprocessing.get_context("spawn")  # a clean interpreter per worker: no forked thread pools
         with futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                         initargs=(output, settings)) as pool:
+                                         initargs=(output, settings, os.getpid())) as pool:
             for future in futures.as_completed([pool.submit(_convert_one, s) for s in todo]):
                 record(future.result())
     bar.close()

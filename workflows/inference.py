@@ -42,6 +42,7 @@ from transforms import (  # noqa: E402
 from workflows.atomic import write_bytes_atomic, write_csv_atomic, write_json_atomic  # noqa: E402
 from workflows.dicom_seg import write_dicom_seg  # noqa: E402
 from workflows.discovery import ScanList, find_scans, is_image_2d, output_names  # noqa: E402
+from workflows.locking import folder_lock  # noqa: E402
 from workflows.pictures import montage, overlay, save_figure  # noqa: E402
 
 __all__ = ["load_weights", "ScanDataset", "SomeScansFailed", "CurrentScan", "SaveScanMaskd", "ScanInference"]
@@ -222,7 +223,10 @@ class ScanInference:
             raise ValueError(f"--output_dir {self.output_dir} is inside --input {self.dataset.input}: the results "
                              "would be mixed with the scans; choose an output folder outside the input.")
         found = self.dataset.found
-        self.output_dir.mkdir(parents=True, exist_ok=True)
+        with folder_lock(self.output_dir, "an inference"):
+            return self._segment_all(found)
+
+    def _segment_all(self, found: ScanList) -> list[dict]:
         rows = []
         for path, reason in found.skipped:  # every file of the input has its line: nothing silently ignored
             logger.info(f"left out {path}: {reason}")

@@ -41,6 +41,7 @@ from torch.utils.data import Sampler
 
 from transforms import TARGET_CHANNELS
 from workflows.atomic import write_bytes_atomic, write_json_atomic
+from workflows.locking import folder_lock
 from workflows.memory import peak_memory_mib
 
 __all__ = [
@@ -151,6 +152,8 @@ class ChunkRun:
         self.lr_scheduler = lr_scheduler
         self.split = read_split(self.dataset_dir)
         self.n_chunks = len(self.split["chunks"])
+        # the split's identity: resuming on other lists would carry validation patients into training
+        self.config_summary["split"] = self.split_identity()
         self.chunk = 0
         self.chunk_started = time.time()
         self.resumed_at: int | None = None  # the iteration the chunk in progress resumed at, if it did
@@ -171,6 +174,13 @@ class ChunkRun:
     @property
     def tensorboard_dir(self) -> str:
         return str(self.ckpt_dir / "tensorboard")
+
+    def split_identity(self) -> str:
+        """A hash of ``split.json`` and the chunk lists: which patients train, in which chunks."""
+        digest = hashlib.sha1()
+        for name in ["split.json", *self.split["chunks"]]:
+            digest.update((self.dataset_dir / name).read_bytes())
+        return digest.hexdigest()[:12]
 
     def chunk_data(self, k: int) -> list[dict]:
         return load_decathlon_datalist(self.dataset_dir / self.split["chunks"][k], data_list_key="training")
@@ -221,8 +231,8 @@ class ChunkRun:
         differing = {k: (recorded.get(k), v) for k, v in self.config_summary.items() if k in recorded and recorded[k] != v}
         if differing:
             shown = ", ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in differing.items())
-            raise ChunkRefused(f"{source} was made with other settings ({shown}); use the same settings or "
-                               "another --ckpt_dir.")
+            raise ChunkRefused(f"{source} was made with other settings ({shown}); use the same settings and lists "
+                               "(a new split needs a new training: another --ckpt_dir).")
         engine.network.load_state_dict(state["model"])
         engine.optimizer.load_state_dict(state["optimizer"])
         if self.lr_scheduler is not None and "lr_scheduler" in state:
@@ -380,8 +390,12 @@ class ChunkedTraining:
         return [k]
 
     def run(self) -> list[dict]:
-        """Train what is due; returns the log entries of the chunks trained now."""
-        self.chunk_run.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        """Train what is due (one training per ``ckpt_dir`` at a time); returns the log entries of the chunks
+        trained now."""
+        with folder_lock(self.chunk_run.ckpt_dir, "a training"):
+            return self._run()
+
+    def _run(self) -> list[dict]:
         self.chunk_run.read_log()  # a log a kill left behind the checkpoints is rebuilt first
         todo = self.chunks_to_train()
         if not todo:

@@ -198,3 +198,29 @@ def test_mlflow_keeps_one_run_across_chunks_with_global_steps(lists, tmp_path):
     dice = sorted(client.get_metric_history(run_id, "val_mean_dice"), key=lambda m: m.step)
     assert [m.step for m in dice] == [1, 2, 3]
     assert [m.value for m in dice] == pytest.approx([e["val_metric"] for e in log])
+
+
+def test_continuing_on_another_split_is_refused_with_the_way_out(tmp_path):
+    lists = make_lists(tmp_path / "data", chunk_size=8, positives=12, negatives=12, seed=0)
+    _run(lists, tmp_path / "models", chunk=0)
+    from workflows.slice_set import read_manifest
+    from workflows.splitting import plan_split, write_split
+
+    rows = read_manifest(tmp_path / "data" / "slices")  # a re-split into the same lists folder, another seed
+    write_split(plan_split(rows, target="liver", positives=12, negatives=12, chunk_size=8, val_fraction=0.2, seed=5,
+                           val_balanced=8), lists, tmp_path / "data" / "slices")
+    with pytest.raises(BundleCommandError, match=r"split: checkpoint '[0-9a-f]{12}', now '[0-9a-f]{12}'.*another --ckpt_dir"):
+        _run(lists, tmp_path / "models", chunk=1)
+
+
+def test_a_second_training_on_one_ckpt_dir_is_refused_naming_the_first(lists, tmp_path):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        tmp_path.mkdir(exist_ok=True)
+        (tmp_path / ".liver-ct.lock").write_text(f"{sleeper.pid}\n")
+        with pytest.raises(BundleCommandError, match=rf"in use by a training running as PID {sleeper.pid}"):
+            _run(lists, tmp_path, chunk=0)
+        assert not (tmp_path / "checkpoint_chunk_0.pt").exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait()

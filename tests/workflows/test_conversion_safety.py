@@ -1,0 +1,117 @@
+"""Conversion never mixes, overwrites or deletes what it does not own, and runs once per output folder."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from workflows.conversion import convert
+from workflows.locking import LOCK_NAME, FolderInUse, folder_lock
+from workflows.synthetic_cases import generate_dataset
+
+
+@pytest.fixture()
+def raw(tmp_path):
+    generate_dataset(tmp_path / "raw", cases=2, seed=3, size=16, slices=4, progress=False)
+    return tmp_path / "raw"
+
+
+def test_a_second_input_into_a_finished_output_is_refused(raw, tmp_path):
+    convert(raw, tmp_path / "out", progress=False)
+    other = tmp_path / "other"
+    generate_dataset(other, cases=1, seed=9, size=16, slices=4, progress=False)
+    with pytest.raises(ValueError, match=r"holds the conversion of .*raw.*would mix two datasets. Use another --output"):
+        convert(other, tmp_path / "out", progress=False)
+
+
+def test_a_folder_not_made_by_conversion_is_refused_and_left_untouched(raw, tmp_path):
+    mine = tmp_path / "thesis"
+    mine.mkdir()
+    (mine / "chapter1.txt").write_text("keep me")
+    with pytest.raises(ValueError, match=r"thesis is not empty and was not made by this conversion"):
+        convert(raw, mine, progress=False)
+    assert sorted(p.name for p in mine.iterdir()) == ["chapter1.txt"]
+
+
+def test_a_source_changed_since_it_was_converted_is_refused_by_name(raw, tmp_path):
+    convert(raw, tmp_path / "out", progress=False)
+    volume = raw / "volume-1.nii.gz"
+    stat = volume.stat()
+    os.utime(volume, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    with pytest.raises(ValueError, match=r"volume-1.nii.gz changed since volume 1 was converted.*volume-1.csv"):
+        convert(raw, tmp_path / "out", progress=False)
+
+
+def test_only_the_tools_own_stale_temporaries_in_its_own_folders_are_removed(raw, tmp_path):
+    out = tmp_path / "out"
+    convert(raw, out, progress=False)
+    dead = 2**22 + 12345  # above the usual pid_max: no such process
+    (out / "images" / f".tmp-{dead}-volume-0_slice_0.png").write_bytes(b"half")
+    (out / "images" / f".tmp-{os.getppid()}-in-use.png").write_bytes(b"a live run's")
+    below = out / "scans_of_mine"
+    below.mkdir()
+    (below / f".tmp-{dead}-notes.txt").write_text("not the tool's")
+    convert(raw, out, progress=False)
+    assert not (out / "images" / f".tmp-{dead}-volume-0_slice_0.png").exists()
+    assert (out / "images" / f".tmp-{os.getppid()}-in-use.png").exists()
+    assert (below / f".tmp-{dead}-notes.txt").read_text() == "not the tool's"
+
+
+def test_a_second_run_on_one_folder_is_refused_naming_the_first(tmp_path):
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / LOCK_NAME).write_text(f"{sleeper.pid}\n")
+        with pytest.raises(FolderInUse, match=rf"in use by a conversion running as PID {sleeper.pid}"):
+            with folder_lock(tmp_path / "out", "a conversion"):
+                pass
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    with folder_lock(tmp_path / "out", "a conversion"):  # the holder is gone: its lock is taken over
+        assert (tmp_path / "out" / LOCK_NAME).read_text().strip() == str(os.getpid())
+    assert not (tmp_path / "out" / LOCK_NAME).exists()
+
+
+def _children(pid):
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def _alive(pid):
+    try:
+        state = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads child processes from /proc (Linux)")
+def test_conversion_workers_die_with_a_killed_parent(tmp_path):
+    generate_dataset(tmp_path / "raw", cases=6, seed=3, size=64, slices=40, progress=False)
+    process = subprocess.Popen([sys.executable, "-m", "workflows.convert", "--input", str(tmp_path / "raw"),
+                                "--output", str(tmp_path / "out"), "--workers", "2"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    workers = []
+    while time.time() < deadline and len(workers) < 2 and process.poll() is None:
+        workers = [pid for pid in _children(process.pid) if "spawn_main" in open(f"/proc/{pid}/cmdline").read()]
+        time.sleep(0.05)
+    assert len(workers) >= 2, "the workers did not start"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(pid) for pid in workers):
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in workers)
