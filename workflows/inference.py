@@ -164,6 +164,10 @@ class SaveScanMaskd(MapTransform):
             header = source.header.copy()
             header.set_data_dtype(np.uint8)
             header.set_slope_inter(1.0, 0.0)
+            for text in ("descrip", "aux_file", "intent_name", "db_name"):  # free text may name the patient
+                if text in header:
+                    header[text] = b""
+            header.extensions.clear()
             seg = nib.Nifti1Image(array, source.affine, header)
         else:
             seg = nib.Nifti1Image(array, affine.numpy())

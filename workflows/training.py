@@ -242,12 +242,24 @@ class ChunkRun:
     # -- the log ----------------------------------------------------------------------------------------------------
     def read_log(self) -> list[dict]:
         """``training_log.json``, rebuilt from the chunk checkpoints when it lacks a chunk they hold (a kill
-        between a chunk's checkpoint and its log entry)."""
+        between a chunk's checkpoint and its log entry); ``model.pt`` and ``best_model.pt`` are then rewritten from
+        the checkpoints too, the best being the chunk with the highest validation metric they record."""
         log = json.loads(self.log_path.read_text()) if self.log_path.exists() else []
         done = [k for k in range(self.n_chunks) if self.chunk_checkpoint(k).exists()]
-        if sorted(e["chunk"] for e in log) != done:
-            log = [_load(self.chunk_checkpoint(k)).get("log", {"chunk": k}) for k in done]
-            write_json_atomic(self.log_path, log)
+        if sorted(e["chunk"] for e in log) == done:
+            return log
+        states = {k: _load(self.chunk_checkpoint(k)) for k in done}
+        log = [states[k].get("log", {"chunk": k}) for k in done]
+        scored = [e for e in log if e.get("val_metric") is not None]
+        best = max(scored, key=lambda e: e["val_metric"])["chunk"] if scored else None
+        for entry in log:
+            entry["best"] = entry["chunk"] == best
+        for name, k in (("model.pt", done[-1] if done else None), ("best_model.pt", best)):
+            if k is not None:
+                weights = io.BytesIO()
+                torch.save(states[k]["model"], weights)
+                write_bytes_atomic(self.ckpt_dir / name, weights.getvalue())
+        write_json_atomic(self.log_path, log)
         return log
 
 

@@ -161,12 +161,20 @@ def test_tensorboard_counts_steps_across_chunks_and_a_lost_log_is_rebuilt(lists,
     assert [step for step, _ in dice] == [1, 2, 3]  # one epoch per chunk: global epochs
     assert [value for _, value in dice] == pytest.approx([e["val_metric"] for e in log])
 
-    # a kill between chunk 2's checkpoint and its log entry: the log is rebuilt from the checkpoints
+    # a kill between chunk 2's checkpoint and its log entry (and before model.pt / best_model.pt were written):
+    # the log and both models are rebuilt from the checkpoints
     (tmp_path / "training_log.json").write_text(json.dumps(log[:1]))
+    (tmp_path / "best_model.pt").unlink()
+    torch.save(_weights(tmp_path / "checkpoint_chunk_0.pt")["model"], tmp_path / "model.pt")  # a stale model.pt
     assert _run(lists, tmp_path) == [[]]
     rebuilt = json.loads((tmp_path / "training_log.json").read_text())
     assert [e["chunk"] for e in rebuilt] == [0, 1, 2]
     assert [e["val_metric"] for e in rebuilt] == pytest.approx([e["val_metric"] for e in log])
+    best_chunk = max(rebuilt, key=lambda e: e["val_metric"])["chunk"]
+    assert [e["best"] for e in rebuilt] == [e["chunk"] == best_chunk for e in rebuilt]
+    for name, chunk in (("model.pt", 2), ("best_model.pt", best_chunk)):
+        expected = _weights(tmp_path / f"checkpoint_chunk_{chunk}.pt")["model"]
+        assert all(torch.equal(v, expected[k]) for k, v in _weights(tmp_path / name).items())
 
 
 def test_training_runs_from_the_bundle_folder_with_relative_configs(lists, tmp_path):

@@ -206,3 +206,15 @@ def test_the_bundle_command_exits_1_in_one_line_when_a_scan_failed(weights, tmp_
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: 1 scan(s) failed (")
     assert (tmp_path.parent / "out_bundle" / "volume-0_seg.nii.gz").exists()
+
+
+def test_free_text_of_the_scans_header_does_not_reach_the_mask(weights, tmp_path):
+    case = generate_case(0, seed=6, size=32, slices=6)
+    image = case.stored_image(case.hu)
+    image.header["descrip"] = b"Doe^Jane 1950-01-01"
+    image.header["aux_file"] = b"MRN 123456"
+    nib.save(image, tmp_path / "volume-0.nii.gz")
+    _infer(weights, tmp_path / "volume-0.nii.gz", tmp_path / "out")
+    header = nib.load(tmp_path / "out" / "volume-0_seg.nii.gz").header
+    assert bytes(header["descrip"]).strip(b"\0") == b"" and bytes(header["aux_file"]).strip(b"\0") == b""
+    assert np.allclose(header.get_best_affine(), image.header.get_best_affine())  # the geometry is kept
