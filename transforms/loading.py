@@ -165,6 +165,8 @@ class LoadScan(Transform):
             raise InvalidScanError(f"{path}: no such file or folder.")
         if path.is_dir():
             return self._load_series(path)
+        if not path.is_file():  # a pipe or device would block the reader forever
+            raise InvalidScanError(f"{path}: not a regular file (a pipe, socket or device); give a NIfTI file.")
         if not is_nifti(path):
             raise InvalidScanError(
                 f"{path}: not a scan this loader reads; expected a NIfTI file ({', '.join(NIFTI_SUFFIXES)}) "

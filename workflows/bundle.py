@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,11 +33,16 @@ class BundleCommandError(SystemExit):
 
 def one_line_errors(run: Callable[[], Any]) -> Any:
     """Call ``run`` (a workflow's entry, named in a config: ``$one_line_errors(@chunked_training.run)``); a
-    ``ValueError`` or ``FileNotFoundError`` from it leaves as :class:`BundleCommandError`."""
+    ``ValueError`` or an ``OSError`` (a missing file, a full or read-only disk) from it leaves as
+    :class:`BundleCommandError`; Ctrl-C ends with one line and status 130 (files are written atomically: what
+    was finished is kept, and a rerun carries on)."""
     try:
         return run()
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:
         raise BundleCommandError(err) from None
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to continue", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def config_file(name: str) -> str:

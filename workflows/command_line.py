@@ -4,8 +4,11 @@ one-line errors."""
 from __future__ import annotations
 
 import argparse
+import functools
+import sys
+from collections.abc import Callable
 
-__all__ = ["add_input", "add_output", "input_of"]
+__all__ = ["add_input", "add_output", "input_of", "interruptible"]
 
 
 def add_input(parser: argparse.ArgumentParser, help: str, positional: str | None = None) -> None:
@@ -26,3 +29,18 @@ def input_of(parser: argparse.ArgumentParser, args: argparse.Namespace, position
 def add_output(parser: argparse.ArgumentParser, help: str, old: tuple[str, ...] = ("--out",), **kwargs) -> None:
     """``--output PATH``; ``old`` spellings (``--out``, ``--output_dir``) are accepted until release 0.3."""
     parser.add_argument("--output", *old, dest="output", help=f"{help} ({', '.join(old)}: old spelling)", **kwargs)
+
+
+def interruptible(main: Callable[..., int]) -> Callable[..., int]:
+    """Ctrl-C ends a command line with one line and status 130 instead of a traceback: every file is written
+    atomically, so what was finished is kept and rerunning the same command carries on."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs) -> int:
+        try:
+            return main(*args, **kwargs)
+        except KeyboardInterrupt:
+            print("interrupted; rerun the same command to continue", file=sys.stderr)
+            return 130
+
+    return wrapper

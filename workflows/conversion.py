@@ -332,17 +332,19 @@ def _convert_sources(sources: list[VolumeSource], output: Path, settings: Conver
         bar.update(1)
         bar.set_postfix(slices=summary.slices, failed=len(summary.failed))
 
-    if workers <= 1:
-        _init_worker(output, settings)
-        for source in todo:
-            record(_convert_one(source, slice_bar=progress))
-    else:
-        context = multiprocessing.get_context("spawn")  # a clean interpreter per worker: no forked thread pools
-        with futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                         initargs=(output, settings, os.getpid())) as pool:
-            for future in futures.as_completed([pool.submit(_convert_one, s) for s in todo]):
-                record(future.result())
-    bar.close()
+    try:
+        if workers <= 1:
+            _init_worker(output, settings)
+            for source in todo:
+                record(_convert_one(source, slice_bar=progress))
+        else:
+            context = multiprocessing.get_context("spawn")  # a clean interpreter per worker: no forked thread pools
+            with futures.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                             initargs=(output, settings, os.getpid())) as pool:
+                for future in futures.as_completed([pool.submit(_convert_one, s) for s in todo]):
+                    record(future.result())
+    finally:  # the bar's last line before any message (Ctrl-C included)
+        bar.close()
 
     write_manifest(output / MANIFEST_NAME, _read_parts(output))
     say(f"converted {len(summary.converted)}, skipped {len(summary.skipped)} (already complete), "

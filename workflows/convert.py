@@ -20,10 +20,11 @@ import argparse
 import sys
 
 from transforms import parse_label_map, window_range
-from workflows.command_line import add_output
+from workflows.command_line import add_output, interruptible
 from workflows.conversion import TARGETS, ConvertSettings, convert
 
 
+@interruptible
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workflows.convert", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)

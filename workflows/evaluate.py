@@ -16,7 +16,7 @@ import sys
 
 from pathlib import Path
 
-from workflows.command_line import add_output
+from workflows.command_line import add_output, interruptible
 from workflows.volume_evaluation import evaluate_volumes
 
 
@@ -25,6 +25,7 @@ def _fmt(entry: dict | float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+@interruptible
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workflows.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--pred", required=True, help="folder of predicted label maps (NIfTI, LiTS labels)")

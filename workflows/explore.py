@@ -12,10 +12,11 @@ import sys
 
 from pathlib import Path
 
-from workflows.command_line import add_input, add_output, input_of
+from workflows.command_line import add_input, add_output, input_of, interruptible
 from workflows.exploration import explore
 
 
+@interruptible
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workflows.explore", description=__doc__.split("\n\n")[0])
     add_input(parser, "slice set made by workflows.convert (holds manifest.csv)", positional="slices_dir")

@@ -15,10 +15,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from workflows.command_line import interruptible
 
 TARGETS = ("liver", "tumor", "both")
 
 
+@interruptible
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workflows.infer", description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", "--image", dest="input", required=True,

@@ -21,7 +21,7 @@ import nibabel as nib
 from monai.bundle import run as run_bundle
 
 from workflows.bundle import config_file
-from workflows.command_line import add_output
+from workflows.command_line import add_output, interruptible
 from workflows.conversion import convert
 from workflows.exploration import explore
 from workflows.slice_set import read_manifest
@@ -71,6 +71,7 @@ def _command(run_id: str, configs: list[str], overrides: dict) -> str:
     return " ".join(parts)
 
 
+@interruptible
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workflows.quickstart", description=__doc__.split("\n\n")[0])
     add_output(parser, "working folder (default ./quickstart)", default="quickstart")

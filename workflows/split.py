@@ -21,7 +21,7 @@ import sys
 import json
 from pathlib import Path
 
-from workflows.command_line import add_input, add_output, input_of
+from workflows.command_line import add_input, add_output, input_of, interruptible
 from workflows.slice_set import read_manifest
 from workflows.splitting import TARGETS, plan_split, write_split
 
@@ -30,6 +30,7 @@ def _ids(text: str | None) -> list[str] | None:
     return [v.strip() for v in text.split(",") if v.strip()] if text else None
 
 
+@interruptible
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workflows.split", description=__doc__.split("\n\n")[0])
     add_input(parser, "slice set made by workflows.convert (holds manifest.csv)", positional="slices_dir")

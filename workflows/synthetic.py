@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from workflows.command_line import add_output
+from workflows.command_line import add_output, interruptible
 from workflows.synthetic_cases import generate_dataset
 
 
+@interruptible
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workflows.synthetic", description=__doc__.split("\n\n")[0])
     add_output(parser, "folder to write volume-<i>.nii.gz / segmentation-<i>.nii.gz into", required=True)

@@ -45,7 +45,7 @@ from workflows.locking import folder_lock
 from workflows.memory import peak_memory_mib
 
 __all__ = [
-    "read_split", "target_of", "ResumableSampler", "ChunkRun", "SamplerEpochHandler", "ProgressCheckpointHandler",
+    "read_split", "check_training_settings", "target_of", "ResumableSampler", "ChunkRun", "SamplerEpochHandler", "ProgressCheckpointHandler",
     "ChunkCheckpointHandler", "LossProgressBar", "ChunkedTraining", "ChunkRefused",
 ]
 
@@ -64,6 +64,62 @@ def read_split(dataset_dir: str | os.PathLike) -> dict:
             f"`python -m workflows.split --input SLICES_DIR --output {dataset_dir}`."
         )
     return json.loads(path.read_text())
+
+
+def check_training_settings(dataset_dir: str | os.PathLike, chunk=None, spatial_size=256, batch_size=2,
+                            epochs_per_chunk=2, checkpoint_every=100, learning_rate=1e-4,
+                            val_datalist: str = "val.json") -> None:
+    """Refuse, before anything is built or trained, settings and lists a training cannot use: a chunk that is not a
+    whole number, sizes and counts out of range, a lists folder without a readable ``split.json``, list files that
+    are missing or malformed, and slices the lists name that are gone or are not regular files.
+
+    Raises:
+        ValueError / FileNotFoundError: one line naming the setting or file, the value, and the way out.
+    """
+    def whole(name: str, value, least: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)) or not str(value).strip().lstrip("-").isdigit():
+            raise ValueError(f"--{name} must be a whole number >= {least}, got {value!r}.")
+        if int(value) < least:
+            raise ValueError(f"--{name} must be a whole number >= {least}, got {value!r}.")
+        return int(value)
+
+    if chunk is not None:
+        whole("chunk", chunk, 0)
+    size = whole("spatial_size", spatial_size, 8)
+    if size % 8:
+        raise ValueError(f"--spatial_size must be a multiple of 8 (three 2x poolings), got {spatial_size!r}.")
+    whole("batch_size", batch_size, 1)
+    whole("epochs_per_chunk", epochs_per_chunk, 1)
+    whole("checkpoint_every", checkpoint_every, 1)
+    try:
+        rate = float(learning_rate)
+    except (TypeError, ValueError):
+        rate = -1.0
+    if not rate > 0:
+        raise ValueError(f"--learning_rate must be a positive number, got {learning_rate!r}.")
+    dataset_dir = Path(dataset_dir)
+    try:
+        split = read_split(dataset_dir)
+        names = [*split["chunks"], val_datalist]
+    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        raise ValueError(f"{dataset_dir / 'split.json'}: not a split made by workflows.split ({type(err).__name__}: "
+                         f"{err}); make the lists again with `python -m workflows.split`.") from None
+    for name in names:
+        path = dataset_dir / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: listed in {dataset_dir / 'split.json'} but missing; make the lists "
+                                    "again with `python -m workflows.split`.")
+        try:
+            entries = next(iter(json.loads(path.read_text()).values()))
+            files = [dataset_dir / entry[key] for entry in entries for key in ("image", "label")]
+        except (json.JSONDecodeError, StopIteration, AttributeError, KeyError, TypeError) as err:
+            raise ValueError(f"{path}: not a datalist made by workflows.split ({type(err).__name__}); make the lists "
+                             "again with `python -m workflows.split`.") from None
+        for file in files:
+            if not file.is_file():  # gone since the split, or a pipe or device that would hang the loader
+                what = "is missing" if not file.exists() else "is not a regular file"
+                raise FileNotFoundError(f"{file}: named in {path} but {what} (slices moved or deleted after the "
+                                        "split?); convert and split again, or restore it.")
 
 
 def target_of(dataset_dir: str | os.PathLike) -> str:
@@ -123,7 +179,17 @@ def _save(path: Path, payload: dict) -> None:
 
 
 def _load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint this training wrote; anything else (a truncated or foreign file) is refused by name."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... on a file it cannot read
+        raise ChunkRefused(f"{path}: cannot be read as a checkpoint ({type(err).__name__}: "
+                           f"{str(err).splitlines()[0] if str(err) else ''}); move it out of --ckpt_dir to train "
+                           "that chunk again from the checkpoint before it.") from None
+    if not isinstance(state, dict) or not {"model", "optimizer", "chunk"} <= set(state):
+        raise ChunkRefused(f"{path}: not a checkpoint of this chunked training (no model, optimizer and chunk "
+                           "state); move it out of --ckpt_dir.")
+    return state
 
 
 class ChunkRun:

@@ -115,3 +115,29 @@ def test_conversion_workers_die_with_a_killed_parent(tmp_path):
     while time.time() < deadline and any(_alive(pid) for pid in workers):
         time.sleep(0.1)
     assert not any(_alive(pid) for pid in workers)
+
+
+def test_ctrl_c_ends_a_conversion_in_one_line_with_130_and_a_rerun_carries_on(tmp_path):
+    generate_dataset(tmp_path / "raw", cases=4, seed=3, size=64, slices=30, progress=False)
+    command = [sys.executable, "-m", "workflows.convert", "--input", str(tmp_path / "raw"), "--output",
+               str(tmp_path / "out")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and not list((tmp_path / "out" / "images").glob("*.png")):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == "interrupted; rerun the same command to continue"
+    assert not list((tmp_path / "out").rglob(".tmp-*"))  # nothing half-written under any name
+    rerun = subprocess.run(command, capture_output=True, text=True)
+    assert rerun.returncode == 0 and len(list((tmp_path / "out" / "images").glob("*.png"))) == 4 * 30
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are a POSIX thing")
+def test_a_named_pipe_given_as_a_scan_is_refused_not_read(tmp_path):
+    from transforms import InvalidScanError, LoadScan
+
+    os.mkfifo(tmp_path / "scan.nii.gz")
+    with pytest.raises(InvalidScanError, match=r"scan.nii.gz: not a regular file \(a pipe"):
+        LoadScan()(tmp_path / "scan.nii.gz")
