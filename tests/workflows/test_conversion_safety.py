@@ -118,7 +118,7 @@ def test_conversion_workers_die_with_a_killed_parent(tmp_path):
 
 
 def test_ctrl_c_ends_a_conversion_in_one_line_with_130_and_a_rerun_carries_on(tmp_path):
-    generate_dataset(tmp_path / "raw", cases=4, seed=3, size=64, slices=30, progress=False)
+    generate_dataset(tmp_path / "raw", cases=6, seed=3, size=128, slices=60, progress=False)  # seconds of work
     command = [sys.executable, "-m", "workflows.convert", "--input", str(tmp_path / "raw"), "--output",
                str(tmp_path / "out")]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -131,7 +131,7 @@ def test_ctrl_c_ends_a_conversion_in_one_line_with_130_and_a_rerun_carries_on(tm
     assert "Traceback" not in stderr and stderr.strip().splitlines()[-1] == "interrupted; rerun the same command to continue"
     assert not list((tmp_path / "out").rglob(".tmp-*"))  # nothing half-written under any name
     rerun = subprocess.run(command, capture_output=True, text=True)
-    assert rerun.returncode == 0 and len(list((tmp_path / "out" / "images").glob("*.png"))) == 4 * 30
+    assert rerun.returncode == 0 and len(list((tmp_path / "out" / "images").glob("*.png"))) == 6 * 60
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are a POSIX thing")
