@@ -121,7 +121,9 @@ def test_ctrl_c_ends_a_conversion_in_one_line_with_130_and_a_rerun_carries_on(tm
     generate_dataset(tmp_path / "raw", cases=6, seed=3, size=128, slices=60, progress=False)  # seconds of work
     command = [sys.executable, "-m", "workflows.convert", "--input", str(tmp_path / "raw"), "--output",
                str(tmp_path / "out")]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a shell that starts jobs in the background ignores SIGINT for them (CI may): give the command Ctrl-C back
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 60
     while time.time() < deadline and not list((tmp_path / "out" / "images").glob("*.png")):
         time.sleep(0.02)
