@@ -177,8 +177,6 @@ class LoadScan(Transform):
 
     def _load_series(self, folder: Path) -> MetaTensor:
         series = dicom_series(folder, self.modality)
-        for note in series.notes:
-            logger.info(note)  # said once: commands print or record the notes themselves
         if series.complete:
             img = self._read(self.dicom, folder, folder)
         else:  # the reader takes a folder: give it one holding only the images kept (links, the user's files untouched)

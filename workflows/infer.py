@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels", type=int, nargs=4, default=[64, 128, 256, 512], help="network widths")
     parser.add_argument("--spatial-size", type=int, default=256, help="size the network was trained at (256)")
     parser.add_argument("--min-tumour-mm3", type=float, default=10.0, help="drop smaller tumour specks (10 mm³)")
+    parser.add_argument("--deidentify", action="store_true",
+                        help="outputs named scan-001, ... and no file names, series notes or DICOM SEG in them")
     args = parser.parse_args(argv)
 
     from workflows.bundle import run_workflow  # after --help: the bundle's imports take seconds
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = {"input": args.input, "output_dir": args.output, "ckpt_file": args.model, "target": args.target,
                 "spatial_size": args.spatial_size, "network_def#channels": list(args.channels),
-                "min_tumour_mm3": args.min_tumour_mm3}
+                "min_tumour_mm3": args.min_tumour_mm3, "deidentify": args.deidentify}
     try:
         rows = run_workflow("inference", ["inference"], "infer", **settings)[0]
     except SomeScansFailed as err:  # the others were segmented: list them all

@@ -80,15 +80,16 @@ class ScanDataset(torch.utils.data.Dataset):
     ``transform({"image": path, "name": output name})``. The bundle's ``dataset``; 2D images are listed too and
     segmented apart (they have no volume grid)."""
 
-    def __init__(self, input: str | os.PathLike, transform=None) -> None:
-        self.input, self.transform = Path(input), transform
+    def __init__(self, input: str | os.PathLike, transform=None, deidentify: bool = False) -> None:
+        self.input, self.transform, self.deidentify = Path(input), transform, deidentify
         self._found: ScanList | None = None
 
     @property
     def found(self) -> ScanList:
         if self._found is None:  # listed when used, so building the bundle's objects never fails on --input
             self._found = find_scans(self.input)
-            self.names = output_names(self._found.scans)
+            self.names = ({scan: f"scan-{k + 1:03d}" for k, scan in enumerate(self._found.scans)} if self.deidentify
+                          else output_names(self._found.scans))
         return self._found
 
     @property
@@ -97,6 +98,15 @@ class ScanDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.scans)
+
+    def shown(self, path: Path, text: str | None = None) -> str:
+        """How ``path`` (or a ``text`` naming it) appears in summaries and logs: as given, or, de-identified, by
+        a neutral name only (folder and file names may carry a patient's name)."""
+        text = str(path) if text is None else text
+        if not self.deidentify:
+            return text
+        left_out = {p: f"left-out-{k + 1:03d}" for k, (p, _) in enumerate(self.found.skipped)}
+        return text.replace(str(path), self.names.get(path) or left_out.get(path, "input"))
 
     def __getitem__(self, index: int) -> dict:
         scan = self.scans[index]
@@ -139,10 +149,11 @@ class SaveScanMaskd(MapTransform):
         image_key: the network input, inverted to the scan's grid too, drawn under the mask.
     """
 
-    def __init__(self, keys, output_dir: str, target: str = "liver", image_key: str = "image",
+    def __init__(self, keys, output_dir: str, target: str = "liver", image_key: str = "image", deidentify: bool = False,
                  allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.output_dir, self.target, self.image_key = Path(output_dir), target, image_key
+        self.deidentify = deidentify
 
     def __call__(self, data: Mapping[Hashable, MetaTensor]) -> dict:
         d = dict(data)
@@ -172,14 +183,18 @@ class SaveScanMaskd(MapTransform):
         else:
             seg = nib.Nifti1Image(array, affine.numpy())
         write_bytes_atomic(output, gzip.compress(seg.to_bytes(), mtime=0))
-        row = {"scan": str(scan), "segmentation": str(output), "shape": "x".join(map(str, array.shape))}
+        row = {"scan": name if self.deidentify else str(scan), "segmentation": str(output),
+               "shape": "x".join(map(str, array.shape))}
         if pred.meta.get("series_notes"):  # images a DICOM series left out (a reformat, a localizer, a copy)
-            row["notes"] = "; ".join(pred.meta["series_notes"])
+            notes = pred.meta["series_notes"]
+            row["notes"] = f"{len(notes)} note(s) withheld (de-identified)" if self.deidentify else "; ".join(notes)
         spacing = torch.linalg.norm(affine[:3, :3], dim=0)
         voxel_ml = float(torch.prod(spacing)) / 1000.0
         row["liver_ml"] = round(float(np.count_nonzero(liver_mask(array))) * voxel_ml, 2)
         row["tumour_ml"] = round(float(np.count_nonzero(tumour_mask(array))) * voxel_ml, 2)
-        if scan.is_dir():  # a DICOM series also gets a DICOM SEG referencing it, for PACS and DICOM viewers
+        if scan.is_dir() and self.deidentify:  # a SEG must carry its series' patient and study to attach to them
+            row["dicom_seg"] = "not written: de-identified outputs (a DICOM SEG carries the patient and study)"
+        elif scan.is_dir():  # a DICOM series also gets a DICOM SEG referencing it, for PACS and DICOM viewers
             try:
                 row["dicom_seg"] = str(write_dicom_seg(array, affine, scan, self.output_dir / f"{name}_seg.dcm",
                                                        self.target))
@@ -233,19 +248,20 @@ class ScanInference:
     def _segment_all(self, found: ScanList) -> list[dict]:
         rows = []
         for path, reason in found.skipped:  # every file of the input has its line: nothing silently ignored
-            logger.info(f"left out {path}: {reason}")
-            rows.append({"scan": str(path), "segmentation": "", "skipped": reason})
+            logger.info(f"left out {self.dataset.shown(path)}: {reason}")
+            rows.append({"scan": self.dataset.shown(path), "segmentation": "", "skipped": reason})
         scans = found.scans
         for index, scan in enumerate(tqdm(scans, desc="segmenting", unit="scan", disable=len(scans) < 2)):
-            logger.info(f"segmenting {scan}")
+            logger.info(f"segmenting {self.dataset.shown(scan)}")
             try:  # a bad scan is reported and skipped; the others are segmented
                 rows.append(self.segment_image(scan) if is_image_2d(scan) else self.segment_volume(index))
             except (RuntimeError, ValueError) as raised:
                 err = unwrap_transform_error(raised)
                 if not isinstance(err, ValueError):  # not a bad scan: a bug, shown with its traceback
                     raise
-                logger.error(f"FAILED {scan}: {err}")
-                rows.append({"scan": str(scan), "segmentation": "", "error": str(err)})
+                message = self.dataset.shown(scan, str(err))
+                logger.error(f"FAILED {self.dataset.shown(scan)}: {message}")
+                rows.append({"scan": self.dataset.shown(scan), "segmentation": "", "error": message})
             self._write_summary(rows)  # as each scan finishes: a kill keeps what was done
         self._write_summary(rows)
         if any(row.get("error") for row in rows):
@@ -287,6 +303,6 @@ class ScanInference:
         for ax in axes:
             ax.axis("off")
         save_figure(fig, self.output_dir / f"{name}_prediction.png", dpi=90)
-        return {"scan": str(path), "segmentation": str(mask_path), "shape": "x".join(map(str, grey.shape)),
+        return {"scan": self.dataset.shown(path), "segmentation": str(mask_path), "shape": "x".join(map(str, grey.shape)),
                 "liver_pixels": int(np.count_nonzero(liver_mask(label))),
                 "tumour_pixels": int(np.count_nonzero(tumour_mask(label)))}

@@ -218,3 +218,26 @@ def test_free_text_of_the_scans_header_does_not_reach_the_mask(weights, tmp_path
     header = nib.load(tmp_path / "out" / "volume-0_seg.nii.gz").header
     assert bytes(header["descrip"]).strip(b"\0") == b"" and bytes(header["aux_file"]).strip(b"\0") == b""
     assert np.allclose(header.get_best_affine(), image.header.get_best_affine())  # the geometry is kept
+
+
+def test_deidentified_outputs_carry_no_name_of_the_patient(weights, tmp_path, caplog):
+    import logging
+
+    import pydicom
+
+    scans = tmp_path / "Doe_Jane"
+    write_ct_series(generate_case(0, seed=6, size=32, slices=6), scans / "Doe_Jane_CT")
+    for path in (scans / "Doe_Jane_CT").iterdir():
+        ds = pydicom.dcmread(path)
+        ds.PatientName = "Doe^Jane"
+        ds.save_as(path)
+    (scans / "Doe_Jane_old.nii.gz").write_bytes(b"broken")
+    (scans / "Doe_notes.txt").write_text("private")
+    caplog.set_level(logging.INFO)
+    with pytest.raises(ValueError, match="1 scan\\(s\\) failed"):
+        _infer(weights, scans, tmp_path / "out", deidentify=True)
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert written == ["scan-001_overlay.png", "scan-001_seg.nii.gz", "summary.csv", "summary.json"]  # no SEG
+    summary = (tmp_path / "out" / "summary.csv").read_text() + (tmp_path / "out" / "summary.json").read_text()
+    assert "Doe" not in summary and "Doe" not in caplog.text and "Jane" not in caplog.text
+    assert "cannot be read" in summary and "left-out-001" in summary
