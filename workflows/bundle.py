@@ -7,7 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BUNDLE_NAME", "BundleCommandError", "bundle_root", "config_file", "one_line_errors", "run_workflow"]
+__all__ = ["BUNDLE_NAME", "BundleCommandError", "bundle_root", "config_file", "one_line_errors", "run_workflow",
+           "whole_number", "network_size", "check_inference_settings"]
 
 BUNDLE_NAME = "liver_tumor_ct_segmentation"
 
@@ -45,6 +46,37 @@ def one_line_errors(run: Callable[[], Any]) -> Any:
         raise SystemExit(130) from None
 
 
+def whole_number(name: str, value, least: int) -> int:
+    """A setting that must be a whole number >= ``least`` (``--chunk abc``, ``--chunk 0.5`` are refused by name)."""
+    text = str(value).strip()
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)) or not text.lstrip("-").isdigit() \
+            or int(text) < least:
+        raise ValueError(f"--{name} must be a whole number >= {least}, got {value!r}.")
+    return int(text)
+
+
+def network_size(spatial_size) -> int:
+    """``--spatial_size``: a multiple of 8 (the network pools three times), at least 8."""
+    size = whole_number("spatial_size", spatial_size, 8)
+    if size % 8:
+        raise ValueError(f"--spatial_size must be a multiple of 8 (three 2x poolings), got {spatial_size!r}.")
+    return size
+
+
+def check_inference_settings(spatial_size, target, sw_batch_size, min_tumour_mm3) -> None:
+    """Refuse, before anything is built, inference settings that cannot work, in one line each."""
+    network_size(spatial_size)
+    if target not in ("liver", "tumor", "both"):
+        raise ValueError(f"--target must be liver, tumor or both, got {target!r}.")
+    whole_number("sw_batch_size", sw_batch_size, 1)
+    try:
+        smallest = float(min_tumour_mm3)
+    except (TypeError, ValueError):
+        smallest = -1.0
+    if not smallest >= 0:
+        raise ValueError(f"--min_tumour_mm3 must be a volume >= 0 (mm³), got {min_tumour_mm3!r}.")
+
+
 def config_file(name: str) -> str:
     """``configs/<name>.json`` of the bundle, absolute."""
     return str(Path(bundle_root()) / "configs" / f"{name}.json")
@@ -58,10 +90,11 @@ def run_workflow(run_id: str, configs: list[str], workflow_type: str, **override
     files = [config_file(name) for name in configs]
     workflow = ConfigWorkflow(config_file=files if len(files) > 1 else files[0], workflow_type=workflow_type,
                               run_id=run_id, logging_file=str(Path(files[0]).with_name("logging.conf")), **overrides)
-    workflow.initialize()
     try:
-        return workflow.run()
+        workflow.initialize()
+        try:
+            return workflow.run()
+        finally:
+            workflow.finalize()
     except BundleCommandError as err:  # Python callers get the original exception
         raise err.error from None
-    finally:
-        workflow.finalize()

@@ -41,6 +41,7 @@ from torch.utils.data import Sampler
 
 from transforms import TARGET_CHANNELS
 from workflows.atomic import write_bytes_atomic, write_json_atomic
+from workflows.bundle import network_size, whole_number
 from workflows.locking import folder_lock
 from workflows.memory import peak_memory_mib
 
@@ -76,21 +77,12 @@ def check_training_settings(dataset_dir: str | os.PathLike, chunk=None, spatial_
     Raises:
         ValueError / FileNotFoundError: one line naming the setting or file, the value, and the way out.
     """
-    def whole(name: str, value, least: int) -> int:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)) or not str(value).strip().lstrip("-").isdigit():
-            raise ValueError(f"--{name} must be a whole number >= {least}, got {value!r}.")
-        if int(value) < least:
-            raise ValueError(f"--{name} must be a whole number >= {least}, got {value!r}.")
-        return int(value)
-
     if chunk is not None:
-        whole("chunk", chunk, 0)
-    size = whole("spatial_size", spatial_size, 8)
-    if size % 8:
-        raise ValueError(f"--spatial_size must be a multiple of 8 (three 2x poolings), got {spatial_size!r}.")
-    whole("batch_size", batch_size, 1)
-    whole("epochs_per_chunk", epochs_per_chunk, 1)
-    whole("checkpoint_every", checkpoint_every, 1)
+        whole_number("chunk", chunk, 0)
+    network_size(spatial_size)
+    whole_number("batch_size", batch_size, 1)
+    whole_number("epochs_per_chunk", epochs_per_chunk, 1)
+    whole_number("checkpoint_every", checkpoint_every, 1)
     try:
         rate = float(learning_rate)
     except (TypeError, ValueError):

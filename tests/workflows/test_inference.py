@@ -241,3 +241,20 @@ def test_deidentified_outputs_carry_no_name_of_the_patient(weights, tmp_path, ca
     summary = (tmp_path / "out" / "summary.csv").read_text() + (tmp_path / "out" / "summary.json").read_text()
     assert "Doe" not in summary and "Doe" not in caplog.text and "Jane" not in caplog.text
     assert "cannot be read" in summary and "left-out-001" in summary
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"spatial_size": -5}, r"--spatial_size must be a whole number >= 8, got -5"),
+    ({"spatial_size": 30}, r"--spatial_size must be a multiple of 8"),
+    ({"target": "spleen"}, r"--target must be liver, tumor or both, got 'spleen'"),
+    ({"sw_batch_size": 0}, r"--sw_batch_size must be a whole number >= 1"),
+    ({"min_tumour_mm3": "big"}, r"--min_tumour_mm3 must be a volume >= 0"),
+])
+def test_bad_inference_settings_are_one_line_before_anything_is_built(weights, tmp_path, overrides, message):
+    from workflows.bundle import BundleCommandError
+
+    workflow = ConfigWorkflow(config_file=INFERENCE, workflow_type="infer", run_id="inference", logging_file=False,
+                              **{"input": str(tmp_path), "output_dir": str(tmp_path / "out"), **overrides})
+    with pytest.raises(BundleCommandError, match=message) as error:
+        workflow.initialize()
+    assert "\n" not in str(error.value) and not (tmp_path / "out").exists()
