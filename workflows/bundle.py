@@ -39,8 +39,11 @@ def one_line_errors(run: Callable[[], Any]) -> Any:
     was finished is kept, and a rerun carries on)."""
     try:
         return run()
-    except (ValueError, OSError) as err:
+    except ValueError as err:
         raise BundleCommandError(err) from None
+    except OSError as err:  # a full or read-only disk: every file is written whole or not at all
+        raise BundleCommandError(OSError(f"{err}; every file written before is whole and kept: free the space or "
+                                         "make the folder writable, then rerun the same command to carry on")) from None
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to continue", file=sys.stderr)
         raise SystemExit(130) from None

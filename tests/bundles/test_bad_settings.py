@@ -97,3 +97,27 @@ def test_the_command_line_prints_one_line_and_exits_1(lists, tmp_path):
     result = subprocess.run(args, capture_output=True, text=True)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == "error: --chunk must be a whole number >= 0, got 'abc'."
+
+
+def test_a_full_disk_mid_chunk_is_one_line_and_keeps_what_was_written(lists, tmp_path, monkeypatch):
+    import errno
+
+    import workflows.training as training
+
+    written = []
+
+    def full_after_first(path, data):
+        if written:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        written.append(path)
+        return original(path, data)
+
+    original = training.write_bytes_atomic
+    monkeypatch.setattr(training, "write_bytes_atomic", full_after_first)
+    workflow = _initialize(lists, tmp_path / "models", chunk=0, checkpoint_every=1)
+    with pytest.raises(BundleCommandError, match=r"No space left on device.*every file written before is whole and "
+                                                 r"kept.*rerun the same command") as error:
+        workflow.run()
+    assert "\n" not in str(error.value)
+    assert [p.name for p in written] == ["checkpoint_progress.pt"] and written[0].stat().st_size > 0
+    assert not list((tmp_path / "models").glob(".tmp-*"))

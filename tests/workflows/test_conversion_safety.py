@@ -143,3 +143,24 @@ def test_a_named_pipe_given_as_a_scan_is_refused_not_read(tmp_path):
     os.mkfifo(tmp_path / "scan.nii.gz")
     with pytest.raises(InvalidScanError, match=r"scan.nii.gz: not a regular file \(a pipe"):
         LoadScan()(tmp_path / "scan.nii.gz")
+
+
+def test_a_full_disk_fails_the_volume_in_one_line_and_keeps_the_finished_ones(raw, tmp_path, monkeypatch):
+    import errno
+
+    import workflows.conversion as conversion
+
+    original = conversion.write_bytes_atomic
+
+    def full_for_volume_1(path, data):
+        if "volume-1_" in path.name:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return original(path, data)
+
+    monkeypatch.setattr(conversion, "write_bytes_atomic", full_for_volume_1)
+    summary = convert(raw, tmp_path / "out", progress=False)
+    assert summary.converted == ["0"] and "No space left on device" in summary.failed["1"]
+    assert "\n" not in summary.failed["1"]
+    monkeypatch.setattr(conversion, "write_bytes_atomic", original)  # space freed: the rerun carries on
+    again = convert(raw, tmp_path / "out", progress=False)
+    assert again.skipped == ["0"] and again.converted == ["1"]
