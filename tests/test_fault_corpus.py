@@ -383,7 +383,7 @@ def test_convert_reads_hospital_quirks_and_names_what_it_left_out(case, tmp_path
     assert convert_main(["--input", str(raw), "--output", str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out
     assert len(list((tmp_path / "out" / "images").glob("volume-1_slice_*.png"))) == CASE.hu.shape[2]
-    assert left_out is None or (f"volume 1: " in printed and left_out in printed)
+    assert left_out is None or ("volume 1: " in printed and left_out in printed)
 
 
 @pytest.fixture(scope="module")
