@@ -326,7 +326,7 @@ def _stored(codes):
 
 def _readme_in_series(raw):
     _series(raw / "volume-1")
-    (raw / "volume-1" / "README.txt").write_text("exported by PACS")
+    (raw / "volume-1" / "00_README.txt").write_text("exported by PACS")  # sorted before the images
     return raw / "volume-1"
 
 

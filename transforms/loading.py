@@ -41,12 +41,12 @@ def nifti_stem(path: str | os.PathLike) -> str:
     return name[: -len(".nii.gz")] if name.lower().endswith(".nii.gz") else Path(name).stem
 
 
-def is_dicom_series_folder(folder: str | os.PathLike) -> bool:
-    """Whether ``folder`` holds DICOM files (judged by the first file that is not hidden or NIfTI)."""
-    for path in Path(folder).iterdir():
-        if path.is_file() and not path.name.startswith(".") and not is_nifti(path):
-            return pydicom.misc.is_dicom(str(path))
-    return False
+def is_dicom_series_folder(folder: str | os.PathLike, probe: int = 20) -> bool:
+    """Whether ``folder`` holds DICOM files: one of its first ``probe`` files that are not hidden or NIfTI is DICOM
+    (a README or thumbnail exported beside the images does not hide the series)."""
+    candidates = (p for p in sorted(Path(folder).iterdir()) if p.is_file() and not p.name.startswith(".")
+                  and not is_nifti(p))
+    return any(pydicom.misc.is_dicom(str(path)) for _, path in zip(range(probe), candidates))
 
 
 def dicom_series_files(folder: str | os.PathLike, modality: str | None = "CT") -> list[Path]:
