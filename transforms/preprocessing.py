@@ -146,6 +146,7 @@ def canonical_grey(keys: KeysCollection = "image", label_keys: KeysCollection = 
             steps.append(RemapLabelsd(keys=label_keys, mapping=label_map))
     steps.append(Orientationd(keys=keys + label_keys, axcodes=CANONICAL_AXCODES, labels=RAS_LABELS))
     if label_keys:
-        steps += [ValidateScand(keys=keys[0], label_key=k) for k in label_keys]
+        # LoadScand checked each volume; what is left is the label's grid and values
+        steps += [ValidateScand(keys=keys[0], label_key=k, check_volumes=False) for k in label_keys]
     steps.append(WindowHUd(keys=keys, preset=window, window_hu=window_hu, dtype=dtype))
     return Compose(steps, log_stats=False)  # a bad scan is a one-line error, not a dump of its voxel statistics

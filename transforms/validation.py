@@ -91,18 +91,21 @@ class ValidateScand(MapTransform):
     """Check the volumes under ``keys`` and, when present, the LiTS label under ``label_key``: a 3D finite
     volume, on the grid of ``keys[0]``, with values in {0, 1, 2}. Raises :class:`InvalidScanError`."""
 
-    def __init__(self, keys: KeysCollection, label_key: str | None = "label", allow_missing_keys: bool = False) -> None:
+    def __init__(self, keys: KeysCollection, label_key: str | None = "label", check_volumes: bool = True,
+                 allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.label_key = label_key
+        self.check_volumes = check_volumes  # False where LoadScan has just checked them (a full pass each)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
         d = dict(data)
         images = [d[key] for key in self.key_iterator(d)]
-        for img in images:
+        for img in images if self.check_volumes else ():
             check_volume(img)
         if self.label_key is not None and self.label_key in d:
             label = d[self.label_key]
-            check_volume(label)
+            if self.check_volumes:
+                check_volume(label)
             if images:
                 check_label_grid(label, images[0])
             try:

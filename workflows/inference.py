@@ -90,6 +90,7 @@ class ScanDataset(torch.utils.data.Dataset):
             self._found = find_scans(self.input)
             self.names = ({scan: f"scan-{k + 1:03d}" for k, scan in enumerate(self._found.scans)} if self.deidentify
                           else output_names(self._found.scans))
+            self._left_out = {p: f"left-out-{k + 1:03d}" for k, (p, _) in enumerate(self._found.skipped)}
         return self._found
 
     @property
@@ -105,8 +106,8 @@ class ScanDataset(torch.utils.data.Dataset):
         text = str(path) if text is None else text
         if not self.deidentify:
             return text
-        left_out = {p: f"left-out-{k + 1:03d}" for k, (p, _) in enumerate(self.found.skipped)}
-        return text.replace(str(path), self.names.get(path) or left_out.get(path, "input"))
+        _ = self.found  # lists (and names) the scans on first use
+        return text.replace(str(path), self.names.get(path) or self._left_out.get(path, "input"))
 
     def __getitem__(self, index: int) -> dict:
         scan = self.scans[index]
