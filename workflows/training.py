@@ -267,7 +267,8 @@ class ChunkRun:
     def write_tensorboard_loss(self, engine: Engine, writer) -> None:
         """``TensorBoardStatsHandler``'s iteration writer: the loss at the global iteration."""
         writer.add_scalar("train_loss", _loss_of(engine.state.output), self.global_iteration(engine.state.iteration))
-        writer.flush()
+        if engine.state.iteration % engine.state.epoch_length == 0:  # to disk once an epoch, not every iteration
+            writer.flush()
 
     # -- state ----------------------------------------------------------------------------------------------------
     def state(self, engine: SupervisedTrainer, chunk_done: bool) -> dict:
