@@ -67,6 +67,10 @@ def _floats(header: pydicom.Dataset, name: str, count: int) -> np.ndarray | None
     return array if array.shape == (count,) and np.all(np.isfinite(array)) else None
 
 
+#: DICOM objects that sit beside images but are not images of the series (labels, reports, presentation states)
+NOT_IMAGES = ("SEG", "RTSTRUCT", "SR", "PR", "KO")
+
+
 def dicom_series(folder: str | os.PathLike, modality: str | None = "CT") -> DicomSeries:
     """The checked, ordered images of the one series in ``folder``.
 
@@ -83,6 +87,8 @@ def dicom_series(folder: str | os.PathLike, modality: str | None = "CT") -> Dico
             continue  # not DICOM (a README, a thumbnail): ignore
         if "PixelData" not in header and not hasattr(header, "Rows"):
             continue  # DICOMDIR, SEG references without images, ...
+        if header.get("Modality") in NOT_IMAGES:
+            continue  # a segmentation, structure set or report kept with its series labels it: not an image
         headers.append((path, header))
     if not headers:
         raise InvalidScanError(f"{folder}: no DICOM image files in this folder (expected one CT series).")

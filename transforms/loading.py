@@ -19,14 +19,15 @@ from monai.config import KeysCollection
 from monai.data import MetaTensor, NibabelReader, PydicomReader
 from monai.transforms import LoadImage, MapTransform, Transform
 
-from transforms.dicom_series import dicom_series
+from transforms.dicom_seg import is_dicom_seg, read_dicom_seg
+from transforms.dicom_series import NOT_IMAGES, dicom_series
 from transforms.validation import InvalidScanError, check_volume
 
 logger = logging.getLogger("liver_ct.loading")
 
 __all__ = ["NIFTI_SUFFIXES", "MAX_VOXELS", "is_nifti", "nifti_stem", "is_dicom_series_folder", "dicom_series_files",
            "check_nifti_header", "LoadScan",
-           "LoadScand"]
+           "LoadScand", "LoadLabeld"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -46,7 +47,18 @@ def is_dicom_series_folder(folder: str | os.PathLike, probe: int = 20) -> bool:
     (a README or thumbnail exported beside the images does not hide the series)."""
     candidates = (p for p in sorted(Path(folder).iterdir()) if p.is_file() and not p.name.startswith(".")
                   and not is_nifti(p))
-    return any(pydicom.misc.is_dicom(str(path)) for _, path in zip(range(probe), candidates))
+    return any(_is_dicom_image(path) for _, path in zip(range(probe), candidates))
+
+
+def _is_dicom_image(path: Path) -> bool:
+    """A DICOM file that is an image (not a SEG, structure set or report stored beside a series)."""
+    if not pydicom.misc.is_dicom(str(path)):
+        return False
+    try:
+        modality = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Modality"]).get("Modality")
+    except Exception:  # damaged: counted as DICOM, the series reader names the problem
+        return True
+    return modality not in NOT_IMAGES
 
 
 def dicom_series_files(folder: str | os.PathLike, modality: str | None = "CT") -> list[Path]:
@@ -213,3 +225,49 @@ class LoadScand(MapTransform):
         for key in self.key_iterator(d):
             d[key] = self.loader(d[key])
         return d
+
+
+class LoadLabeld(MapTransform):
+    """Load label maps for the scan already loaded under ``image_key`` (``LoadScand`` first): a NIfTI file or
+    DICOM series as :class:`LoadScan` reads it (any modality), or DICOM SEG objects made by another tool (a path
+    or a list of paths, e.g. a liver SEG and a tumour SEG), each placed frame by frame on the scan's grid with
+    :func:`transforms.dicom_seg.read_dicom_seg` and merged (tumour over liver). What each SEG segment became is
+    kept in the label's ``meta["seg_notes"]``.
+
+    Raises:
+        InvalidScanError: an unreadable label, a SEG without liver or tumour segment, a frame off the scan's grid.
+    """
+
+    def __init__(self, keys: KeysCollection, image_key: str = "image", allow_missing_keys: bool = False) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.image_key = image_key
+        self.loader = LoadScan(modality=None)
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            value = d[key]
+            paths = [Path(p) for p in value] if isinstance(value, (list, tuple)) else [Path(value)]
+            if all(is_dicom_seg(p) for p in paths):
+                d[key] = self._from_segs(paths, d[self.image_key])
+            elif len(paths) == 1:
+                d[key] = self.loader(paths[0])
+            else:
+                raise InvalidScanError(f"{', '.join(map(str, paths))}: several label files are read only when all are "
+                                       "DICOM SEG objects.")
+        return d
+
+    @staticmethod
+    def _from_segs(paths: list[Path], image: MetaTensor) -> MetaTensor:
+        notes: list[str] = []
+        label = np.zeros(tuple(image.shape[1:]), np.uint8)
+        for path in paths:
+            try:
+                label = np.maximum(label, read_dicom_seg(path, image.affine, tuple(image.shape[1:]), notes))
+            except ValueError as err:
+                raise InvalidScanError(str(err)) from None
+            except Exception as err:  # pydicom raises many kinds on a damaged object
+                raise InvalidScanError(f"{path}: cannot be read as a DICOM SEG ({_root_cause(err)}).") from err
+        meta = dict(image.meta)
+        meta.update({"filename_or_obj": str(paths[0]), "seg_notes": notes, "series_notes": []})
+        return MetaTensor(label[None].astype(np.float32), affine=image.affine.clone(), meta=meta)

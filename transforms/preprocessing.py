@@ -22,7 +22,7 @@ from monai.transforms import (
 from monai.utils import TraceKeys, convert_to_tensor, ensure_tuple_rep
 
 from transforms.labels import RemapLabelsd
-from transforms.loading import LoadScand
+from transforms.loading import LoadLabeld, LoadScand
 from transforms.slicing import CANONICAL_AXCODES, RAS_LABELS
 from transforms.validation import ValidateScand
 from transforms.windowing import WindowHUd
@@ -141,7 +141,7 @@ def canonical_grey(keys: KeysCollection = "image", label_keys: KeysCollection = 
     label_keys = [label_keys] if isinstance(label_keys, str) else list(label_keys)
     steps: list = [LoadScand(keys=keys)]
     if label_keys:
-        steps.append(LoadScand(keys=label_keys, modality=None))
+        steps.append(LoadLabeld(keys=label_keys, image_key=keys[0]))
         if label_map:
             steps.append(RemapLabelsd(keys=label_keys, mapping=label_map))
     steps.append(Orientationd(keys=keys + label_keys, axcodes=CANONICAL_AXCODES, labels=RAS_LABELS))

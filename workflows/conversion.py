@@ -33,7 +33,7 @@ from workflows.discovery import VolumeSource, describe_sources, find_volume_sour
 from workflows.locking import LOCK_NAME, folder_lock
 from workflows.memory import peak_memory_mib
 from workflows.slice_set import (
-    MANIFEST_NAME, manifest_rows_to_csv, read_mask, slice_name, volume_sort_key, write_manifest,
+    MANIFEST_NAME, grey_of, manifest_rows_to_csv, read_mask, slice_name, volume_sort_key, write_manifest,
 )
 
 __all__ = ["TARGETS", "ConvertSettings", "ConvertSummary", "convert"]
@@ -111,10 +111,13 @@ class _Converter:
     def convert(self, source: VolumeSource, slice_bar: bool = False) -> list[dict]:
         if source.kind == "2d":
             return self._convert_2d(source)
-        labelled = source.label is not None
-        data = self.volume_to_grey[labelled]({"image": source.image, "label": source.label} if labelled
+        labelled = source.labelled
+        label = list(source.segs) if source.segs else source.label
+        data = self.volume_to_grey[labelled]({"image": source.image, "label": label} if labelled
                                              else {"image": source.image})
         self.notes = list(data["image"].meta.get("series_notes", []))  # images a DICOM series left out
+        if labelled:
+            self.notes += data["label"].meta.get("seg_notes", [])  # what each SEG segment became
         spacing = torch.linalg.norm(data["image"].affine[:3, :3], dim=0).tolist()
         fmt = self.settings.format or "png"
         rows = []
@@ -123,7 +126,8 @@ class _Converter:
             k = item["slice_index"]
             grey = self._resized(item["image"][0].numpy(), mask=False)
             row = {"volume_id": source.volume_id, "slice_index": k, "source": str(source.image),
-                   "label_source": str(source.label or ""), "spacing_row_mm": spacing[0],
+                   "label_source": ";".join(str(p) for p in source.segs) or str(source.label or ""),
+                   "patient_id": source.patient_id, "spacing_row_mm": spacing[0],
                    "spacing_col_mm": spacing[1], "slice_thickness_mm": spacing[2]}
             mask = None
             if labelled:
@@ -153,7 +157,10 @@ class _Converter:
             source_fmt = "jpg" if item.image.suffix.lower() in (".jpg", ".jpeg") else "png"
             fmt = self.settings.format or source_fmt
             copy_bytes = raw.ndim == 2 and raw.dtype == np.uint8 and fmt == source_fmt and self.resize_image is None
-            grey = raw if raw.ndim == 2 else cv2.cvtColor(raw, cv2.COLOR_BGR2GRAY if raw.shape[2] == 3 else cv2.COLOR_BGRA2GRAY)
+            try:
+                grey = grey_of(raw, item.image)
+            except ValueError as err:
+                raise InvalidScanError(str(err)) from None
             if grey.dtype != np.uint8:
                 raise InvalidScanError(f"{item.image}: expected an 8-bit windowed slice, got {grey.dtype} pixels.")
             grey = self._resized(grey, mask=False)
@@ -162,7 +169,7 @@ class _Converter:
             mask = None
             if item.mask is not None:
                 try:
-                    labels, binary = read_mask(item.mask, with_kind=True)
+                    labels, binary = read_mask(item.mask, with_kind=True, label_map=self.settings.label_map)
                 except ValueError as err:
                     raise InvalidScanError(str(err)) from None
                 binary_masks |= binary
@@ -266,7 +273,7 @@ def source_fingerprint(source: VolumeSource) -> dict:
     if source.kind == "2d":
         files = [p for item in source.slices for p in (item.image, item.mask) if p is not None]
     else:
-        files = [p for root in (source.image, source.label) if root is not None
+        files = [p for root in (source.image, source.label, *source.segs) if root is not None
                  for p in (sorted(q for q in root.iterdir() if q.is_file()) if root.is_dir() else [root])]
     stats = [(str(p), p.stat()) for p in files]
     return {"files": len(stats), "bytes": sum(st.st_size for _, st in stats),

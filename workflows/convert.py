@@ -9,6 +9,12 @@ tumor`` keeps only tumour as 2), ``manifest.csv`` and ``convert.json`` (the sett
 canonical orientation (``transforms.CANONICAL_AXCODES``: radiological view, slice 0 most inferior) with the same
 loading and windowing that training and inference use.
 
+Labels: LiTS ``segmentation-<id>`` beside ``volume-<id>``, MSD ``labelsTr``, a NIfTI inside a DICOM series folder,
+or DICOM SEG objects made by other tools beside (or inside) a series folder, paired by the series they reference
+(else by name), frames placed by position, segments mapped by label or SNOMED code (liver 1; tumour, lesion,
+neoplasm, mass 2), the mapping printed. A study folder's unlabelled series are left out with a note. 2D sets whose
+masks use other values take ``--label-map`` (``127:1,255:2``); grey slices saved as RGB are read as grey.
+
 A volume is complete when all its slices and its manifest rows (``.parts/volume-<id>.csv``, written last) are
 on disk; a rerun skips complete volumes, so an interrupted run carries on. A bad volume is reported with the
 reason and skipped; the exit code is 1 if any failed.
@@ -31,8 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", required=True, help="folder of scans or a 2D set, one NIfTI file, or one DICOM series folder")
     add_output(parser, "slice set folder to write (images/, masks/, manifest.csv)", old=(), required=True)
     parser.add_argument("--label", help="label NIfTI for a single --input scan")
-    parser.add_argument("--label-map", help="map another label scheme to LiTS, e.g. 5:1 (TotalSegmentator liver); "
-                                            "values not named become background")
+    parser.add_argument("--label-map", help="map another label scheme to LiTS, e.g. 5:1 (TotalSegmentator liver) or "
+                                            "127:1,255:2 (2D masks: liver 127, lesion 255); for volumes, values not "
+                                            "named become background; for 2D masks, other values are refused")
     parser.add_argument("--target", choices=TARGETS, default="both",
                         help="what masks keep: liver (tumour merged in), tumor, or both LiTS labels (default)")
     window = parser.add_mutually_exclusive_group()

@@ -2,8 +2,8 @@
 
 A label map on a series' grid (as ``transforms.LoadScan`` loads it: ``(columns, rows, slices)`` with slices
 ordered by position) becomes a binary DICOM SEG with one segment per structure (liver, tumour) referencing every
-source image; reading maps each SEG frame back onto the series' slice it references, so a SEG made by another
-tool (dcmqi, 3D Slicer) lands where that tool put it.
+source image. Reading a SEG (``read_dicom_seg``, from :mod:`transforms.dicom_seg`) places each frame by its plane
+position, so a SEG made by another tool (dcmqi, 3D Slicer) lands where that tool put it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 from pydicom.sr.codedict import codes
 
 from transforms import dicom_series_files, liver_mask, tumour_mask
+from transforms.dicom_seg import read_dicom_seg, slice_index_of
 
 __all__ = ["series_slice_order", "write_dicom_seg", "read_dicom_seg"]
 
@@ -27,20 +28,12 @@ _SEGMENTS = {
 }
 
 
-def _slice_index(position_lps, inverse: np.ndarray, what: str) -> int:
-    lps = np.array([float(v) for v in position_lps])
-    voxel = inverse @ np.array([-lps[0], -lps[1], lps[2], 1.0])
-    if not np.allclose(voxel[:2], 0, atol=1e-2) or abs(voxel[2] - round(voxel[2])) > 1e-2:
-        raise ValueError(f"{what}: image position {list(lps)} is not on the series' grid (voxel {voxel[:3]}).")
-    return int(round(voxel[2]))
-
-
 def series_slice_order(datasets: list[pydicom.Dataset], affine: np.ndarray | torch.Tensor) -> list[int]:
     """For each dataset, the slice index ``k`` it has in a volume loaded with ``affine`` (RAS, as MONAI gives).
 
     Raises ``ValueError`` when an image does not sit on the volume's grid (another series, a tilted frame)."""
     inverse = np.linalg.inv(np.asarray(affine, dtype=float))
-    return [_slice_index(ds.ImagePositionPatient, inverse, str(ds.filename)) for ds in datasets]
+    return [slice_index_of(ds.ImagePositionPatient, inverse, str(ds.filename)) for ds in datasets]
 
 
 def _load_series(series_dir: str | os.PathLike) -> list[pydicom.Dataset]:
@@ -89,34 +82,3 @@ def write_dicom_seg(label: np.ndarray, affine: np.ndarray | torch.Tensor, series
     seg.save_as(tmp)
     os.replace(tmp, output)
     return output
-
-
-def read_dicom_seg(seg_path: str | os.PathLike, affine: np.ndarray | torch.Tensor, shape: tuple[int, int, int]) -> np.ndarray:
-    """A binary DICOM SEG as a LiTS label map on a series' loaded grid (``affine``, ``shape``, as ``LoadScan``
-    gives them). Each frame is placed by its own plane position, as a viewer does, so it does not matter which
-    tool wrote it or in what order; a segment labelled or coded as tumour becomes 2, any other segment 1."""
-    ds = pydicom.dcmread(seg_path)
-    if ds.get("Modality") != "SEG":
-        raise ValueError(f"{seg_path}: not a DICOM Segmentation (modality {ds.get('Modality')!r}).")
-    tumour_segments = set()
-    for segment in ds.SegmentSequence:
-        coded = segment.get("SegmentedPropertyTypeCodeSequence")
-        code = str(coded[0].CodeValue) if coded else ""
-        if "tumo" in str(segment.get("SegmentLabel", "")).lower() or code == codes.SCT.Tumor.value:
-            tumour_segments.add(int(segment.SegmentNumber))
-    frames = ds.pixel_array.reshape(-1, int(ds.Rows), int(ds.Columns))
-    inverse = np.linalg.inv(np.asarray(affine, dtype=float))
-    label = np.zeros(shape, np.uint8)
-    shared = ds.SharedFunctionalGroupsSequence[0] if "SharedFunctionalGroupsSequence" in ds else pydicom.Dataset()
-
-    def item(group: pydicom.Dataset, name: str) -> pydicom.Dataset:  # per-frame, else shared by all frames
-        return (group if name in group else shared)[name][0]
-
-    for i, group in enumerate(ds.PerFrameFunctionalGroupsSequence):
-        position = item(group, "PlanePositionSequence").ImagePositionPatient
-        k = _slice_index(position, inverse, f"{seg_path} frame {i + 1}")
-        number = int(item(group, "SegmentIdentificationSequence").ReferencedSegmentNumber)
-        value = 2 if number in tumour_segments else 1
-        mask = frames[i].T > 0
-        label[:, :, k][mask] = np.maximum(label[:, :, k][mask], value)
-    return label

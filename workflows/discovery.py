@@ -9,11 +9,14 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+import pydicom
+
 from transforms import is_dicom_series_folder, is_nifti, nifti_stem
+from transforms.dicom_seg import is_dicom_seg, referenced_series_uid
 from workflows.slice_set import Slice2D, find_2d_sets
 
 __all__ = ["LABEL_LIKE", "OUTPUT_LIKE", "IMAGE_SUFFIXES_2D", "is_image_2d", "ScanList", "find_scans", "output_names", "VolumeSource", "find_volume_sources",
-           "describe_sources"]
+           "seg_labels_of", "describe_sources"]
 
 #: File names that mark a label map (``segmentation-3.nii.gz``, ``ct_seg.nii.gz``, ``mask.png``), not a scan.
 LABEL_LIKE = re.compile(r"(seg|label|mask)", re.IGNORECASE)
@@ -96,6 +99,12 @@ class VolumeSource:
     image: Path | None = None
     label: Path | None = None
     slices: tuple[Slice2D, ...] = ()
+    segs: tuple[Path, ...] = ()  # DICOM SEG objects labelling a DICOM series (liver, tumour)
+    patient_id: str = ""  # a DICOM series' PatientID: volumes of one patient stay in one split
+
+    @property
+    def labelled(self) -> bool:
+        return self.label is not None or bool(self.segs) or any(s.mask for s in self.slices)
 
     @property
     def where(self) -> str:
@@ -126,7 +135,11 @@ def find_volume_sources(root: str | os.PathLike, label: str | os.PathLike | None
         if label is None and match:  # a LiTS volume finds its segmentation beside it
             label = next((p for p in (root.parent / f"segmentation-{match.group(1)}{e}" for e in (".nii.gz", ".nii"))
                           if p.exists()), None)
-        return [VolumeSource(volume_id, "dicom" if root.is_dir() else "nifti", root, Path(label) if label else None)], notes
+        if root.is_dir():
+            segs = () if label else seg_labels_of(root)
+            return [VolumeSource(volume_id, "dicom", root, Path(label) if label else None, segs=segs,
+                                 patient_id=_patient_id(root))], notes
+        return [VolumeSource(volume_id, "nifti", root, Path(label) if label else None)], notes
     if label is not None:
         raise ValueError(f"--label pairs with one scan (a NIfTI file or a DICOM series folder); {root} holds several.")
 
@@ -134,14 +147,19 @@ def find_volume_sources(root: str | os.PathLike, label: str | os.PathLike | None
     dicom_dirs = sorted(d for d in [root, *root.rglob("*")] if d.is_dir() and not d.name.startswith(".")
                         and is_dicom_series_folder(d))
     used_labels: set[Path] = set()
+    segs = {folder: seg_labels_of(folder) for folder in dicom_dirs}
     for folder in dicom_dirs:
         match = re.fullmatch(r"volume-(.+)", folder.name)
-        volume_id = _clean_id(match.group(1) if match else folder.name)
+        name = match.group(1) if match else folder.name
+        # series of several studies share names (31_EQP_Ax5.00mm): the study folder's name tells them apart
+        volume_id = _clean_id(name if match or folder.parent in (root, root.parent) else f"{folder.parent.name}_{name}")
         inside = sorted(p for p in folder.iterdir() if is_nifti(p))
-        beside = [folder.parent / f"segmentation-{volume_id}{ext}" for ext in (".nii.gz", ".nii")]
+        beside = [folder.parent / f"segmentation-{name}{ext}" for ext in (".nii.gz", ".nii")]
         found = inside[:1] or [p for p in beside if p.exists()][:1]
         used_labels.update(found)
-        sources.append(VolumeSource(volume_id, "dicom", folder, found[0] if found else None))
+        sources.append(VolumeSource(volume_id, "dicom", folder, found[0] if found else None,
+                                    segs=() if found else segs[folder], patient_id=_patient_id(folder)))
+    sources = _labelled_series_of_studies(sources, notes)
 
     niftis = sorted(p for p in root.rglob("*") if p.is_file() and is_nifti(p) and not p.name.startswith("."))
     niftis = [p for p in niftis if p not in used_labels and not any(d in p.parents for d in dicom_dirs)]
@@ -176,12 +194,62 @@ def find_volume_sources(root: str | os.PathLike, label: str | os.PathLike | None
     return sources, notes
 
 
+def _first_image(series: Path) -> Path | None:
+    return next((p for p in sorted(series.iterdir()) if p.is_file() and not p.name.startswith(".")
+                 and pydicom.misc.is_dicom(str(p)) and not is_dicom_seg(p)), None)
+
+
+def _header_value(series: Path, tag: str) -> str:
+    first = _first_image(series)
+    return str(pydicom.dcmread(first, stop_before_pixels=True, specific_tags=[tag]).get(tag, "") or "") if first else ""
+
+
+def _patient_id(series: Path) -> str:
+    return _header_value(series, "PatientID").strip()
+
+
+def seg_labels_of(series: Path) -> tuple[Path, ...]:
+    """The DICOM SEG objects inside ``series`` or beside it (in its study folder) that label it: those whose
+    ReferencedSeriesSequence names its SeriesInstanceUID, else (no reference) those whose file name or series
+    description starts with the series folder's name (``31_EQP_Ax5.00mm_ManualROI_Liver.dcm``)."""
+    candidates = [p for folder in (series, series.parent) for p in sorted(folder.iterdir())
+                  if p.is_file() and p.suffix.lower() in (".dcm", "") and is_dicom_seg(p)]
+    if not candidates:
+        return ()
+    uid = _header_value(series, "SeriesInstanceUID")
+    found = []
+    for path in candidates:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        referenced = referenced_series_uid(header)
+        named = path.name.startswith(series.name) or str(header.get("SeriesDescription", "")).startswith(series.name)
+        if (referenced and uid and referenced == uid) or (not (referenced and uid) and named):
+            found.append(path)
+    return tuple(found)
+
+
+def _labelled_series_of_studies(sources: list[VolumeSource], notes: list[str]) -> list[VolumeSource]:
+    """In a study folder where some series are labelled (a SEG or NIfTI label), the unlabelled series (another
+    phase of the same patient) are left out with a note: a slice set should not mix labelled and unlabelled
+    series of one patient."""
+    labelled_studies = {s.image.parent for s in sources if s.kind == "dicom" and s.labelled}
+    kept = []
+    for source in sources:
+        if source.kind == "dicom" and not source.labelled and source.image.parent in labelled_studies:
+            labelled = [s.image.name for s in sources if s.kind == "dicom" and s.labelled
+                        and s.image.parent == source.image.parent]
+            notes.append(f"left out {source.image}: no label for this series (its study's labelled series: "
+                         f"{', '.join(labelled)}); convert it alone with --input {source.image} for unlabelled slices")
+        else:
+            kept.append(source)
+    return kept
+
+
 def describe_sources(sources: list[VolumeSource]) -> str:
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     names = {"lits": "LiTS volume(s)", "msd": "MSD Task03 volume(s)", "dicom": "DICOM series",
              "nifti": "other NIfTI volume(s)", "2d": "2D-set volume(s)"}
     for source in sources:
         counts[source.kind][0] += 1
-        counts[source.kind][1] += source.label is not None or any(s.mask for s in source.slices)
+        counts[source.kind][1] += source.labelled
     parts = [f"{n} {names[kind]} ({labelled} labelled)" for kind, (n, labelled) in counts.items()]
     return "found " + (", ".join(parts) if parts else "nothing to convert")

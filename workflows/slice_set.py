@@ -22,17 +22,18 @@ from workflows.atomic import csv_text, write_text_atomic
 __all__ = [
     "MANIFEST_COLUMNS", "MANIFEST_NAME", "IMAGE_SUFFIXES", "slice_name", "parse_slice_name", "volume_sort_key",
     "manifest_rows_to_csv",
-    "read_manifest", "write_manifest", "read_mask", "Slice2D", "find_2d_sets",
+    "read_manifest", "write_manifest", "grey_of", "read_mask", "Slice2D", "find_2d_sets",
 ]
 
 MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = (
     "volume_id", "slice_index", "source", "label_source", "spacing_row_mm", "spacing_col_mm", "slice_thickness_mm",
-    "liver_pixels", "tumor_pixels", "image", "mask",
+    "liver_pixels", "tumor_pixels", "image", "mask", "patient_id",
 )
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _SLICE_NAME = re.compile(r"^volume-(?P<volume>.+)_slice_(?P<slice>\d+)$")
 _LAST_NUMBER = re.compile(r"(\d+)(?!.*\d)")
+_CASE_SLICE = re.compile(r"^(?P<case>[A-Za-z0-9-]+)_(?P<slice>\d+)$")
 
 
 def slice_name(volume_id: str, slice_index: int) -> str:
@@ -82,17 +83,36 @@ def read_manifest(slices_dir: str | os.PathLike) -> list[dict]:
                 row[column] = float(row[column]) if row[column] else float("nan")
             for column in ("liver_pixels", "tumor_pixels"):
                 row[column] = int(row[column]) if row[column] else None
+            row["patient_id"] = row.get("patient_id") or ""  # a manifest from before the column: unknown
             for column in ("image", "mask"):
                 row[column] = str((slices_dir / row[column]).resolve()) if row[column] else ""
             rows.append(row)
     return rows
 
 
-def read_mask(path: str | os.PathLike, with_kind: bool = False) -> np.ndarray | tuple[np.ndarray, bool]:
+def grey_of(image: np.ndarray, path: str | os.PathLike) -> np.ndarray:
+    """A 2D image as one grey channel: a grey image as it is; a colour image (BGR / BGRA as OpenCV reads it)
+    only when its colour channels are equal, as grey slices saved as RGB are.
+
+    Raises:
+        ValueError: a colour image whose channels differ (named), which would otherwise be averaged silently.
+    """
+    if image.ndim == 2:
+        return image
+    colour = image[..., :3]
+    if not (np.array_equal(colour[..., 0], colour[..., 1]) and np.array_equal(colour[..., 0], colour[..., 2])):
+        raise ValueError(f"{path}: a colour image whose channels differ; a CT slice or mask is grey (save it as one "
+                         "grey channel, or as RGB with three equal channels).")
+    return np.ascontiguousarray(colour[..., 0])
+
+
+def read_mask(path: str | os.PathLike, with_kind: bool = False,
+              label_map: dict[int, int] | None = None) -> np.ndarray | tuple[np.ndarray, bool]:
     """A 2D mask as LiTS labels (uint8). A lossless mask holds LiTS labels (0, 1, 2) or is binary (0 and its
     maximum, 255 for 8 bits: liver and tumour merged); a JPG mask (the Kaggle export) is thresholded at half range,
     because JPEG ringing leaves faint non-zero pixels around every edge, so ``> 0`` would grow the liver.
-    ``with_kind=True`` also says whether the mask was binary.
+    ``label_map`` ({127: 1, 255: 2}) maps another scheme's values to LiTS labels instead; 0 stays background.
+    ``with_kind=True`` also says whether the mask was binary (liver and tumour merged).
 
     Raises:
         ValueError: an unreadable file, or a lossless mask holding other values (named), which would otherwise be
@@ -101,20 +121,34 @@ def read_mask(path: str | os.PathLike, with_kind: bool = False) -> np.ndarray | 
     mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if mask is None:
         raise ValueError(f"{path}: cannot be read as an image.")
-    if mask.ndim == 3:
-        mask = cv2.cvtColor(mask, cv2.COLOR_BGR2GRAY if mask.shape[2] == 3 else cv2.COLOR_BGRA2GRAY)
-    full = np.iinfo(mask.dtype).max if mask.dtype.kind == "u" else None
+    mask = grey_of(mask, path)
     values = np.unique(mask)
+    if label_map:
+        unknown = sorted(set(values.tolist()) - set(label_map) - {0})
+        if unknown:
+            raise ValueError(f"{path}: mask values {', '.join(map(str, unknown[:8]))} are not in the label map "
+                             f"{_label_map_text(label_map)}; add them to --label-map (value:1 for liver, value:2 for "
+                             "tumour).")
+        labels = np.zeros(mask.shape, np.uint8)
+        for source, lits in label_map.items():
+            labels[mask == source] = lits
+        return (labels, False) if with_kind else labels
+    full = np.iinfo(mask.dtype).max if mask.dtype.kind == "u" else None
     binary = int(values.max()) > 2
     if binary and Path(path).suffix.lower() not in (".jpg", ".jpeg"):
         if full is None or not set(values.tolist()) <= {0, full}:
             shown = ", ".join(str(v) for v in values[:8].tolist()) + (" ..." if len(values) > 8 else "")
             raise ValueError(f"{path}: mask values {shown} are neither LiTS labels (0 background, 1 liver, 2 tumour) "
-                             f"nor a binary 0/{full or 255} liver mask; convert the masks to one of these first.")
+                             f"nor a binary 0/{full or 255} liver mask; name what they mean with --label-map "
+                             "(e.g. 127:1,255:2 for liver 127 and lesion 255).")
     if binary:
         mask = mask > (full if full is not None else mask.max()) / 2
     labels = mask.astype(np.uint8)
     return (labels, binary) if with_kind else labels
+
+
+def _label_map_text(label_map: dict[int, int]) -> str:
+    return ",".join(f"{k}:{v}" for k, v in sorted(label_map.items()))
 
 
 @dataclass(frozen=True)
@@ -134,10 +168,16 @@ def _image_files(folder: Path) -> list[Path]:
 def _pairs(images_dir: Path, masks_dir: Path | None, default_volume: str) -> list[Slice2D]:
     masks = {p.stem: p for p in _image_files(masks_dir)} if masks_dir is not None and masks_dir.is_dir() else {}
     images = _image_files(images_dir)
+    # ``<case>_<slice>`` names with several cases in one folder (``0_46.png``, ``1_12.png``): a volume per case
+    cases = {m["case"] for image in images if (m := _CASE_SLICE.match(image.stem))}
+    per_case = len(cases) > 1 and all(_CASE_SLICE.match(image.stem) for image in images)
     out = []
     for order, image in enumerate(images):
         parsed = parse_slice_name(image.name)
-        if parsed is None:  # plain names: one volume per folder, the slice number from the name
+        if parsed is None and per_case:
+            match = _CASE_SLICE.match(image.stem)
+            parsed = (f"{default_volume}-{match['case']}", int(match["slice"]))
+        elif parsed is None:  # plain names: one volume per folder, the slice number from the name
             number = _LAST_NUMBER.search(image.stem)
             parsed = (default_volume, int(number.group(1)) if number else order)
         out.append(Slice2D(parsed[0], parsed[1], image, masks.get(image.stem)))
@@ -147,7 +187,8 @@ def _pairs(images_dir: Path, masks_dir: Path | None, default_volume: str) -> lis
 def find_2d_sets(root: str | os.PathLike) -> list[Slice2D]:
     """The 2D slices under ``root``: the Kaggle layout ``train_images/[train_images/]*.jpg`` with
     ``train_masks/`` of the same names, and any folder holding ``images/`` and ``masks/`` with matching names
-    (volume id from ``volume-<id>_`` names, else the folder's name)."""
+    (volume id from ``volume-<id>_`` names; ``<case>_<slice>`` names of several cases give ``<folder>-<case>``;
+    else the folder's name)."""
     root = Path(root)
     found: list[Slice2D] = []
     for images_dir in sorted(p for p in root.rglob("train_images") if p.is_dir()):

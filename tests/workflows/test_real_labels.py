@@ -1,0 +1,165 @@
+"""Labels made by other tools come in: DICOM SEG objects beside a study's series, 2D sets with a label map,
+grey images saved as RGB."""
+
+import csv
+
+import cv2
+import numpy as np
+import pydicom
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Orientation
+
+from transforms import LoadScan
+from transforms.slicing import RAS_LABELS
+from workflows.conversion import ConvertSettings, convert
+from workflows.dicom_seg import write_dicom_seg
+from workflows.discovery import find_volume_sources
+from workflows.slice_set import read_mask
+from workflows.synthetic_cases import generate_case
+from workflows.synthetic_dicom import write_ct_series
+
+
+def _rows(folder):
+    with open(folder / "manifest.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _study_with_seg(tmp_path, one_reference=True):
+    """A study folder: a labelled series with its SEG beside it (every frame referencing the first image, as the
+    HCC-TACE SEGs do), and an unlabelled second series of the same patient."""
+    case = generate_case(2, seed=3, size=32, slices=8)
+    study = tmp_path / "study"
+    write_ct_series(case, study / "EQP")
+    write_ct_series(case, study / "ARTERIAL")
+    other = pydicom.uid.generate_uid()
+    for path in (study / "ARTERIAL").iterdir():  # another series of the same study
+        ds = pydicom.dcmread(path)
+        ds.SeriesInstanceUID = other
+        ds.save_as(path)
+    ct = LoadScan()(study / "EQP")
+    import nibabel as nib
+    codes = "".join(nib.aff2axcodes(ct.affine.numpy()))
+    label = Orientation(axcodes=codes, labels=RAS_LABELS)(
+        MetaTensor(torch.as_tensor(case.label)[None], affine=torch.as_tensor(case.affine)))[0].numpy().astype(np.uint8)
+    seg_path = write_dicom_seg(label, ct.affine, study / "EQP", study / "EQP_ManualROI.dcm")
+    if one_reference:
+        seg = pydicom.dcmread(seg_path)
+        first = seg.PerFrameFunctionalGroupsSequence[0].DerivationImageSequence[0].SourceImageSequence[0]
+        for group in seg.PerFrameFunctionalGroupsSequence:
+            group.DerivationImageSequence[0].SourceImageSequence[0].ReferencedSOPInstanceUID = first.ReferencedSOPInstanceUID
+        order = list(range(len(seg.PerFrameFunctionalGroupsSequence)))[::-1]  # frames in another order too
+        frames = seg.pixel_array.reshape(len(order), seg.Rows, seg.Columns)[order]
+        seg.PerFrameFunctionalGroupsSequence = [seg.PerFrameFunctionalGroupsSequence[i] for i in order]
+        seg.PixelData = np.packbits(frames.astype(np.uint8).reshape(-1), bitorder="little").tobytes()
+        seg.save_as(seg_path)
+    return study, case, label
+
+
+def test_a_seg_beside_a_study_labels_its_series_and_the_unlabelled_series_is_left_out(tmp_path, capsys):
+    study, case, _ = _study_with_seg(tmp_path)
+    sources, notes = find_volume_sources(study)
+    assert [(s.volume_id, [p.name for p in s.segs]) for s in sources] == [("EQP", ["EQP_ManualROI.dcm"])]
+    assert any("left out" in n and "ARTERIAL" in n for n in notes)
+    summary = convert(study, tmp_path / "out", progress=True)
+    assert summary.converted == ["EQP"] and not summary.failed
+    printed = capsys.readouterr().err + capsys.readouterr().out
+    rows = _rows(tmp_path / "out")
+    # frames placed by position: the canonical masks equal the generated label slice by slice
+    for row in rows:
+        mask = cv2.imread(str(tmp_path / "out" / row["mask"]), cv2.IMREAD_UNCHANGED)
+        assert np.array_equal(mask, case.label[:, :, int(row["slice_index"])])
+    assert sum(int(r["tumor_pixels"]) for r in rows) == int((case.label == 2).sum()) > 0
+    assert {r["patient_id"] for r in rows} == {pydicom.dcmread(next((study / "EQP").iterdir())).PatientID}
+
+
+def test_seg_segments_are_mapped_by_label_and_code_and_the_mapping_is_said(tmp_path, capsys):
+    study, _, _ = _study_with_seg(tmp_path, one_reference=False)
+    seg = pydicom.dcmread(study / "EQP_ManualROI.dcm")
+    seg.SegmentSequence[0].SegmentLabel = "Segment_1"  # no word: the SNOMED code (liver) decides
+    seg.SegmentSequence[1].SegmentLabel = "HCC lesion"
+    seg.save_as(study / "EQP_ManualROI.dcm")
+    convert(study, tmp_path / "out")
+    printed = capsys.readouterr()
+    text = printed.out + printed.err
+    assert "segment 1 'Segment_1' -> liver (1)" in text and "segment 2 'HCC lesion' -> tumour (2)" in text
+
+
+def test_a_seg_of_other_organs_only_is_refused_by_name(tmp_path):
+    study, _, _ = _study_with_seg(tmp_path, one_reference=False)
+    seg = pydicom.dcmread(study / "EQP_ManualROI.dcm")
+    for segment in seg.SegmentSequence:
+        segment.SegmentLabel = "Spleen"
+        segment.SegmentedPropertyTypeCodeSequence[0].CodeValue = "78961009"
+        segment.SegmentedPropertyTypeCodeSequence[0].CodeMeaning = "Spleen"
+    seg.save_as(study / "EQP_ManualROI.dcm")
+    summary = convert(study, tmp_path / "out", progress=False)
+    assert "no segment is liver or tumour" in summary.failed["EQP"] and "Spleen" in summary.failed["EQP"]
+
+
+def _two_case_set(root, rgb=False, values=(127, 255)):
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for case in (0, 1):
+        for k in (3, 4):
+            image = np.full((16, 16), 100 + case, np.uint8)
+            mask = np.zeros((16, 16), np.uint8)
+            mask[4:12, 4:12] = values[0]
+            mask[6:8, 6:8] = values[1]
+            if rgb:
+                image, mask = np.dstack([image] * 3), np.dstack([mask] * 3)
+            cv2.imwrite(str(root / "images" / f"{case}_{k}.png"), image)
+            cv2.imwrite(str(root / "masks" / f"{case}_{k}.png"), mask)
+
+
+def test_a_2d_set_with_a_label_map_and_rgb_slices_converts_per_case(tmp_path):
+    _two_case_set(tmp_path / "set", rgb=True)
+    convert(tmp_path / "set", tmp_path / "out", ConvertSettings(label_map={127: 1, 255: 2}), progress=False)
+    rows = _rows(tmp_path / "out")
+    assert sorted({r["volume_id"] for r in rows}) == ["set-0", "set-1"]  # one volume per case
+    assert all(int(r["liver_pixels"]) == 64 and int(r["tumor_pixels"]) == 4 for r in rows)
+    mask = cv2.imread(str(tmp_path / "out" / rows[0]["mask"]), cv2.IMREAD_UNCHANGED)
+    assert mask.ndim == 2 and set(np.unique(mask).tolist()) == {0, 1, 2}
+    image = cv2.imread(str(tmp_path / "out" / rows[0]["image"]), cv2.IMREAD_UNCHANGED)
+    assert image.ndim == 2 and int(image[0, 0]) == 100
+    recorded = __import__("json").loads((tmp_path / "out" / "convert.json").read_text())
+    assert recorded["label_map"] == {"127": 1, "255": 2}
+
+
+def test_mask_values_outside_the_label_map_or_colour_images_are_refused_by_name(tmp_path):
+    _two_case_set(tmp_path / "set", values=(127, 200))
+    with pytest.raises(ValueError, match=r"mask values 200 are not in the label map 127:1,255:2"):
+        read_mask(tmp_path / "set" / "masks" / "0_3.png", label_map={127: 1, 255: 2})
+    with pytest.raises(ValueError, match="--label-map"):
+        read_mask(tmp_path / "set" / "masks" / "0_3.png")
+    colour = np.zeros((8, 8, 3), np.uint8)
+    colour[..., 2] = 255
+    cv2.imwrite(str(tmp_path / "colour.png"), colour)
+    with pytest.raises(ValueError, match="colour image whose channels differ"):
+        read_mask(tmp_path / "colour.png")
+
+
+def test_jpeg_lossless_dicom_has_a_decoder():
+    from pydicom.pixels.decoders import JPEGLosslessSV1Decoder, JPEG2000LosslessDecoder
+    assert JPEGLosslessSV1Decoder.is_available and JPEG2000LosslessDecoder.is_available
+
+
+def test_real_hcc_study_converts_its_labelled_series_with_liver_and_tumour(real_data, tmp_path):
+    summary = convert(real_data / "hcc_tace_2144", tmp_path / "out", progress=False)
+    assert summary.converted == ["31_EQP_Ax5.00mm"] and not summary.failed
+    rows = _rows(tmp_path / "out")
+    liver = sum(int(r["liver_pixels"]) for r in rows)
+    tumour = sum(int(r["tumor_pixels"]) for r in rows)
+    assert liver > 100_000 and 2_000 < tumour < 10_000  # the README: tumour ~4,000 voxels
+    assert {r["patient_id"] for r in rows} == {"2144"} or len({r["patient_id"] for r in rows}) == 1
+
+
+def test_real_2d_set_with_lesions_converts_with_its_label_map(real_data, tmp_path):
+    summary = convert(real_data / "liver_png_2d", tmp_path / "out", ConvertSettings(label_map={127: 1, 255: 2}),
+                      progress=False)
+    assert not summary.failed
+    rows = _rows(tmp_path / "out")
+    cases = {r["volume_id"] for r in rows}
+    assert {f"liver_png_2d-{k}" for k in range(8)} <= cases
+    assert sum(int(r["tumor_pixels"]) > 0 for r in rows if r["volume_id"].startswith("liver_png_2d-")) == 500
