@@ -30,6 +30,7 @@ from transforms import (
 )
 from workflows.atomic import remove_stale_temporaries, write_bytes_atomic, write_json_atomic
 from workflows.discovery import VolumeSource, describe_sources, find_volume_sources
+from workflows.grey_levels import GREY_LEVELS_NAME, GreyLevels, disagreeing_sources, source_groups
 from workflows.locking import LOCK_NAME, folder_lock
 from workflows.memory import peak_memory_mib
 from workflows.slice_set import (
@@ -121,6 +122,7 @@ class _Converter:
         spacing = torch.linalg.norm(data["image"].affine[:3, :3], dim=0).tolist()
         fmt = self.settings.format or "png"
         rows = []
+        self.grey_levels = GreyLevels()
         for item in tqdm(self.slicer(data), desc=f"volume-{source.volume_id}", unit="slice", leave=False,
                          disable=not slice_bar):
             k = item["slice_index"]
@@ -134,8 +136,11 @@ class _Converter:
                 full = self._resized(item["label"][0].numpy().astype(np.uint8), mask=True)
                 row["liver_pixels"], row["tumor_pixels"] = int(liver_mask(full).sum()), int(tumour_mask(full).sum())
                 mask = self._mask_for_target(full)
+            self.grey_levels.add(grey, full if labelled else None)
             row["image"], row["mask"] = self._write_slice(slice_name(source.volume_id, k), grey, mask, fmt)
             rows.append(row)
+        lo, hi = window_range(self.settings.window, self.settings.window_hu)
+        self.grey_summary = self.grey_levels.summary(f"{source.kind} volumes, {lo:g}..{hi:g} HU", f"{lo:g}..{hi:g} HU")
         return rows
 
     def _convert_2d(self, source: VolumeSource) -> list[dict]:
@@ -146,6 +151,7 @@ class _Converter:
                                    "images have one, by the same name); add the missing masks or move those images out.")
         seen: dict[int, Path] = {}
         rows, binary_masks = [], False
+        self.grey_levels = GreyLevels()
         for item in sorted(source.slices, key=lambda s: s.slice_index):
             if item.slice_index in seen:
                 raise InvalidScanError(f"{item.image}: slice {item.slice_index} of volume {source.volume_id} "
@@ -178,6 +184,7 @@ class _Converter:
                     raise InvalidScanError(f"{item.mask}: mask {labels.shape} does not match its image {grey.shape}.")
                 row["liver_pixels"], row["tumor_pixels"] = int(liver_mask(labels).sum()), int(tumour_mask(labels).sum())
                 mask = self._mask_for_target(labels)
+            self.grey_levels.add(grey, labels if item.mask is not None else None)
             image_bytes = item.image.read_bytes() if copy_bytes else None
             row["image"], row["mask"] = self._write_slice(slice_name(source.volume_id, item.slice_index), grey,
                                                           mask, fmt, image_bytes)
@@ -188,6 +195,8 @@ class _Converter:
                                        "--target tumor needs LiTS labels 0/1/2.")
             for row in rows:
                 row["tumor_pixels"] = None
+        # an 8-bit source's window is not known: its grey levels are compared with the other sources', not assumed
+        self.grey_summary = self.grey_levels.summary(f"2D set {source.set_name}", "unknown (8-bit 2D source)")
         return rows
 
 
@@ -219,6 +228,7 @@ def _convert_one(source: VolumeSource, slice_bar: bool = False) -> tuple[str, st
         fingerprint = source_fingerprint(source)
         rows = _worker.convert(source, slice_bar)
         write_json_atomic(_fingerprint_path(_worker.output, source.volume_id), fingerprint)
+        write_json_atomic(_grey_path(_worker.output, source.volume_id), _worker.grey_summary)
         write_bytes_atomic(_part_path(_worker.output, source.volume_id), manifest_rows_to_csv(rows).encode())
         error, count = "", len(rows)
     except Exception as raised:  # a batch goes on; the summary names the volume and the reason
@@ -230,6 +240,14 @@ def _convert_one(source: VolumeSource, slice_bar: bool = False) -> tuple[str, st
 
 def _part_path(output: Path, volume_id: str) -> Path:
     return output / PARTS_DIR / f"volume-{volume_id}.csv"
+
+
+def _grey_path(output: Path, volume_id: str) -> Path:
+    return output / PARTS_DIR / f"volume-{volume_id}.grey.json"
+
+
+def _read_grey_parts(output: Path, volume_ids: list[str]) -> dict[str, dict]:
+    return {v: json.loads(_grey_path(output, v).read_text()) for v in volume_ids if _grey_path(output, v).exists()}
 
 
 def _read_parts(output: Path) -> list[dict]:
@@ -353,7 +371,13 @@ def _convert_sources(sources: list[VolumeSource], output: Path, settings: Conver
     finally:  # the bar's last line before any message (Ctrl-C included)
         bar.close()
 
-    write_manifest(output / MANIFEST_NAME, _read_parts(output))
+    rows = _read_parts(output)
+    write_manifest(output / MANIFEST_NAME, rows)
+    records = _read_grey_parts(output, sorted({r["volume_id"] for r in rows}, key=volume_sort_key))
+    write_json_atomic(output / GREY_LEVELS_NAME, records)
+    warning = disagreeing_sources(source_groups(records))
+    if warning:
+        say(f"WARNING: {warning}")
     say(f"converted {len(summary.converted)}, skipped {len(summary.skipped)} (already complete), "
         f"failed {len(summary.failed)}; {summary.slices} new slice(s); manifest: {output / MANIFEST_NAME}")
     if summary.converted or summary.failed:

@@ -107,6 +107,11 @@ class VolumeSource:
         return self.label is not None or bool(self.segs) or any(s.mask for s in self.slices)
 
     @property
+    def set_name(self) -> str:
+        """A 2D volume's set: the folder holding its ``images/`` (``liver_png_2d``)."""
+        return self.slices[0].image.parent.parent.name if self.slices else ""
+
+    @property
     def where(self) -> str:
         return str(self.image) if self.image is not None else str(self.slices[0].image.parent)
 

@@ -19,6 +19,7 @@ from tqdm import tqdm  # noqa: E402
 
 from transforms import liver_mask, tumour_mask  # noqa: E402
 from workflows.atomic import write_csv_atomic, write_json_atomic, write_text_atomic  # noqa: E402
+from workflows.grey_levels import LIVER_GREY_MARGIN, disagreeing_sources, read_grey_levels, source_groups  # noqa: E402
 from workflows.pictures import overlay, save_figure  # noqa: E402
 from workflows.slice_set import read_manifest, read_mask  # noqa: E402
 
@@ -159,8 +160,10 @@ def explore(slices_dir: str | os.PathLike, out_dir: str | os.PathLike, max_image
         fig.suptitle("Samples (liver green, tumour red)")
         save_figure(fig, out / "samples.png")
 
+    sources = source_groups(read_grey_levels(slices_dir))
     summary = {
         "slices_dir": str(Path(slices_dir).resolve()),
+        "sources": sources, "source_warning": disagreeing_sources(sources),
         "slices": len(rows), "volumes": len(volumes), "labelled_slices": len(labelled),
         "slices_with_liver": sum(bool(r["liver_pixels"]) for r in labelled),
         "slices_with_tumour": sum(bool(r["tumor_pixels"]) for r in labelled) if tumour_known else None,
@@ -176,8 +179,10 @@ def explore(slices_dir: str | os.PathLike, out_dir: str | os.PathLike, max_image
 def _report(s: dict, has_tumour_figure: bool, has_samples: bool) -> str:
     tumour = "unknown (masks merge liver and tumour)" if s["slices_with_tumour"] is None else s["slices_with_tumour"]
     p = s["pixels"]
-    lines = [
-        "# Slice set report", "", f"Slice set: `{s['slices_dir']}`", "",
+    lines = ["# Slice set report", "", f"Slice set: `{s['slices_dir']}`", ""]
+    if s["source_warning"]:
+        lines += [f"> **WARNING: {s['source_warning']}**", ""]
+    lines += [
         "| | |", "|---|---|",
         f"| volumes | {s['volumes']} |", f"| slices | {s['slices']} ({s['labelled_slices']} with a mask) |",
         f"| slices with liver | {s['slices_with_liver']} |", f"| slices with tumour | {tumour} |",
@@ -187,6 +192,14 @@ def _report(s: dict, has_tumour_figure: bool, has_samples: bool) -> str:
         "", "## Intensities", "", "![intensity histogram](intensity_histogram.png)", "",
         "## Liver and tumour per volume", "", "![per volume](per_volume.png)", "", "Table: `per_volume.csv`.", "",
     ]
+    if s["sources"]:
+        lines += ["## Sources", "", f"Median grey level inside the liver per source (0..255); sources more than "
+                  f"{LIVER_GREY_MARGIN} apart were not windowed alike.", "",
+                  "| source | window | volumes | liver median grey |", "|---|---|---|---|"]
+        for name, g in s["sources"].items():
+            median = "n/a" if g["liver_median"] is None else f"{g['liver_median']:.0f}"
+            lines.append(f"| {name} | {g['window']} | {len(g['volumes'])} | {median} |")
+        lines += [""]
     if has_tumour_figure:
         t = s["tumour_sizes"]
         lines += ["## Tumour sizes", "", f"Median cross-section {t['median']} {t['unit']} (10th-90th percentile "

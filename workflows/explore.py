@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"error: {err}\n")
     print(f"{summary['volumes']} volume(s), {summary['slices']} slices, {summary['slices_with_liver']} with liver, "
           f"{summary['slices_with_tumour'] if summary['slices_with_tumour'] is not None else 'unknown'} with tumour")
+    if summary["source_warning"]:
+        print(f"WARNING: {summary['source_warning']}", file=sys.stderr)
     print(f"report: {Path(args.output) / 'report.md'}")
     return 0
 

@@ -36,6 +36,7 @@ from transforms import TARGET_CHANNELS, target_to_lits  # noqa: E402
 from workflows.atomic import write_csv_atomic, write_json_atomic  # noqa: E402
 from workflows.pictures import overlay, save_figure  # noqa: E402
 from workflows.slice_set import read_manifest, volume_sort_key  # noqa: E402
+from workflows.splitting import slices_dirs_of  # noqa: E402
 from workflows.volume_metrics import case_metrics, dice_score, flatten_case, iou_score, summarise_cases  # noqa: E402
 
 __all__ = ["REFERENCE_RESULT", "slice_counts", "summarise", "SliceEvaluation"]
@@ -104,11 +105,10 @@ class VolumeAssembler:
 
     def __init__(self, dataset_dir: Path, target: str) -> None:
         split = json.loads((dataset_dir / "split.json").read_text())
-        slices_dir = (dataset_dir / split["slices_dir"]).resolve()
         wanted = set(split["volumes"]["val"])
         self.expected: dict[str, int] = {}
         self.geometry: dict[str, tuple] = {}
-        for row in read_manifest(slices_dir):
+        for row in (r for d in slices_dirs_of(dataset_dir, split) for r in read_manifest(d)):
             volume = row["volume_id"]
             if volume in wanted:
                 self.expected[volume] = self.expected.get(volume, 0) + 1

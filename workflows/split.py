@@ -1,12 +1,15 @@
 """Patient-level split and balanced training chunks, as MONAI datalists.
 
-``python -m workflows.split --input SLICES_DIR --output LISTS_DIR [--target liver|tumor] [--positives 10000 --negatives 10000]
-[--val-fraction 0.2] [--test-fraction 0] [--chunk-size 2000] [--seed 0] [--val-volumes ID,..] [--test-volumes ID,..]``
+``python -m workflows.split --input SLICES_DIR [--input SLICES_DIR2 ...] --output LISTS_DIR [--target liver|tumor|both]
+[--positives 10000 --negatives 10000] [--val-fraction 0.2] [--test-fraction 0] [--chunk-size 2000] [--seed 0]
+[--val-volumes ID,..] [--test-volumes ID,..] [--groups FILE]``
 
-Volumes (patients) are split first, so a patient's slices never sit in two splits; volumes with tumour are spread
-over the splits in proportion. From the training volumes it samples positive (target present) and negative slices,
-as the reference did (10,000 + 10,000 in chunks of 2,000); counts larger than the data holds scale down, keeping
-the ratio, and say so. It writes ``chunk_<k>.json`` (``{"training": [...]}``), ``val.json`` (every slice of the
+Patients are split first, so a patient's slices never sit in two splits: a volume's patient is what ``--groups``
+says, else the DICOM PatientID conversion recorded, else the volume itself. Patients with tumour are spread over
+the splits in proportion. From the training volumes it samples positive (target present) and negative slices, as
+the reference did (10,000 + 10,000 in chunks of 2,000); when one kind is scarcer than asked, all of it is used and
+the other kind is not shrunk to match (it says so). For ``--target both``, up to half the positives are slices with
+tumour. It writes ``chunk_<k>.json`` (``{"training": [...]}``), ``val.json`` (every slice of the
 validation volumes, for honest metrics), ``val_balanced.json`` (the reference's balanced validation list),
 ``test.json`` when asked, and ``split.json`` (volumes per split, seed, counts). Entries are
 ``{"image", "label", "volume_id", "slice_index", "positive"}`` with paths relative to LISTS_DIR, the form
@@ -21,9 +24,22 @@ import sys
 import json
 from pathlib import Path
 
-from workflows.command_line import add_input, add_output, input_of, interruptible
+from workflows.command_line import add_output, interruptible
 from workflows.slice_set import read_manifest
-from workflows.splitting import TARGETS, plan_split, write_split
+from workflows.splitting import TARGETS, plan_split, read_groups, write_split
+
+
+def read_slice_sets(slices_dirs: list[str]) -> list[dict]:
+    """The manifest rows of every slice set; a volume id found in two sets is refused by name."""
+    rows, where = [], {}
+    for slices_dir in slices_dirs:
+        for row in read_manifest(slices_dir):
+            first = where.setdefault(row["volume_id"], slices_dir)
+            if first != slices_dir:
+                raise ValueError(f"volume {row['volume_id']} is in {first} and in {slices_dir}; convert one of them "
+                                 "again from its own folder, or leave one set out.")
+            rows.append(row)
+    return rows
 
 
 def _ids(text: str | None) -> list[str] | None:
@@ -33,7 +49,9 @@ def _ids(text: str | None) -> list[str] | None:
 @interruptible
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workflows.split", description=__doc__.split("\n\n")[0])
-    add_input(parser, "slice set made by workflows.convert (holds manifest.csv)", positional="slices_dir")
+    parser.add_argument("slices_dir", nargs="?", help=argparse.SUPPRESS)  # the old positional spelling, until 0.3
+    parser.add_argument("--input", action="append", help="slice set made by workflows.convert (holds manifest.csv); "
+                                                         "repeat it to split several slice sets together")
     add_output(parser, "folder for chunk_<k>.json, val.json, ... split.json", required=True)
     parser.add_argument("--target", choices=TARGETS, default="liver",
                         help="what the model learns: liver, tumor, or both as two channels (default liver); "
@@ -47,15 +65,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-volumes", help="comma-separated volume ids to validate on (instead of a fraction)")
     parser.add_argument("--test-volumes", help="comma-separated volume ids to test on (instead of a fraction)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and the sampling (default 0)")
+    parser.add_argument("--groups", help="CSV (volume_id,patient_id) or JSON mapping volume ids to patients, so the "
+                                         "volumes of one patient stay in one split (DICOM PatientID is used anyway)")
     args = parser.parse_args(argv)
-    slices_dir = input_of(parser, args, "slices_dir")
+    given = (args.input or []) + ([args.slices_dir] if args.slices_dir else [])
+    if not given or (args.input and args.slices_dir):
+        parser.error("give the input as --input PATH (repeated for several slice sets)")
     try:
-        rows = read_manifest(slices_dir)
-        settings = Path(slices_dir) / "convert.json"
+        rows = read_slice_sets(given)
+        conversions = [json.loads((Path(d) / "convert.json").read_text()) for d in given
+                       if (Path(d) / "convert.json").exists()]
         plan = plan_split(rows, args.target, args.positives, args.negatives, args.val_fraction, args.test_fraction,
                           args.chunk_size, args.seed, args.val_balanced, _ids(args.val_volumes), _ids(args.test_volumes),
-                          json.loads(settings.read_text()) if settings.exists() else None)
-        write_split(plan, args.output, slices_dir)
+                          conversions, read_groups(args.groups) if args.groups else None)
+        write_split(plan, args.output, given)
     except (ValueError, FileNotFoundError) as err:
         parser.exit(2, f"error: {err}\n")
     for message in plan.messages:

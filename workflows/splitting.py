@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import math
 import os
 from collections import defaultdict
@@ -13,7 +15,8 @@ import numpy as np
 
 from workflows.atomic import write_json_atomic
 
-__all__ = ["SPLITS", "TARGETS", "SplitPlan", "split_volumes", "check_disjoint", "plan_split", "write_split"]
+__all__ = ["SPLITS", "TARGETS", "SplitPlan", "patient_groups", "read_groups", "split_volumes", "check_disjoint",
+           "plan_split", "write_split", "slices_dirs_of"]
 
 SPLITS = ("train", "val", "test")
 TARGETS = ("liver", "tumor", "both")
@@ -36,20 +39,84 @@ def check_disjoint(volumes: dict[str, list[str]]) -> None:
         raise ValueError(f"refusing to write a split whose volumes overlap: {shown}.")
 
 
+def patient_groups(rows: list[dict], groups: dict[str, str] | None = None) -> dict[str, str]:
+    """The patient of each volume: ``groups`` (volume id -> patient id, from ``--groups FILE``) first, then the
+    DICOM PatientID conversion recorded, else the volume is its own patient."""
+    groups = groups or {}
+    patient: dict[str, str] = {}
+    for row in rows:
+        volume = row["volume_id"]
+        if volume not in patient:
+            recorded = row.get("patient_id") or ""
+            patient[volume] = groups.get(volume) or (f"PatientID {recorded}" if recorded else f"volume {volume}")
+    unknown = sorted(set(groups) - set(patient))
+    if unknown:
+        raise ValueError(f"--groups names volume(s) {', '.join(unknown[:5])} that are not in the slice set(s).")
+    return patient
+
+
+def read_groups(path: str | os.PathLike) -> dict[str, str]:
+    """``--groups FILE``: a CSV with columns ``volume_id,patient_id`` or a JSON object {volume id: patient id}."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ValueError(f"--groups {path}: cannot be read ({err.strerror}).") from None
+    if path.suffix.lower() == ".json":
+        try:
+            groups = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"--groups {path}: not valid JSON ({err.msg}, line {err.lineno}).") from None
+        if not isinstance(groups, dict):
+            raise ValueError(f"--groups {path}: expected an object {{volume id: patient id}}.")
+        return {str(k): str(v) for k, v in groups.items()}
+    reader = csv.DictReader(text.splitlines())
+    if not reader.fieldnames or not {"volume_id", "patient_id"} <= set(reader.fieldnames):
+        raise ValueError(f"--groups {path}: a CSV needs the columns volume_id,patient_id (found "
+                         f"{','.join(reader.fieldnames or [])}).")
+    return {row["volume_id"].strip(): row["patient_id"].strip() for row in reader}
+
+
 def split_volumes(
     rows: list[dict], val_fraction: float, test_fraction: float, seed: int, val_volumes: list[str] | None = None, test_volumes: list[str] | None = None,
+    groups: dict[str, str] | None = None,
 ) -> dict[str, list[str]]:
-    """Assign each volume to train / val / test. Volumes are stratified by whether they hold tumour, shuffled
-    with ``seed``, and dealt to the splits in proportion; ``val_volumes`` / ``test_volumes`` fix them by id."""
-    by_volume: dict[str, list[dict]] = defaultdict(list)
+    """Assign each volume to train / val / test by patient: the volumes of one patient (``groups``, else the
+    recorded DICOM PatientID) move together. Patients are stratified by whether they hold tumour, shuffled with
+    ``seed``, and dealt to the splits in proportion; ``val_volumes`` / ``test_volumes`` fix them by id (with the
+    other volumes of their patients)."""
+    patient = patient_groups(rows, groups)
+    members: dict[str, list[str]] = defaultdict(list)
+    for volume in patient:
+        members[patient[volume]].append(volume)
+    by_patient: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
-        by_volume[row["volume_id"]].append(row)
-    ids = sorted(by_volume, key=lambda v: (len(v), v))
-    fixed = {"val": list(val_volumes or []), "test": list(test_volumes or [])}
-    check_disjoint(fixed)
-    unknown = sorted(set(fixed["val"] + fixed["test"]) - set(ids))
+        by_patient[patient[row["volume_id"]]].append(row)
+    check_disjoint({"val": list(val_volumes or []), "test": list(test_volumes or [])})
+    fixed_patients = {split: sorted({patient[v] for v in ids if v in patient})
+                      for split, ids in (("val", val_volumes or []), ("test", test_volumes or []))}
+    unknown = sorted(set((val_volumes or []) + (test_volumes or [])) - set(patient))
     if unknown:
         raise ValueError(f"volume(s) {', '.join(unknown)} named for a split are not in the manifest.")
+    clash = set(fixed_patients["val"]) & set(fixed_patients["test"])
+    if clash:
+        raise ValueError(f"--val-volumes and --test-volumes name volumes of one patient ({', '.join(sorted(clash))}); "
+                         "a patient sits in one split.")
+    by_split = _split_units(by_patient, val_fraction, test_fraction, seed, fixed_patients["val"] or None,
+                            fixed_patients["test"] or None)
+    out = {split: sorted((v for p in ids for v in members[p]), key=lambda v: (len(v), v))
+           for split, ids in by_split.items()}
+    check_disjoint(out)
+    return out
+
+
+def _split_units(
+    by_volume: dict[str, list[dict]], val_fraction: float, test_fraction: float, seed: int,
+    val_volumes: list[str] | None = None, test_volumes: list[str] | None = None,
+) -> dict[str, list[str]]:
+    """Deal units (patients) to the splits, stratified by tumour, in a seeded order."""
+    ids = sorted(by_volume, key=lambda v: (len(v), v))
+    fixed = {"val": list(val_volumes or []), "test": list(test_volumes or [])}
     free = [v for v in ids if v not in fixed["val"] and v not in fixed["test"]]
 
     def stratum(volume_id: str) -> int:  # with or without tumour, so validation sees both kinds of patient
@@ -63,7 +130,7 @@ def split_volumes(
         "test": 0 if test_volumes else _share(n_free, test_fraction),
     }
     if want["val"] + want["test"] >= n_free and n_free:
-        raise ValueError(f"{n_free} volume(s) cannot give {want['val']} validation and {want['test']} test volumes "
+        raise ValueError(f"{n_free} patient(s) cannot give {want['val']} validation and {want['test']} test patients "
                          "and keep any for training; lower --val-fraction / --test-fraction.")
     for group in (0, 1):
         members = [v for v in free if stratum(v) == group]
@@ -83,9 +150,7 @@ def split_volumes(
         while current > want[split]:
             splits["train"].append(splits[split].pop())
             current -= 1
-    out = {split: sorted(splits[split], key=lambda v: (len(v), v)) for split in SPLITS}
-    check_disjoint(out)
-    return out
+    return {split: sorted(splits[split], key=lambda v: (len(v), v)) for split in SPLITS}
 
 
 def _share(n: int, fraction: float) -> int:
@@ -111,10 +176,11 @@ def plan_split(
     rows: list[dict], target: str = "liver", positives: int = 10_000, negatives: int = 10_000,
     val_fraction: float = 0.2, test_fraction: float = 0.0, chunk_size: int = 2_000, seed: int = 0,
     val_balanced: int = 2_000, val_volumes: list[str] | None = None, test_volumes: list[str] | None = None,
-    conversion: dict | None = None,
+    conversion: dict | list[dict] | None = None, groups: dict[str, str] | None = None,
 ) -> SplitPlan:
     """Everything ``write_split`` writes, decided from the manifest rows; deterministic for a seed.
-    ``conversion`` is the slice set's ``convert.json`` (what its masks hold)."""
+    ``conversion`` is the slice sets' ``convert.json`` (what their masks hold); ``groups`` maps volume ids to
+    patients."""
     if target not in TARGETS:
         raise ValueError(f"`target` must be one of {TARGETS}, got {target!r}.")
     if chunk_size < 1 or positives < 0 or negatives < 0 or positives + negatives < 1:
@@ -125,11 +191,12 @@ def plan_split(
         raise ValueError("the slice set has no masks; a split for training needs labelled slices.")
     if target != "liver" and all(r["tumor_pixels"] is None for r in labelled):
         raise ValueError("the slice set's masks do not tell tumour apart (a Kaggle-style 0/255 set): use --target liver.")
-    converted_target = (conversion or {}).get("target", "both")
-    if converted_target != "both" and converted_target != target:
-        raise ValueError(f"the slice set's masks were converted with --target {converted_target}; they cannot train "
-                         f"--target {target}. Convert again with --target both (the default) or {target}.")
-    volumes = split_volumes(labelled, val_fraction, test_fraction, seed, val_volumes, test_volumes)
+    for settings in (conversion if isinstance(conversion, list) else [conversion or {}]):
+        converted_target = settings.get("target", "both")
+        if converted_target != "both" and converted_target != target:
+            raise ValueError(f"the slice set's masks were converted with --target {converted_target}; they cannot "
+                             f"train --target {target}. Convert again with --target both (the default) or {target}.")
+    volumes = split_volumes(labelled, val_fraction, test_fraction, seed, val_volumes, test_volumes, groups)
     rng = np.random.default_rng(seed)
     by_split = {split: [r for r in labelled if r["volume_id"] in set(ids)] for split, ids in volumes.items()}
     messages = []
@@ -137,19 +204,26 @@ def plan_split(
     train = by_split["train"]
     pos = [r for r in train if _is_positive(r, target)]
     neg = [r for r in train if not _is_positive(r, target)]
-    scale = min(1.0, *(have / asked for have, asked in ((len(pos), positives), (len(neg), negatives)) if asked))
-    n_pos, n_neg = math.floor(positives * scale), math.floor(negatives * scale)
-    if scale < 1:
+    # a scarce class is used whole and said so; the other class is not shrunk to match (that threw data away)
+    n_pos, n_neg = min(positives, len(pos)), min(negatives, len(neg))
+    if (n_pos, n_neg) != (positives, negatives):
         messages.append(
             f"asked for {positives} positive + {negatives} negative training slices; the training volumes hold "
-            f"{len(pos)} positive and {len(neg)} negative: using {n_pos} + {n_neg} (same ratio)."
+            f"{len(pos)} positive and {len(neg)} negative: using {n_pos} + {n_neg} (all there is of the scarcer kind)."
         )
     if n_pos + n_neg == 0:
-        empty = "negative" if positives and not neg else "positive"
         raise ValueError(
-            f"the training volumes hold {len(pos)} positive and {len(neg)} negative slices: a balanced sample of "
-            f"{positives} + {negatives} is empty. Ask --{empty}s 0 to sample only the other kind, or add volumes.")
-    pos_pick = [pos[i] for i in rng.permutation(len(pos))[:n_pos]]
+            f"the training volumes hold {len(pos)} positive and {len(neg)} negative slices: a sample of "
+            f"{positives} positive + {negatives} negative is empty. Ask for the kind they hold, or add volumes.")
+    if target == "both":  # tumour-aware: slices with tumour first, up to half the positives, then liver-only ones
+        with_tumour = [r for r in pos if r["tumor_pixels"]]
+        liver_only = [r for r in pos if not r["tumor_pixels"]]
+        take = min(len(with_tumour), max(n_pos // 2, n_pos - len(liver_only)))
+        pos_pick = [with_tumour[i] for i in rng.permutation(len(with_tumour))[:take]]
+        pos_pick += [liver_only[i] for i in rng.permutation(len(liver_only))[:n_pos - take]]
+        pos_pick = [pos_pick[i] for i in rng.permutation(len(pos_pick))]
+    else:
+        pos_pick = [pos[i] for i in rng.permutation(len(pos))[:n_pos]]
     neg_pick = [neg[i] for i in rng.permutation(len(neg))[:n_neg]]
     # interleave positives and negatives evenly, cut into chunks of exactly chunk_size (the last may be short),
     # so every chunk holds its share of both; then shuffle within each chunk
@@ -177,7 +251,8 @@ def plan_split(
         "volumes": {s: len(v) for s, v in volumes.items()},
         "train_available": {"positive": len(pos), "negative": len(neg)},
         "train_requested": {"positive": positives, "negative": negatives},
-        "train_used": {"positive": n_pos, "negative": n_neg},
+        "train_used": {"positive": n_pos, "negative": n_neg,
+                       "with_tumour": sum(bool(r["tumor_pixels"]) for r in pos_pick)},
         "chunk_sizes": [len(c) for c in chunks],
         "val_slices": len(val), "val_positive": len(val_pos),
         "val_balanced": {"positive": per_class, "negative": per_class},
@@ -194,8 +269,11 @@ def _entries(rows: list[dict], target: str, lists_dir: Path) -> list[dict]:
              "slice_index": r["slice_index"], "positive": _is_positive(r, target)} for r in rows]
 
 
-def write_split(plan: SplitPlan, lists_dir: str | os.PathLike, slices_dir: str | os.PathLike) -> list[Path]:
-    """Write the datalists of ``plan`` into ``lists_dir``; stale chunk files of an earlier split are removed."""
+def write_split(plan: SplitPlan, lists_dir: str | os.PathLike,
+                slices_dir: str | os.PathLike | list[str | os.PathLike]) -> list[Path]:
+    """Write the datalists of ``plan`` into ``lists_dir``; stale chunk files of an earlier split are removed.
+    ``slices_dir``: the slice set the rows came from, or several."""
+    slices_dirs = slices_dir if isinstance(slices_dir, list) else [slices_dir]
     lists_dir = Path(lists_dir)
     lists_dir.mkdir(parents=True, exist_ok=True)
     check_disjoint(plan.volumes)
@@ -212,8 +290,17 @@ def write_split(plan: SplitPlan, lists_dir: str | os.PathLike, slices_dir: str |
     elif (lists_dir / "test.json").exists():
         (lists_dir / "test.json").unlink()
     written.append(write_json_atomic(lists_dir / "split.json", {
-        "slices_dir": os.path.relpath(Path(slices_dir).resolve(), lists_dir.resolve()),
+        "slices_dirs": [os.path.relpath(Path(d).resolve(), lists_dir.resolve()) for d in slices_dirs],
         "target": plan.target, "seed": plan.seed, "volumes": plan.volumes, "counts": plan.counts,
         "chunks": [f"chunk_{k}.json" for k in range(len(plan.chunks))],
     }))
     return written
+
+
+def slices_dirs_of(lists_dir: str | os.PathLike, split: dict | None = None) -> list[Path]:
+    """The slice sets a split was made from, absolute (``split.json`` of ``lists_dir``; an older split's single
+    ``slices_dir`` too)."""
+    lists_dir = Path(lists_dir)
+    split = split if split is not None else json.loads((lists_dir / "split.json").read_text())
+    names = split.get("slices_dirs") or [split["slices_dir"]]
+    return [(lists_dir / name).resolve() for name in names]

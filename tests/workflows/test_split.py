@@ -6,7 +6,7 @@ from monai.data import load_decathlon_datalist
 
 from workflows.slice_set import read_manifest
 from workflows.split import main
-from workflows.splitting import check_disjoint, plan_split, write_split
+from workflows.splitting import check_disjoint, plan_split, read_groups, slices_dirs_of, write_split
 
 
 def _hash_tree(folder):
@@ -38,12 +38,73 @@ def test_split_is_by_patient_with_requested_chunk_sizes(slice_set, tmp_path, cap
     assert sum(e["positive"] for e in balanced) * 2 == len(balanced) > 0
 
 
-def test_counts_beyond_the_data_scale_down_keeping_the_ratio(slice_set):
+def test_a_scarce_class_is_used_whole_without_shrinking_the_other(slice_set):
     rows = read_manifest(slice_set)
     plan = plan_split(rows, positives=10_000, negatives=10_000, chunk_size=2_000, seed=0)
-    used = plan.counts["train_used"]
-    assert used["positive"] == used["negative"] == min(plan.counts["train_available"].values())
-    assert "asked for 10000 positive + 10000 negative" in plan.messages[0]
+    used, available = plan.counts["train_used"], plan.counts["train_available"]
+    assert used["positive"] == available["positive"] and used["negative"] == available["negative"]
+    assert available["positive"] != available["negative"]  # one kind is scarcer, and the other is kept whole
+    assert "asked for 10000 positive + 10000 negative" in plan.messages[0] and "scarcer" in plan.messages[0]
+    plan = plan_split(rows, positives=5, negatives=10_000, chunk_size=2_000, seed=0)
+    assert plan.counts["train_used"] == {**plan.counts["train_used"], "positive": 5, "negative": available["negative"]}
+
+
+def test_volumes_of_one_patient_never_straddle_splits(slice_set, tmp_path):
+    rows = read_manifest(slice_set)
+    ids = sorted({r["volume_id"] for r in rows})
+    groups = {ids[0]: "P1", ids[1]: "P1", ids[2]: "P1", ids[3]: "P2", ids[4]: "P2"}
+    (tmp_path / "groups.csv").write_text("volume_id,patient_id\n" + "".join(f"{v},{p}\n" for v, p in groups.items()))
+    for seed in range(6):
+        plan = plan_split(rows, positives=4, negatives=4, val_fraction=0.34, seed=seed,
+                          groups=read_groups(tmp_path / "groups.csv"))
+        where = {v: s for s, vs in plan.volumes.items() for v in vs}
+        assert len({where[v] for v in ids[:3]}) == 1 and len({where[ids[3]], where[ids[4]]}) == 1
+    # a recorded DICOM PatientID groups volumes by itself
+    twin = [dict(r, patient_id="same") if r["volume_id"] in ids[:2] else r for r in rows]
+    for seed in range(6):
+        where = {v: s for s, vs in plan_split(twin, positives=4, negatives=4, val_fraction=0.5, seed=seed).volumes.items()
+                 for v in vs}
+        assert where[ids[0]] == where[ids[1]]
+    (tmp_path / "bad.csv").write_text("volume,patient\n1,2\n")
+    with pytest.raises(ValueError, match="volume_id,patient_id"):
+        read_groups(tmp_path / "bad.csv")
+
+
+def test_target_both_samples_tumour_slices_first(slice_set):
+    rows = read_manifest(slice_set)
+    plan = plan_split(rows, target="both", positives=10, negatives=2, val_fraction=0.2, seed=3)
+    training = [r for c in plan.chunks for r in c]
+    with_tumour = sum(bool(r["tumor_pixels"]) for r in training)
+    available = sum(bool(r["tumor_pixels"]) for r in rows if r["volume_id"] in plan.volumes["train"])
+    assert with_tumour == min(5, available) == plan.counts["train_used"]["with_tumour"] > 0
+
+
+def test_several_slice_sets_split_together_and_a_volume_twice_is_refused(slice_set, tmp_path, capsys):
+    import shutil
+
+    import cv2
+    import numpy as np
+
+    from workflows.conversion import convert
+    two_d = tmp_path / "set"
+    for folder in ("images", "masks"):
+        (two_d / folder).mkdir(parents=True)
+    for k in range(4):
+        mask = np.zeros((32, 32), np.uint8)
+        mask[8:20, 8:20] = 255 if k % 2 else 0
+        cv2.imwrite(str(two_d / "images" / f"slice_{k}.png"), np.full((32, 32), 90, np.uint8))
+        cv2.imwrite(str(two_d / "masks" / f"slice_{k}.png"), mask)
+    convert(two_d, tmp_path / "slices_2d", progress=False)
+    lists = tmp_path / "lists"
+    assert main(["--input", str(slice_set), "--input", str(tmp_path / "slices_2d"), "--output", str(lists),
+                 "--positives", "20", "--negatives", "20", "--val-volumes", "set"]) == 0
+    assert slices_dirs_of(lists) == [slice_set.resolve(), (tmp_path / "slices_2d").resolve()]
+    assert json.loads((lists / "split.json").read_text())["volumes"]["val"] == ["set"]
+    shutil.copytree(slice_set, tmp_path / "copy")
+    with pytest.raises(SystemExit):
+        main(["--input", str(slice_set), "--input", str(tmp_path / "copy"), "--output", str(tmp_path / "again")])
+    assert "is in" in capsys.readouterr().err
+
 
 
 def test_same_seed_same_files_other_seed_other_split(slice_set, tmp_path):
@@ -76,13 +137,13 @@ def test_a_slice_set_without_manifest_names_the_command(tmp_path, capsys):
     assert "python -m workflows.convert" in capsys.readouterr().err
 
 
-def test_an_empty_balanced_sample_is_refused_with_the_way_out(slice_set):
+def test_only_one_kind_of_slice_trains_on_it_and_says_so_and_nothing_is_refused(slice_set):
     rows = [r for r in read_manifest(slice_set) if r["liver_pixels"]]  # only positive slices
-    with pytest.raises(ValueError, match=r"0 negative slices: a balanced sample of 10000 \+ 10000 is empty. "
-                                         r"Ask --negatives 0"):
-        plan_split(rows, val_fraction=0)
-    plan = plan_split(rows, negatives=0, val_fraction=0)
-    assert plan.counts["train_used"] == {"positive": len(rows), "negative": 0}
+    plan = plan_split(rows, val_fraction=0)
+    assert plan.counts["train_used"]["positive"] == len(rows) and plan.counts["train_used"]["negative"] == 0
+    assert "0 negative" in plan.messages[0]
+    with pytest.raises(ValueError, match=r"is empty"):
+        plan_split(rows, positives=0, val_fraction=0)
 
 
 def test_the_old_positional_input_still_works_and_the_input_is_given_once(slice_set, tmp_path, capsys):
