@@ -5,8 +5,9 @@
 
 IMAGE_OR_SCAN is one 2D slice (PNG/JPG, windowed like the Kaggle export), a NIfTI file, a DICOM series folder, or a
 folder of those. WEIGHTS is the bundle's ``model.pt``, a training checkpoint, the reference project's own
-state_dict, or a TorchScript ``.ts`` from ``ckpt_export``. The defaults are the reference's network (full width at
-256x256, liver). It runs the bundle's ``inference`` workflow with these settings, so the image path is the
+state_dict, or a TorchScript ``.ts`` from ``ckpt_export``. A model.pt from training carries its settings (widths,
+size, target, window), so no flag is needed; for other weights the defaults are the reference's network (full width
+at 256x256, liver), and a flag that contradicts the model file is refused. It runs the bundle's ``inference`` workflow with these settings, so the image path is the
 bundle's (``--image`` is the old spelling of ``--input``).
 """
 
@@ -27,9 +28,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="2D slice, NIfTI file, DICOM series folder, or a folder of them (--image: old spelling)")
     parser.add_argument("--model", required=True, help="model.pt, a training checkpoint, or the reference's .pth")
     parser.add_argument("--output", default="predictions", help="output folder (default ./predictions)")
-    parser.add_argument("--target", choices=TARGETS, default="liver", help="what the model was trained for")
-    parser.add_argument("--channels", type=int, nargs=4, default=[64, 128, 256, 512], help="network widths")
-    parser.add_argument("--spatial-size", type=int, default=256, help="size the network was trained at (256)")
+    parser.add_argument("--target", choices=TARGETS, help="what the model was trained for (default: what the model "
+                                                          "file records, else liver)")
+    parser.add_argument("--channels", type=int, nargs=4, help="network widths (default: the model file's, else "
+                                                              "64 128 256 512)")
+    parser.add_argument("--spatial-size", type=int, help="size the network was trained at (default: the model "
+                                                         "file's, else 256)")
     parser.add_argument("--min-tumour-mm3", type=float, default=10.0, help="drop smaller tumour specks (10 mm³)")
     parser.add_argument("--deidentify", action="store_true",
                         help="outputs named scan-001, ... and no file names, series notes or DICOM SEG in them")
@@ -38,9 +42,11 @@ def main(argv: list[str] | None = None) -> int:
     from workflows.bundle import run_workflow  # after --help: the bundle's imports take seconds
     from workflows.inference import SomeScansFailed
 
-    settings = {"input": args.input, "output_dir": args.output, "ckpt_file": args.model, "target": args.target,
-                "spatial_size": args.spatial_size, "network_def#channels": list(args.channels),
+    settings = {"input": args.input, "output_dir": args.output, "ckpt_file": args.model,
                 "min_tumour_mm3": args.min_tumour_mm3, "deidentify": args.deidentify}
+    given = {"target": args.target, "spatial_size": args.spatial_size,
+             "network_def#channels": list(args.channels) if args.channels else None}
+    settings.update({key: value for key, value in given.items() if value is not None})  # else the model file's
     try:
         rows = run_workflow("inference", ["inference"], "infer", **settings)[0]
     except SomeScansFailed as err:  # the others were segmented: list them all

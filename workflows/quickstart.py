@@ -131,9 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         nib.save(held_out.stored_image(array), folder / f"{name}-{held_out.index}.nii.gz")
     inference_config = config_file("inference")
     inference_overrides = {"input": str(out / "held_out" / "scan"), "output_dir": str(out / "held_out" / "pred"),
-                           "ckpt_file": str(out / "models" / "model.pt"), "target": "liver",
-                           "spatial_size": s["overrides"]["spatial_size"],
-                           "network_def#channels": s["overrides"]["network_def#channels"]}
+                           "ckpt_file": str(out / "models" / "model.pt")}  # the model file carries its settings
     print("same as: " + _command("inference", [inference_config], inference_overrides))
     run_bundle("inference", config_file=inference_config, **inference_overrides)
     volume = evaluate_volumes(out / "held_out" / "pred", out / "held_out" / "truth", out / "held_out" / "evaluation",

@@ -43,7 +43,10 @@ from transforms import TARGET_CHANNELS
 from workflows.atomic import write_bytes_atomic, write_json_atomic
 from workflows.bundle import network_size, whole_number
 from workflows.locking import folder_lock
+from workflows.grey_levels import read_grey_levels
 from workflows.memory import peak_memory_mib
+from workflows.model_file import save_model_file
+from workflows.splitting import slices_dirs_of
 
 __all__ = [
     "read_split", "check_training_settings", "target_of", "ResumableSampler", "ChunkRun", "SamplerEpochHandler", "ProgressCheckpointHandler",
@@ -217,6 +220,25 @@ class ChunkRun:
         self.resumed_at: int | None = None  # the iteration the chunk in progress resumed at, if it did
         self._chunk_lengths: list[int] | None = None
 
+    @property
+    def model_settings(self) -> dict:
+        """What ``model.pt`` records beside the weights (:mod:`workflows.model_file`): the network's widths, input
+        size and target, and the HU window its slices were converted with (``None`` when they came from 8-bit 2D
+        sets only: their window is unknown), and the thread count."""
+        window, window_hu = None, None
+        for slices_dir in slices_dirs_of(self.dataset_dir, self.split):
+            settings_file = slices_dir / "convert.json"
+            volumes = read_grey_levels(slices_dir)
+            if not settings_file.is_file() or (volumes and all(v["window"].startswith("unknown") for v in volumes.values())):
+                continue
+            converted = json.loads(settings_file.read_text())
+            window, window_hu = converted.get("window"), converted.get("window_range_hu")
+            break
+        summary = self.config_summary
+        return {"target": summary.get("target"), "spatial_size": summary.get("spatial_size"),
+                "channels": summary.get("channels"), "window": window, "window_hu": window_hu,
+                "threads": torch.get_num_threads(), "split": summary.get("split")}
+
     # -- files ----------------------------------------------------------------------------------------------------
     def chunk_checkpoint(self, k: int) -> Path:
         return self.ckpt_dir / f"checkpoint_chunk_{k}.pt"
@@ -315,9 +337,7 @@ class ChunkRun:
             entry["best"] = entry["chunk"] == best
         for name, k in (("model.pt", done[-1] if done else None), ("best_model.pt", best)):
             if k is not None:
-                weights = io.BytesIO()
-                torch.save(states[k]["model"], weights)
-                write_bytes_atomic(self.ckpt_dir / name, weights.getvalue())
+                save_model_file(self.ckpt_dir / name, states[k]["model"], self.model_settings)
         write_json_atomic(self.log_path, log)
         return log
 
@@ -388,14 +408,12 @@ class ChunkCheckpointHandler:
             "val_metric_name": metric_name, "val_metric": val_metric,
             "best": val_metric is not None and val_metric > best,
         }
-        weights = io.BytesIO()
-        torch.save(engine.network.state_dict(), weights)
         state = run.state(engine, chunk_done=True)
         state["log"] = {key: value for key, value in entry.items() if value is not None}
         _save(run.chunk_checkpoint(k), state)  # chunk k is done from here on
-        write_bytes_atomic(run.ckpt_dir / "model.pt", weights.getvalue())
+        save_model_file(run.ckpt_dir / "model.pt", state["model"], run.model_settings)
         if entry["best"]:
-            write_bytes_atomic(run.ckpt_dir / "best_model.pt", weights.getvalue())
+            save_model_file(run.ckpt_dir / "best_model.pt", state["model"], run.model_settings)
         run.progress_checkpoint.unlink(missing_ok=True)
         write_json_atomic(run.log_path, log + [entry])
         loss = f"{entry['mean_loss_last_epoch']:.4f}" if entry["mean_loss_last_epoch"] is not None else "n/a"

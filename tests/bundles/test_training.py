@@ -23,7 +23,9 @@ def _workflow(lists, ckpt_dir, run_id="training", config=TRAIN, **overrides):
 
 
 def _weights(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """A checkpoint as saved; a model file (``model.pt``: weights and settings) as its weights."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state["model"] if "settings" in state else state
 
 
 def test_train_json_names_the_overrides_users_rely_on():

@@ -1,0 +1,72 @@
+"""A model file written by training carries its settings: inference and evaluation use them with no copied flags,
+and a flag that contradicts the file is refused by name."""
+
+import json
+
+import nibabel as nib
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow, ckpt_export
+
+from workflows.bundle import config_file, run_workflow
+from workflows.model_file import model_settings
+from workflows.synthetic_cases import generate_case
+
+from .conftest import EVALUATE, TINY, TRAIN
+
+INFERENCE = config_file("inference")
+
+
+@pytest.fixture(scope="module")
+def trained(lists, tmp_path_factory):
+    ckpt = tmp_path_factory.mktemp("self_describing")
+    workflow = ConfigWorkflow(config_file=TRAIN, workflow_type="train", run_id="training",
+                              **{**TINY, "dataset_dir": str(lists), "ckpt_dir": str(ckpt), "chunk": 0})
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    return ckpt / "model.pt"
+
+
+def test_model_pt_records_the_settings_it_was_trained_with(trained):
+    state = torch.load(trained, map_location="cpu", weights_only=True)
+    assert set(state) == {"model", "settings"}
+    settings = state["settings"]
+    assert settings["channels"] == TINY["network_def#channels"] and settings["spatial_size"] == TINY["spatial_size"]
+    assert settings["target"] == "liver" and settings["window"] == "abdomen" and settings["window_hu"] == [-160.0, 240.0]
+    assert settings["threads"] == torch.get_num_threads()
+    assert model_settings(trained)["channels"] == TINY["network_def#channels"]
+
+
+def test_inference_needs_no_flag_and_refuses_a_contradicting_one(trained, tmp_path):
+    case = generate_case(0, seed=6, size=32, slices=6)
+    nib.save(case.stored_image(case.hu), tmp_path / "volume-0.nii.gz")
+    rows = run_workflow("inference", ["inference"], "infer", input=str(tmp_path / "volume-0.nii.gz"),
+                        output_dir=str(tmp_path / "out"), ckpt_file=str(trained))[0]
+    assert rows[0]["segmentation"].endswith("volume-0_seg.nii.gz")
+    for flag, value in (("target", "both"), ("spatial_size", 64), ("network_def#channels", [8, 16, 32, 64]),
+                        ("window", "liver")):
+        with pytest.raises(ValueError, match=f"--{flag} .* contradicts .*model.pt.*leave the flag out"):
+            run_workflow("inference", ["inference"], "infer", input=str(tmp_path / "volume-0.nii.gz"),
+                         output_dir=str(tmp_path / f"out_{flag}"), ckpt_file=str(trained), **{flag: value})
+
+
+def test_evaluation_takes_the_widths_from_the_model_file(trained, lists, tmp_path):
+    workflow = ConfigWorkflow(config_file=[TRAIN, EVALUATE], workflow_type="train", run_id="evaluating",
+                              **{"dataset_dir": str(lists), "ckpt_file": str(trained), "progress": False,
+                                 "output_dir": str(tmp_path / "eval"), "evaluation_samples": 1})
+    workflow.initialize()
+    metrics = workflow.run()[0]
+    workflow.finalize()
+    assert "liver" in metrics["channels"]
+
+
+def test_ckpt_export_reads_the_weights_of_a_model_file(trained, tmp_path):
+    # --ckpt_dir lets the config read the settings of <ckpt_dir>/model.pt, so no width is copied by hand
+    ckpt_export("network_def", filepath=str(tmp_path / "model.ts"), ckpt_file=str(trained), config_file=INFERENCE,
+                meta_file=INFERENCE.replace("inference.json", "metadata.json"), key_in_ckpt="model",
+                ckpt_dir=str(trained.parent))
+    assert (tmp_path / "model.ts").stat().st_size > 0
+    exported = torch.jit.load(str(tmp_path / "model.ts"))
+    weights = torch.load(trained, map_location="cpu", weights_only=True)["model"]
+    assert torch.equal(exported.state_dict()["final.weight"], weights["final.weight"])
