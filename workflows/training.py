@@ -33,6 +33,7 @@ import time
 from collections.abc import Iterator, Sized
 from pathlib import Path
 
+import numpy as np
 import torch
 from ignite.engine import Engine, Events
 from monai.data import load_decathlon_datalist
@@ -301,6 +302,7 @@ class ChunkRun:
             "chunk": {"index": self.chunk, "done": chunk_done, "n_chunks": self.n_chunks,
                       "epochs_per_chunk": self.epochs_per_chunk, "seed": self.seed},
             "config": self.config_summary,
+            "threads": torch.get_num_threads(),
             "torch_rng": torch.get_rng_state(),
         }
         if self.lr_scheduler is not None:
@@ -314,6 +316,11 @@ class ChunkRun:
             shown = ", ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in differing.items())
             raise ChunkRefused(f"{source} was made with other settings ({shown}); use the same settings and lists "
                                "(a new split needs a new training: another --ckpt_dir).")
+        threads = state.get("threads")
+        if threads is not None and threads != torch.get_num_threads():
+            logger.warning(f"{source} was trained with {threads} thread(s), this run uses {torch.get_num_threads()}: "
+                           "float sums are ordered differently, so the weights will differ slightly from a run that "
+                           f"kept {threads} (pass --threads {threads} to match it).")
         engine.network.load_state_dict(state["model"])
         engine.optimizer.load_state_dict(state["optimizer"])
         if self.lr_scheduler is not None and "lr_scheduler" in state:
@@ -346,17 +353,45 @@ def _loss_of(output) -> float:
     return float(output[0]["loss"] if isinstance(output, list) else output["loss"])
 
 
-class SamplerEpochHandler:
-    """Give the :class:`ResumableSampler` the chunk and epoch at each epoch's start, so the order is reproducible."""
+class AugmentedDataset(torch.utils.data.Dataset):
+    """Random augmentation on top of a (cached) dataset, reproducible under resume: each sample's random state is
+    seeded from (seed, chunk, epoch, index), so a run resumed mid-epoch draws what the uninterrupted run drew,
+    whatever order or worker serves it. ``enabled=False`` passes samples through unchanged."""
 
-    def __init__(self, sampler: ResumableSampler, run: ChunkRun) -> None:
-        self.sampler, self.run = sampler, run
+    def __init__(self, dataset, transform, seed: int = 0, enabled: bool | str = True) -> None:
+        self.dataset, self.transform, self.seed = dataset, transform, int(seed)
+        self.enabled = str(enabled).lower() not in ("false", "0", "no")
+        self.chunk, self.epoch = 0, 0
+
+    def set_epoch(self, chunk: int, epoch: int) -> None:
+        self.chunk, self.epoch = int(chunk), int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        item = self.dataset[index]
+        if not self.enabled:
+            return item
+        mixed = np.random.SeedSequence([self.seed, self.chunk, self.epoch, int(index)]).generate_state(1)[0]
+        self.transform.set_random_state(seed=int(mixed))
+        return self.transform(dict(item))
+
+
+class SamplerEpochHandler:
+    """Give the :class:`ResumableSampler` (and the :class:`AugmentedDataset`) the chunk and epoch at each epoch's
+    start, so the order and the augmentation are reproducible."""
+
+    def __init__(self, sampler: ResumableSampler, run: ChunkRun, augmented: AugmentedDataset | None = None) -> None:
+        self.sampler, self.run, self.augmented = sampler, run, augmented
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.EPOCH_STARTED, self)
 
     def __call__(self, engine: Engine) -> None:
         self.sampler.set_epoch(self.run.chunk, engine.state.epoch)
+        if self.augmented is not None:
+            self.augmented.set_epoch(self.run.chunk, engine.state.epoch)
 
 
 class ProgressCheckpointHandler:
@@ -405,7 +440,7 @@ class ChunkCheckpointHandler:
             "iterations": per_epoch * engine.state.max_epochs, "resumed_at_iteration": run.resumed_at,
             "mean_loss_last_epoch": sum(self.losses[-per_epoch:]) / len(self.losses[-per_epoch:]) if self.losses else None,
             "seconds": round(time.time() - run.chunk_started, 1), "peak_memory_mib": round(peak_memory_mib(), 1),
-            "val_metric_name": metric_name, "val_metric": val_metric,
+            "val_metric_name": metric_name, "val_metric": val_metric, "threads": torch.get_num_threads(),
             "best": val_metric is not None and val_metric > best,
         }
         state = run.state(engine, chunk_done=True)

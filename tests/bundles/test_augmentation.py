@@ -1,0 +1,63 @@
+"""Augmentation listed in train.json: switchable, no left-right flip, the same draw for a sample whatever the order
+(so a resumed run augments as the uninterrupted one did); the thread budget."""
+
+import json
+
+import pytest
+import torch
+from monai.bundle import ConfigParser
+
+from workflows.threads import available_cores, set_threads
+from workflows.training import AugmentedDataset
+
+from .conftest import TRAIN
+
+
+def _augmentation():
+    parser = ConfigParser()
+    parser.read_config(TRAIN)
+    return parser.get_parsed_content("train#augmentation")
+
+
+def _samples(n=4):
+    torch.manual_seed(0)
+    return [{"image": torch.rand(1, 32, 32), "label": (torch.rand(1, 32, 32) > 0.5).float()} for _ in range(n)]
+
+
+def test_train_json_augments_without_flipping_left_and_right():
+    config = json.loads(open(TRAIN).read())
+    names = [t["_target_"] for t in config["train"]["augmentation"]["transforms"]]
+    assert "RandAffined" in names and not any("Flip" in n for n in names)
+    assert config["augment"] is True and config["train"]["dataloader"]["dataset"] == "@train#augmented"
+
+
+def test_a_sample_is_augmented_the_same_way_in_any_order_and_differently_each_epoch():
+    data = _samples()
+    augmented = AugmentedDataset(data, _augmentation(), seed=3)
+    augmented.set_epoch(1, 2)
+    forward = [augmented[i] for i in range(4)]
+    backward = {i: augmented[i] for i in reversed(range(4))}
+    assert all(torch.equal(forward[i]["image"], backward[i]["image"]) for i in range(4))
+    assert any(not torch.equal(forward[i]["image"], data[i]["image"]) for i in range(4))  # something was drawn
+    augmented.set_epoch(1, 3)
+    assert any(not torch.equal(augmented[i]["image"], forward[i]["image"]) for i in range(4))
+    labels = torch.cat([forward[i]["label"] for i in range(4)]).unique().tolist()
+    assert set(labels) <= {0.0, 1.0}  # labels resampled with nearest: still binary
+
+
+def test_augment_false_passes_samples_through():
+    data = _samples()
+    plain = AugmentedDataset(data, _augmentation(), seed=3, enabled="false")
+    assert all(plain[i] is data[i] for i in range(4))
+
+
+def test_the_thread_budget_divides_the_cores_and_takes_an_explicit_count():
+    before = torch.get_num_threads()
+    try:
+        assert set_threads(0, processes=available_cores()) == 1 == torch.get_num_threads()
+        assert set_threads(0, processes=1) == available_cores()
+        assert set_threads(1) == 1 == torch.get_num_threads()
+        with pytest.raises(ValueError, match="--threads must be"):
+            set_threads("many")
+    finally:
+        torch.set_num_threads(before)
