@@ -1,9 +1,11 @@
 """Volume-level evaluation of predicted label maps against ground truth, as the LiTS benchmark reports it.
 
 ``python -m workflows.evaluate --pred DIR --truth DIR [--output DIR] [--slice-metrics metrics.json]``
+``python -m workflows.evaluate --pred SCAN_seg.nii.gz --truth LABEL.nii.gz|SERIES_DIR [--output DIR]``
 
 Pairs prediction and truth NIfTI files by volume id (``segmentation-<id>``, ``volume-<id>_seg`` or the same
-name), checks that each pair shares its grid, and writes ``metrics.csv`` (one row per case), ``summary.json``
+name), or one prediction file with its truth: a NIfTI label map (``label.nii.gz``, ``segmentation-N.nii.gz``) or a
+DICOM series folder whose DICOM SEG objects (beside or inside it, made by another tool) hold the truth. It checks that each pair shares its grid, and writes ``metrics.csv`` (one row per case), ``summary.json``
 (per structure: mean Dice per case, global Dice, VOE, RVD, ASSD and HD95 in mm; lesion precision and recall at
 IoU > 0.5; tumour burden error) and ``per_case_dice.png``. ``--slice-metrics`` puts the slice-level metrics of the
 bundle's ``evaluating`` workflow (the reference's balanced Dice among them) beside the volume ones.
@@ -28,12 +30,14 @@ def _fmt(entry: dict | float | None) -> str:
 @interruptible
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workflows.evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--pred", required=True, help="folder of predicted label maps (NIfTI, LiTS labels)")
-    parser.add_argument("--truth", required=True, help="folder of ground-truth label maps")
+    parser.add_argument("--pred", required=True, help="folder of predicted label maps (NIfTI, LiTS labels), or one")
+    parser.add_argument("--truth", required=True, help="folder of ground-truth label maps; with one --pred file, its "
+                                                       "truth: a NIfTI label map or a DICOM series folder with its SEG")
     add_output(parser, "report folder (default: PRED/evaluation)", default=None)
     parser.add_argument("--slice-metrics", help="metrics.json of the bundle's evaluating workflow, shown beside")
     args = parser.parse_args(argv)
-    out = args.output or str(Path(args.pred) / "evaluation")
+    pred = Path(args.pred)
+    out = args.output or str((pred.parent if pred.is_file() else pred) / "evaluation")
     try:
         summary = evaluate_volumes(args.pred, args.truth, out, args.slice_metrics)
     except (ValueError, FileNotFoundError) as err:

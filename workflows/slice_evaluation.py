@@ -37,6 +37,7 @@ from workflows.atomic import write_csv_atomic, write_json_atomic  # noqa: E402
 from workflows.pictures import overlay, save_figure  # noqa: E402
 from workflows.slice_set import read_manifest, volume_sort_key  # noqa: E402
 from workflows.splitting import slices_dirs_of  # noqa: E402
+from workflows.training import read_datalist  # noqa: E402
 from workflows.volume_metrics import case_metrics, dice_score, flatten_case, iou_score, summarise_cases  # noqa: E402
 
 __all__ = ["REFERENCE_RESULT", "slice_counts", "summarise", "SliceEvaluation"]
@@ -103,9 +104,9 @@ class VolumeAssembler:
     Slices arrive at the training size; a volume is scored once all its slices (as the manifest lists them) are in,
     with the in-plane spacing scaled to that size, so memory holds one volume at a time whatever the order."""
 
-    def __init__(self, dataset_dir: Path, target: str) -> None:
+    def __init__(self, dataset_dir: Path, target: str, wanted: set[str] | None = None) -> None:
         split = json.loads((dataset_dir / "split.json").read_text())
-        wanted = set(split["volumes"]["val"])
+        wanted = set(split["volumes"]["val"]) if wanted is None else wanted
         self.expected: dict[str, int] = {}
         self.geometry: dict[str, tuple] = {}
         for row in (r for d in slices_dirs_of(dataset_dir, split) for r in read_manifest(d)):
@@ -165,11 +166,12 @@ class SliceEvaluation:
     """
 
     def __init__(self, evaluator: SupervisedEvaluator, ckpt_file: str, dataset_dir: str, output_dir: str,
-                 target: str, samples: int = 8, balanced_datalist: str = "val_balanced.json") -> None:
+                 target: str, samples: int = 8, balanced_datalist: str = "val_balanced.json",
+                 datalist: str = "val.json") -> None:
         self.evaluator = evaluator
         self.ckpt_file, self.dataset_dir, self.output_dir = Path(ckpt_file), Path(dataset_dir), Path(output_dir)
         self.target, self.samples = target, int(samples)
-        self.balanced_datalist = balanced_datalist
+        self.balanced_datalist, self.datalist = balanced_datalist, datalist
         self.channels = TARGET_CHANNELS[target]
 
     def _balanced_keys(self) -> list[tuple[str, int]]:
@@ -189,7 +191,9 @@ class SliceEvaluation:
         picture_keys = set(balanced[: self.samples])
         rows: list[dict] = []
         pictures: dict[tuple[str, int], tuple] = {}
-        volumes = VolumeAssembler(self.dataset_dir, self.target) if (self.dataset_dir / "split.json").exists() else None
+        evaluated = {str(e["volume_id"]) for e in read_datalist(self.dataset_dir / self.datalist)}
+        volumes = VolumeAssembler(self.dataset_dir, self.target, evaluated) \
+            if (self.dataset_dir / "split.json").exists() else None
 
         def collect(engine) -> None:
             for item, out in zip(engine.state.batch, engine.state.output):
@@ -217,7 +221,7 @@ class SliceEvaluation:
         if not rows:
             raise ValueError(f"{self.dataset_dir / 'val.json'} holds no slices to evaluate.")
 
-        metrics = {"checkpoint": str(self.ckpt_file), "target": self.target, "channels": {}}
+        metrics = {"checkpoint": str(self.ckpt_file), "target": self.target, "datalist": self.datalist, "channels": {}}
         for name in self.channels:
             per = [{"volume_id": r["volume_id"], "slice_index": r["slice_index"], "tp": r[f"{name}_tp"],
                     "pred_pixels": r[f"{name}_pred_pixels"], "true_pixels": r[f"{name}_true_pixels"]} for r in rows]

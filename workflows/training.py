@@ -118,6 +118,19 @@ def check_training_settings(dataset_dir: str | os.PathLike, chunk=None, spatial_
                                         "split?); convert and split again, or restore it.")
 
 
+def read_datalist(path: str | os.PathLike) -> list[dict]:
+    """The entries of a list ``workflows.split`` wrote, whichever its key (``training``, ``validation`` or
+    ``testing``), with paths made absolute as MONAI's ``load_decathlon_datalist`` makes them."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: name a list workflows.split wrote (val.json, val_balanced.json, "
+                                "test.json with --test-fraction or --test-volumes).")
+    keys = [k for k in json.loads(path.read_text()) if k in ("training", "validation", "testing")]
+    if len(keys) != 1:
+        raise ValueError(f"{path}: expected one list (training, validation or testing), found {keys or 'none'}.")
+    return load_decathlon_datalist(path, data_list_key=keys[0])
+
+
 def target_of(dataset_dir: str | os.PathLike) -> str:
     """The target the lists in ``dataset_dir`` were built for (``liver``, ``tumor`` or ``both``)."""
     return read_split(dataset_dir)["target"]

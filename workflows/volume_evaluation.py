@@ -16,13 +16,18 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from monai.data import MetaTensor  # noqa: E402
+
 from transforms import LoadScan, check_label_grid, check_lits_labels, is_nifti, nifti_stem, to_canonical  # noqa: E402
+from transforms.dicom_seg import is_dicom_seg  # noqa: E402
+from transforms.loading import LoadLabeld  # noqa: E402
+from workflows.discovery import seg_labels_of  # noqa: E402
 from workflows.atomic import write_csv_atomic, write_json_atomic  # noqa: E402
 from workflows.pictures import save_figure  # noqa: E402
 from workflows.slice_set import volume_sort_key  # noqa: E402
 from workflows.volume_metrics import case_metrics, flatten_case, summarise_cases  # noqa: E402
 
-__all__ = ["pair_files", "evaluate_volumes"]
+__all__ = ["pair_files", "load_truth", "evaluate_volumes"]
 
 _ID_PATTERNS = (re.compile(r"^segmentation-(.+)$"), re.compile(r"^(?:volume-)?(.+)_seg$"))
 
@@ -54,10 +59,33 @@ def pair_files(pred_dir: str | os.PathLike, truth_dir: str | os.PathLike) -> tup
     return [(i, preds[i], truths[i]) for i in common], notes
 
 
+def load_truth(path: str | os.PathLike, loader: LoadScan) -> MetaTensor:
+    """A ground-truth label map: a NIfTI file, or a DICOM series folder labelled by DICOM SEG objects beside or
+    inside it (made by another tool; placed on the series' grid as conversion places them)."""
+    path = Path(path)
+    if path.is_dir():
+        segs = seg_labels_of(path)
+        if not segs:
+            raise ValueError(f"{path}: no DICOM SEG labels this series (beside it or inside it); give the truth as a "
+                             "NIfTI label map or put its SEG objects beside the series folder.")
+        return LoadLabeld(keys="label")({"image": LoadScan()(path), "label": list(segs)})["label"]
+    if is_dicom_seg(path):
+        raise ValueError(f"{path}: a DICOM SEG is read on its series' grid: give --truth the series folder it labels "
+                         "(the SEG beside it), not the SEG file.")
+    return loader(path)
+
+
 def evaluate_volumes(pred_dir: str | os.PathLike, truth_dir: str | os.PathLike, out_dir: str | os.PathLike,
                      slice_metrics: str | os.PathLike | None = None, progress: bool = True) -> dict:
-    """Evaluate every pair, write the report, return the summary."""
-    pairs, notes = pair_files(pred_dir, truth_dir)
+    """Evaluate every pair, write the report, return the summary. ``pred_dir`` may be one prediction file, then
+    ``truth_dir`` is its truth: a NIfTI label map or a DICOM series folder with its SEG objects."""
+    if Path(pred_dir).is_file():
+        for given, name in ((pred_dir, "--pred"), (truth_dir, "--truth")):
+            if not Path(given).exists():
+                raise FileNotFoundError(f"{name} {given}: no such file or folder.")
+        pairs, notes = [(_volume_id(Path(pred_dir)), Path(pred_dir), Path(truth_dir))], []
+    else:
+        pairs, notes = pair_files(pred_dir, truth_dir)
     say = tqdm.write if progress else (lambda *_: None)
     for note in notes:
         say(note)
@@ -67,7 +95,7 @@ def evaluate_volumes(pred_dir: str | os.PathLike, truth_dir: str | os.PathLike, 
     rows, failed = [], {}
     for volume_id, pred_path, truth_path in tqdm(pairs, desc="evaluating", unit="case", disable=not progress):
         try:  # a bad pair is reported and skipped; the others are evaluated
-            pred, truth = to_canonical(loader(pred_path)), to_canonical(loader(truth_path))
+            pred, truth = to_canonical(loader(pred_path)), to_canonical(load_truth(truth_path, loader))
             check_label_grid(pred, truth)
             for label, path in ((pred, pred_path), (truth, truth_path)):
                 check_lits_labels(label, path)

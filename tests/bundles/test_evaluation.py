@@ -8,7 +8,7 @@ from monai.bundle import ConfigWorkflow
 from workflows.bundle import BundleCommandError
 from workflows.slice_evaluation import REFERENCE_RESULT, slice_counts, summarise
 
-from .conftest import EVALUATE, TINY, TRAIN
+from .conftest import EVALUATE, TINY, TRAIN, make_lists
 
 import numpy as np
 
@@ -94,3 +94,20 @@ def test_evaluating_without_a_checkpoint_says_what_to_do(lists, tmp_path):
     workflow.initialize()
     with pytest.raises(BundleCommandError, match="model.pt not found: train first"):
         workflow.run()
+
+
+def test_the_test_list_is_scored_on_its_own_volumes(tmp_path):
+    lists = make_lists(tmp_path / "data", test_fraction=0.2)
+    split = json.loads((lists / "split.json").read_text())
+    assert split["volumes"]["test"] and (lists / "test.json").exists()
+    _train(lists, tmp_path / "models")
+    workflow = ConfigWorkflow(config_file=[TRAIN, EVALUATE], workflow_type="train", run_id="evaluating",
+                              **{"dataset_dir": str(lists), "ckpt_dir": str(tmp_path / "models"), "progress": False,
+                                 "output_dir": str(tmp_path / "eval_test"), "val_datalist": "test.json",
+                                 "evaluation_samples": 1})
+    workflow.initialize()
+    metrics = workflow.run()[0]
+    workflow.finalize()
+    test = json.loads((lists / "test.json").read_text())["testing"]
+    assert metrics["datalist"] == "test.json" and metrics["channels"]["liver"]["honest"]["slices"] == len(test)
+    assert metrics["volumes"]["cases"] == len(split["volumes"]["test"])

@@ -163,3 +163,25 @@ def test_real_2d_set_with_lesions_converts_with_its_label_map(real_data, tmp_pat
     cases = {r["volume_id"] for r in rows}
     assert {f"liver_png_2d-{k}" for k in range(8)} <= cases
     assert sum(int(r["tumor_pixels"]) > 0 for r in rows if r["volume_id"].startswith("liver_png_2d-")) == 500
+
+
+def test_evaluate_pairs_one_prediction_with_a_series_and_its_seg(tmp_path, capsys):
+    import nibabel as nib
+
+    from workflows.evaluate import main
+    study, _, label = _study_with_seg(tmp_path)
+    affine = LoadScan()(study / "EQP").affine.numpy()
+    nib.save(nib.Nifti1Image(label, affine), tmp_path / "EQP_seg.nii.gz")
+    half = label.copy()
+    half[:, :, : label.shape[2] // 2] = 0
+    nib.save(nib.Nifti1Image(half, affine), tmp_path / "half_seg.nii.gz")
+    assert main(["--pred", str(tmp_path / "EQP_seg.nii.gz"), "--truth", str(study / "EQP"),
+                 "--output", str(tmp_path / "exact")]) == 0
+    summary = __import__("json").loads((tmp_path / "exact" / "summary.json").read_text())
+    assert summary["liver"]["dice_per_case"]["mean"] == pytest.approx(1.0)
+    assert summary["tumour"]["dice_per_case"]["mean"] == pytest.approx(1.0)
+    main(["--pred", str(tmp_path / "half_seg.nii.gz"), "--truth", str(study / "EQP"), "--output", str(tmp_path / "half")])
+    assert __import__("json").loads((tmp_path / "half" / "summary.json").read_text())["liver"]["dice_per_case"]["mean"] < 0.95
+    with pytest.raises(SystemExit):
+        main(["--pred", str(tmp_path / "EQP_seg.nii.gz"), "--truth", str(study / "EQP_ManualROI.dcm")])
+    assert "give --truth the series folder" in capsys.readouterr().err
