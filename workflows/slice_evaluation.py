@@ -35,7 +35,7 @@ from monai.engines import SupervisedEvaluator  # noqa: E402
 from transforms import TARGET_CHANNELS, target_to_lits  # noqa: E402
 from workflows.atomic import write_csv_atomic, write_json_atomic  # noqa: E402
 from workflows.pictures import overlay, save_figure  # noqa: E402
-from workflows.slice_set import read_manifest, volume_sort_key  # noqa: E402
+from workflows.slice_set import MANIFEST_NAME, read_manifest, volume_sort_key  # noqa: E402
 from workflows.splitting import slices_dirs_of  # noqa: E402
 from workflows.training import read_datalist  # noqa: E402
 from workflows.volume_metrics import case_metrics, dice_score, flatten_case, iou_score, summarise_cases  # noqa: E402
@@ -192,8 +192,10 @@ class SliceEvaluation:
         rows: list[dict] = []
         pictures: dict[tuple[str, int], tuple] = {}
         evaluated = {str(e["volume_id"]) for e in read_datalist(self.dataset_dir / self.datalist)}
-        volumes = VolumeAssembler(self.dataset_dir, self.target, evaluated) \
-            if (self.dataset_dir / "split.json").exists() else None
+        # whole volumes need the slice sets' manifests (lists imported from the reference point at bare JPGs)
+        with_manifests = (self.dataset_dir / "split.json").exists() and all(
+            (d / MANIFEST_NAME).exists() for d in slices_dirs_of(self.dataset_dir))
+        volumes = VolumeAssembler(self.dataset_dir, self.target, evaluated) if with_manifests else None
 
         def collect(engine) -> None:
             for item, out in zip(engine.state.batch, engine.state.output):

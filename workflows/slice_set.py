@@ -16,13 +16,16 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import MapTransform
 
 from workflows.atomic import csv_text, write_text_atomic
 
 __all__ = [
     "MANIFEST_COLUMNS", "MANIFEST_NAME", "IMAGE_SUFFIXES", "slice_name", "parse_slice_name", "volume_sort_key",
     "manifest_rows_to_csv",
-    "read_manifest", "write_manifest", "grey_of", "read_mask", "Slice2D", "find_2d_sets",
+    "read_manifest", "write_manifest", "grey_of", "read_mask", "LoadMaskd", "Slice2D", "find_2d_sets",
 ]
 
 MANIFEST_NAME = "manifest.csv"
@@ -145,6 +148,19 @@ def read_mask(path: str | os.PathLike, with_kind: bool = False,
         mask = mask > (full if full is not None else mask.max()) / 2
     labels = mask.astype(np.uint8)
     return (labels, binary) if with_kind else labels
+
+
+class LoadMaskd(MapTransform):
+    """Load 2D masks as :func:`read_mask` reads them (LiTS labels; a Kaggle JPG mask thresholded at half range, a
+    binary 0/255 mask as liver), as float32 ``(1, rows, columns)``: the mask half of the bundle's slice loading."""
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            path = d[key]
+            d[key] = MetaTensor(torch.as_tensor(read_mask(path)[None], dtype=torch.float32),
+                                meta={"filename_or_obj": str(path)})
+        return d
 
 
 def _label_map_text(label_map: dict[int, int]) -> str:

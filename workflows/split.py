@@ -3,6 +3,7 @@
 ``python -m workflows.split --input SLICES_DIR [--input SLICES_DIR2 ...] --output LISTS_DIR [--target liver|tumor|both]
 [--positives 10000 --negatives 10000] [--val-fraction 0.2] [--test-fraction 0] [--chunk-size 2000] [--seed 0]
 [--val-volumes ID,..] [--test-volumes ID,..] [--groups FILE]``
+``python -m workflows.split --from-reference DIR_WITH_chunk_K.txt --images-root KAGGLE_DIR --output LISTS_DIR``
 
 Patients are split first, so a patient's slices never sit in two splits: a volume's patient is what ``--groups``
 says, else the DICOM PatientID conversion recorded, else the volume itself. Patients with tumour are spread over
@@ -14,6 +15,10 @@ validation volumes, for honest metrics), ``val_balanced.json`` (the reference's 
 ``test.json`` when asked, and ``split.json`` (volumes per split, seed, counts). Entries are
 ``{"image", "label", "volume_id", "slice_index", "positive"}`` with paths relative to LISTS_DIR, the form
 ``monai.data.load_decathlon_datalist`` reads. Same seed and data, same files.
+
+``--from-reference`` imports the reference project's own lists instead (its Windows paths mapped by file name into
+KAGGLE_DIR; ``val*.txt`` becomes the validation list) and reports its patient leak: volumes in training and
+validation, and validation slices with a neighbouring slice in training.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import json
 from pathlib import Path
 
 from workflows.command_line import add_output, interruptible
+from workflows.reference_lists import import_reference_lists
 from workflows.slice_set import read_manifest
 from workflows.splitting import TARGETS, plan_split, read_groups, write_split
 
@@ -67,7 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and the sampling (default 0)")
     parser.add_argument("--groups", help="CSV (volume_id,patient_id) or JSON mapping volume ids to patients, so the "
                                          "volumes of one patient stay in one split (DICOM PatientID is used anyway)")
+    parser.add_argument("--from-reference", metavar="DIR", help="import the reference project's chunk_<k>.txt (and "
+                                                               "val*.txt) lists instead of splitting; needs --images-root")
+    parser.add_argument("--images-root", help="the Kaggle folder (train_images/, train_masks/) those lists name")
     args = parser.parse_args(argv)
+    if args.from_reference:
+        return _import_reference(parser, args)
     given = (args.input or []) + ([args.slices_dir] if args.slices_dir else [])
     if not given or (args.input and args.slices_dir):
         parser.error("give the input as --input PATH (repeated for several slice sets)")
@@ -90,6 +101,24 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(plan.chunks)} chunk(s) of {', '.join(map(str, c['chunk_sizes']))}")
     print(f"validation: {c['val_slices']} slices in val.json, {2 * c['val_balanced']['positive']} in val_balanced.json")
     print(f"wrote {Path(args.output) / 'split.json'}")
+    return 0
+
+
+def _import_reference(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if not args.images_root:
+        parser.error("--from-reference needs --images-root KAGGLE_DIR (the folder its paths point into)")
+    try:
+        report = import_reference_lists(args.from_reference, args.images_root, args.output)
+    except (ValueError, FileNotFoundError) as err:
+        parser.exit(2, f"error: {err}\n")
+    leak = report["leak"]
+    print(f"imported {len(report['chunks'])} chunk(s) of {', '.join(map(str, report['chunks']))} slices and "
+          f"{report['validation_slices']} validation slices into {args.output}")
+    if leak["volumes_in_training_and_validation"]:
+        print(f"LEAK: {leak['volumes_in_training_and_validation']} of the {leak['of_validation_volumes']} validation "
+              f"volumes also train, and {leak['validation_slices_with_a_neighbour_in_training']} validation slices have "
+              "a neighbouring slice in training: scores on this validation list overstate how the model does on new "
+              "patients. For honest numbers, split by patient: python -m workflows.split --input SLICES ...")
     return 0
 
 

@@ -155,3 +155,61 @@ def test_the_old_positional_input_still_works_and_the_input_is_given_once(slice_
         with pytest.raises(SystemExit):
             main(argv)
         assert "--input" in capsys.readouterr().err
+
+
+def _kaggle_layout(root):
+    import cv2
+    import numpy as np
+    for folder in ("train_images/train_images", "train_masks/train_masks"):
+        (root / folder).mkdir(parents=True)
+    for volume in (0, 1, 2):
+        for k in range(6):
+            name = f"volume-{volume}_slice_{k}.jpg"
+            mask = np.zeros((32, 32), np.uint8)
+            if k % 2:
+                mask[8:24, 8:24] = 255
+            cv2.imwrite(str(root / "train_images/train_images" / name), np.full((32, 32), 80 + 20 * (k % 2), np.uint8))
+            cv2.imwrite(str(root / "train_masks/train_masks" / name), mask)
+
+
+def test_the_reference_lists_import_with_their_windows_paths_and_the_leak_is_reported(tmp_path, capsys):
+    _kaggle_layout(tmp_path / "kaggle")
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    windows = "C:\\Users\\me\\LiTS\\train_images\\train_images\\"
+    (reference / "chunk_0.txt").write_text("".join(f"{windows}volume-{v}_slice_{k}.jpg\r\n" for v in (0, 1) for k in range(0, 6, 2)))
+    (reference / "chunk_1.txt").write_text("".join(f"{windows}volume-{v}_slice_{k}.jpg\r\n" for v in (0, 1) for k in (1, 5)))
+    (reference / "val_balanced.txt").write_text(f"{windows}volume-1_slice_3.jpg\n{windows}volume-2_slice_1.jpg\n")
+    lists = tmp_path / "lists"
+    assert main(["--from-reference", str(reference), "--images-root", str(tmp_path / "kaggle"),
+                 "--output", str(lists)]) == 0
+    out = capsys.readouterr().out
+    assert "LEAK: 1 of the 2 validation volumes also train, and 1 validation slices have a neighbouring slice" in out
+    chunk = load_decathlon_datalist(lists / "chunk_1.json", data_list_key="training")
+    assert [(e["volume_id"], e["slice_index"], e["positive"]) for e in chunk][:2] == [("0", 1, True), ("0", 5, True)]
+    assert all(p.endswith(".jpg") for e in chunk for p in (e["image"], e["label"]))
+    assert json.loads((lists / "split.json").read_text())["counts"]["leak"]["volumes"] == ["1"]
+    (reference / "chunk_2.txt").write_text(f"{windows}volume-9_slice_0.jpg\n")
+    with pytest.raises(SystemExit):
+        main(["--from-reference", str(reference), "--images-root", str(tmp_path / "kaggle"), "--output", str(lists)])
+    assert "volume-9_slice_0.jpg" in capsys.readouterr().err
+
+
+def test_the_bundle_trains_on_imported_reference_lists(tmp_path):
+    from monai.bundle import ConfigWorkflow
+    from workflows.bundle import config_file
+    _kaggle_layout(tmp_path / "kaggle")
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    (reference / "chunk_0.txt").write_text("".join(f"D:\\lits\\volume-{v}_slice_{k}.jpg\n" for v in (0, 1) for k in range(6)))
+    (reference / "val.txt").write_text("".join(f"D:\\lits\\volume-2_slice_{k}.jpg\n" for k in range(6)))
+    assert main(["--from-reference", str(reference), "--images-root", str(tmp_path / "kaggle"),
+                 "--output", str(tmp_path / "lists")]) == 0
+    workflow = ConfigWorkflow(config_file=config_file("train"), workflow_type="train", run_id="training",
+                              **{"dataset_dir": str(tmp_path / "lists"), "ckpt_dir": str(tmp_path / "models"),
+                                 "spatial_size": 32, "network_def#channels": [4, 8, 16, 32], "epochs_per_chunk": 1,
+                                 "progress": False})
+    workflow.initialize()
+    log = workflow.run()[0]
+    workflow.finalize()
+    assert [e["chunk"] for e in log] == [0] and (tmp_path / "models" / "model.pt").exists()
