@@ -142,6 +142,8 @@ def find_volume_sources(root: str | os.PathLike, label: str | os.PathLike | None
                           if p.exists()), None)
         if root.is_dir():
             segs = () if label else seg_labels_of(root)
+            if segs and segs[0].parent == root.parent:  # a series of a study: named with the study, as above
+                volume_id = _clean_id(f"{root.parent.name}_{root.name}")
             return [VolumeSource(volume_id, "dicom", root, Path(label) if label else None, segs=segs,
                                  patient_id=_patient_id(root))], notes
         return [VolumeSource(volume_id, "nifti", root, Path(label) if label else None)], notes
@@ -156,8 +158,10 @@ def find_volume_sources(root: str | os.PathLike, label: str | os.PathLike | None
     for folder in dicom_dirs:
         match = re.fullmatch(r"volume-(.+)", folder.name)
         name = match.group(1) if match else folder.name
-        # series of several studies share names (31_EQP_Ax5.00mm): the study folder's name tells them apart
-        volume_id = _clean_id(name if match or folder.parent in (root, root.parent) else f"{folder.parent.name}_{name}")
+        # series of several studies share names (31_EQP_Ax5.00mm): the study folder's name tells them apart (a
+        # folder holding SEG objects beside its series is a study, even when it is the input itself)
+        in_study = folder.parent not in (root, root.parent) or any(segs[folder]) and segs[folder][0].parent == folder.parent
+        volume_id = _clean_id(name if match or not in_study else f"{folder.parent.name}_{name}")
         inside = sorted(p for p in folder.iterdir() if is_nifti(p))
         beside = [folder.parent / f"segmentation-{name}{ext}" for ext in (".nii.gz", ".nii")]
         found = inside[:1] or [p for p in beside if p.exists()][:1]

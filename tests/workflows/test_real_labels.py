@@ -60,10 +60,10 @@ def _study_with_seg(tmp_path, one_reference=True):
 def test_a_seg_beside_a_study_labels_its_series_and_the_unlabelled_series_is_left_out(tmp_path, capsys):
     study, case, _ = _study_with_seg(tmp_path)
     sources, notes = find_volume_sources(study)
-    assert [(s.volume_id, [p.name for p in s.segs]) for s in sources] == [("EQP", ["EQP_ManualROI.dcm"])]
+    assert [(s.volume_id, [p.name for p in s.segs]) for s in sources] == [("study_EQP", ["EQP_ManualROI.dcm"])]
     assert any("left out" in n and "ARTERIAL" in n for n in notes)
     summary = convert(study, tmp_path / "out", progress=True)
-    assert summary.converted == ["EQP"] and not summary.failed
+    assert summary.converted == ["study_EQP"] and not summary.failed  # the study names its series
     printed = capsys.readouterr().err + capsys.readouterr().out
     rows = _rows(tmp_path / "out")
     # frames placed by position: the canonical masks equal the generated label slice by slice
@@ -95,7 +95,7 @@ def test_a_seg_of_other_organs_only_is_refused_by_name(tmp_path):
         segment.SegmentedPropertyTypeCodeSequence[0].CodeMeaning = "Spleen"
     seg.save_as(study / "EQP_ManualROI.dcm")
     summary = convert(study, tmp_path / "out", progress=False)
-    assert "no segment is liver or tumour" in summary.failed["EQP"] and "Spleen" in summary.failed["EQP"]
+    assert "no segment is liver or tumour" in summary.failed["study_EQP"] and "Spleen" in summary.failed["study_EQP"]
 
 
 def _two_case_set(root, rgb=False, values=(127, 255)):
@@ -147,7 +147,7 @@ def test_jpeg_lossless_dicom_has_a_decoder():
 
 def test_real_hcc_study_converts_its_labelled_series_with_liver_and_tumour(real_data, tmp_path):
     summary = convert(real_data / "hcc_tace_2144", tmp_path / "out", progress=False)
-    assert summary.converted == ["31_EQP_Ax5.00mm"] and not summary.failed
+    assert summary.converted == ["hcc_tace_2144_31_EQP_Ax5.00mm"] and not summary.failed
     rows = _rows(tmp_path / "out")
     liver = sum(int(r["liver_pixels"]) for r in rows)
     tumour = sum(int(r["tumor_pixels"]) for r in rows)
