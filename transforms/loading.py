@@ -268,6 +268,6 @@ class LoadLabeld(MapTransform):
                 raise InvalidScanError(str(err)) from None
             except Exception as err:  # pydicom raises many kinds on a damaged object
                 raise InvalidScanError(f"{path}: cannot be read as a DICOM SEG ({_root_cause(err)}).") from err
-        meta = dict(image.meta)
+        meta = {k: v for k, v in image.meta.items() if k != "affine"}  # the affine is given once, below
         meta.update({"filename_or_obj": str(paths[0]), "seg_notes": notes, "series_notes": []})
         return MetaTensor(label[None].astype(np.float32), affine=image.affine.clone(), meta=meta)

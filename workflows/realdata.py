@@ -1,0 +1,287 @@
+"""The real-data recipe: from real CT that nobody here wrote to a liver + tumour model scored on held-out patients,
+in one command on a laptop CPU.
+
+``python -m workflows.realdata --data ../shared/data/real --output DIR [--minutes 30] [--threads N]``
+
+1. finds the labelled sources under DATA: DICOM studies whose series carry DICOM SEG objects made by another tool
+   (liver and tumour), and 2D slice sets (``images/`` + ``masks/``), reading each 2D set's mask values to choose its
+   label map (0/127/255: liver 127, lesion 255; 0/255: liver only);
+2. converts each into its own slice set (``DIR/slices/<source>``), compares the sources' liver grey levels and says
+   when they disagree; sources that label the liver only (no tumour) are left out, because for a liver + tumour
+   model their tumours would count as absent;
+3. splits by patient (``DIR/lists``): the held-out patients (:data:`RECIPE["test"]`, one of them a DICOM HCC
+   patient) are the test list, one 2D patient validates, the rest train (every slice, tumour slices first);
+4. measures this machine's training speed and trains liver + tumour (``both``) through the bundle for as many
+   epochs as fit in ``--minutes`` (a narrow network at 256x256, augmentation on);
+5. scores the test list with the bundle's ``evaluating`` workflow, segments each held-out DICOM series with the
+   bundle's ``inference`` workflow (mask on the scan's grid, DICOM SEG, overlay) and scores it against its SEG
+   with the LiTS metrics;
+6. writes ``DIR/models/model.pt`` (it carries its settings), ``DIR/summary.json`` and pictures.
+
+Rerunning carries on: converted volumes, trained epochs (progress checkpoints) and finished files are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from workflows.command_line import add_output, interruptible
+
+__all__ = ["RECIPE", "find_real_sources", "main"]
+
+#: What the recipe trains and holds out. The test list holds a DICOM HCC patient with a real tumour (~4,000 voxels)
+#: and a 2D patient; ``original_rgb`` is case 0 of ``liver_png_2d`` as published (512 RGB): one patient.
+RECIPE = {
+    "test": ["hcc_tace_2144_31_EQP_Ax5.00mm", "liver_png_2d-7"],
+    "val": ["liver_png_2d-6"],
+    "groups": {"original_rgb": "liver_png_2d-0", "liver_png_2d-0": "liver_png_2d-0"},
+    "overrides": {
+        "spatial_size": 256,
+        "network_def#channels": [16, 32, 64, 128],
+        "batch_size": 4,
+        "learning_rate": 0.001,
+        "lr_scheduler#gamma": 0.92,
+        "checkpoint_every": 50,
+        "augment": True,
+    },
+    "max_epochs": 40,
+}
+
+
+def _mask_values(masks_dir: Path, probe: int = 40) -> set[int]:
+    values: set[int] = set()
+    files = sorted(p for p in masks_dir.rglob("*") if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    for path in files[:: max(1, len(files) // probe)]:
+        mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        if mask is not None:
+            values |= set(np.unique(mask).tolist())
+    return values
+
+
+def find_real_sources(data: Path) -> tuple[list[dict], list[str]]:
+    """The labelled sources directly under ``data`` (``{"name", "path", "kind", "label_map"}``) and notes on the
+    folders left out."""
+    from workflows.discovery import find_volume_sources
+
+    sources, notes = [], []
+    for folder in sorted(p for p in data.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        found, _ = find_volume_sources(folder)
+        studies = [s for s in found if s.kind == "dicom" and s.segs]
+        sets = [s for s in found if s.kind == "2d" and s.labelled]
+        if studies:
+            sources.append({"name": folder.name, "path": folder, "kind": "DICOM study with SEG", "label_map": None})
+        elif sets:
+            values = _mask_values(sets[0].slices[0].mask.parent)
+            label_map = {127: 1, 255: 2} if {127, 255} <= values else None
+            sources.append({"name": folder.name, "path": folder, "kind": "2D set", "label_map": label_map})
+        else:
+            notes.append(f"left out {folder.name}: no DICOM SEG or 2D masks (labels made by a model, or none)")
+    return sources, notes
+
+
+def _training_speed(overrides: dict, out_channels: int = 2, iterations: int = 4) -> float:
+    """Images per second of one training step at the recipe's network size on this machine (a short probe)."""
+    import torch
+
+    from networks import BCEDiceLoss, ThreeLevelUNet
+
+    size, batch = overrides["spatial_size"], overrides["batch_size"]
+    network = ThreeLevelUNet(spatial_dims=2, in_channels=1, out_channels=out_channels,
+                             channels=overrides["network_def#channels"])
+    optimizer, loss = torch.optim.Adam(network.parameters(), 1e-3), BCEDiceLoss()
+    x, y = torch.rand(batch, 1, size, size), (torch.rand(batch, out_channels, size, size) > 0.5).float()
+    for step in range(iterations + 1):
+        if step == 1:
+            started = time.perf_counter()
+        optimizer.zero_grad()
+        loss(network(x), y).backward()
+        optimizer.step()
+    return iterations * batch / (time.perf_counter() - started)
+
+
+def _f(value, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+@interruptible
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m workflows.realdata", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="folder of real sources (../shared/data/real)")
+    add_output(parser, "working folder", required=True)
+    parser.add_argument("--minutes", type=float, default=30.0, help="training budget in minutes (default 30)")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: the cores)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the split and the training (0)")
+    args = parser.parse_args(argv)
+    data, out = Path(args.data), Path(args.output).resolve()
+    if not data.is_dir():
+        parser.exit(2, f"error: --data {data}: no such folder (the real samples live in ../shared/data/real).\n")
+    if args.minutes <= 0:
+        parser.exit(2, f"error: --minutes must be positive, got {args.minutes}.\n")
+
+    from monai.bundle import run as run_bundle
+
+    from workflows.atomic import write_json_atomic
+    from workflows.bundle import config_file
+    from workflows.conversion import ConvertSettings, convert
+    from workflows.grey_levels import disagreeing_sources, read_grey_levels, source_groups
+    from workflows.pictures import save_figure
+    from workflows.split import read_slice_sets
+    from workflows.splitting import plan_split, write_split
+    from workflows.threads import set_threads
+    from workflows.volume_evaluation import evaluate_volumes
+
+    started, cpu_started = time.time(), time.process_time()
+    threads = set_threads(args.threads)
+    print(f"real-data recipe in {out} ({threads} torch thread(s))")
+
+    print("\n== 1/6 finding labelled sources")
+    sources, notes = find_real_sources(data)
+    for note in notes:
+        print(note)
+    for source in sources:
+        shown = ",".join(f"{k}:{v}" for k, v in (source["label_map"] or {}).items()) or "as found"
+        print(f"{source['name']}: {source['kind']} (label map {shown})")
+
+    print("\n== 2/6 converting each source into its own slice set")
+    kept, left_out = [], {}
+    for source in sources:
+        target = out / "slices" / source["name"]
+        summary = convert(source["path"], target, ConvertSettings(label_map=source["label_map"]), progress=False)
+        if summary.failed:
+            print(f"{source['name']}: {len(summary.failed)} volume(s) failed: {summary.failed}")
+        rows = read_slice_sets([str(target)])
+        tumour = [r["tumor_pixels"] for r in rows if r["mask"]]
+        if not tumour or all(t is None for t in tumour) or not any(tumour):
+            left_out[source["name"]] = "labels the liver only: for a liver + tumour model its tumours would count as absent"
+            print(f"left out {source['name']}: {left_out[source['name']]}")
+            continue
+        kept.append(target)
+        print(f"{source['name']}: {len({r['volume_id'] for r in rows})} volume(s), {len(rows)} slices, "
+              f"{sum(bool(t) for t in tumour)} with tumour")
+    records = {v: r for d in (out / "slices").iterdir() if d.is_dir() for v, r in read_grey_levels(d).items()}
+    groups = source_groups(records)
+    for name, group in groups.items():
+        print(f"liver grey level {_f(group['liver_median'], 0)} in {name} ({group['window']})")
+    everything = disagreeing_sources(groups)
+    kept_groups = source_groups({v: r for d in kept for v, r in read_grey_levels(d).items()})
+    if everything:
+        print(f"WARNING (all sources): {everything}")
+    if disagreeing_sources(kept_groups):
+        print(f"WARNING (sources trained on): {disagreeing_sources(kept_groups)}")
+    elif everything:
+        print("the sources trained on agree; the disagreeing ones are among those left out")
+
+    print("\n== 3/6 splitting by patient")
+    rows = read_slice_sets([str(d) for d in kept])
+    present = {r["volume_id"] for r in rows}
+    test, val = [v for v in RECIPE["test"] if v in present], [v for v in RECIPE["val"] if v in present]
+    groups_present = {k: v for k, v in RECIPE["groups"].items() if k in present}
+    plan = plan_split(rows, target="both", positives=10**9, negatives=10**9, seed=args.seed, val_volumes=val or None,
+                      test_volumes=test or None, val_fraction=0.15, test_fraction=0.15, chunk_size=10**9,
+                      val_balanced=400, groups=groups_present)
+    write_split(plan, out / "lists", kept)
+    for message in plan.messages:
+        print(message)
+    used = plan.counts["train_used"]
+    print(f"train {plan.volumes['train']}; validation {plan.volumes['val']}; test {plan.volumes['test']}")
+    print(f"training on {used['positive']} slices with liver ({used['with_tumour']} with tumour) and "
+          f"{used['negative']} without")
+
+    print("\n== 4/6 training liver + tumour through the bundle")
+    overrides = {"dataset_dir": str(out / "lists"), "ckpt_dir": str(out / "models"), "seed": args.seed,
+                 "threads": threads, **RECIPE["overrides"]}
+    speed = _training_speed(RECIPE["overrides"])
+    slices = used["positive"] + used["negative"]
+    epochs = int(max(1, min(RECIPE["max_epochs"], args.minutes * 60 * 0.9 * speed // max(1, slices))))
+    plan_file = out / "models" / "recipe.json"
+    if plan_file.exists():  # a rerun carries on with the plan it started with (checkpoints record the epochs)
+        epochs = int(json.loads(plan_file.read_text())["epochs"])
+    else:
+        plan_file.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(plan_file, {"epochs": epochs, "images_per_second": speed})
+    overrides["epochs_per_chunk"] = epochs
+    print(f"measured {speed:.1f} training images/s at {RECIPE['overrides']['spatial_size']}x"
+          f"{RECIPE['overrides']['spatial_size']}: {epochs} epoch(s) of {slices} slices fit in {args.minutes:g} minutes")
+    train_started = time.time()
+    run_bundle("training", config_file=config_file("train"), progress=False, **overrides)
+    train_minutes = (time.time() - train_started) / 60
+
+    print("\n== 5/6 scoring the held-out patients")
+    run_bundle("evaluating", config_file=[config_file("train"), config_file("evaluate")],
+               **{**overrides, "output_dir": str(out / "eval_test"), "val_datalist": "test.json"})
+    patients = {}
+    for volume_id in plan.volumes["test"]:
+        row = next(r for r in rows if r["volume_id"] == volume_id)
+        series = Path(row["source"])
+        if not series.is_dir():
+            continue  # 2D patients are scored by the evaluating workflow above
+        pred_dir = out / "held_out" / volume_id
+        run_bundle("inference", config_file=config_file("inference"), input=str(series), output_dir=str(pred_dir),
+                   ckpt_file=str(out / "models" / "model.pt"), threads=threads)
+        scored = evaluate_volumes(next(pred_dir.glob("*_seg.nii.gz")), series, pred_dir / "evaluation", progress=False)
+        patients[volume_id] = {
+            "liver_dice": scored["liver"]["dice_per_case"]["mean"], "tumour_dice": scored["tumour"]["dice_per_case"]["mean"],
+            "lesion_recall": scored["lesions"]["recall"], "lesion_precision": scored["lesions"]["precision"],
+            "lesions_true": scored["lesions"]["true"], "liver_assd_mm": scored["liver"]["assd_mm"]["mean"],
+            "where": "bundle inference on the DICOM series, scored against its SEG on the scan's grid"}
+    slice_level = json.loads((out / "eval_test" / "metrics.json").read_text())
+    with open(out / "eval_test" / "volume_metrics.csv", newline="") as handle:
+        for case in csv.DictReader(handle):
+            if case["volume_id"] not in patients:
+                true_lesions = int(float(case.get("lesions_true_lesions") or 0))
+                patients[case["volume_id"]] = {
+                    "liver_dice": float(case["liver_dice"]),
+                    "tumour_dice": float(case["tumour_dice"]) if case.get("tumour_dice") not in (None, "") else None,
+                    "lesion_recall": int(float(case["lesions_found"])) / true_lesions if true_lesions else None,
+                    "lesions_true": true_lesions,
+                    "where": "evaluating workflow on test.json (slices stacked back, at the training size)"}
+
+    print("\n== 6/6 summary")
+    for volume_id, scores in patients.items():
+        print(f"held-out {volume_id}: liver Dice {_f(scores['liver_dice'])}, tumour Dice {_f(scores['tumour_dice'])}, "
+              f"lesion recall {_f(scores.get('lesion_recall'))} ({scores['where']})")
+    summary = {
+        "command": "python -m workflows.realdata " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "threads": threads, "training_images_per_second": round(speed, 2), "epochs": epochs,
+        "training_minutes": round(train_minutes, 1), "wall_minutes": round((time.time() - started) / 60, 1),
+        "cpu_minutes": round((time.process_time() - cpu_started) / 60, 1),
+        "sources": [s["name"] for s in sources], "left_out": {**left_out, **{n.split(":")[0][9:]: n for n in notes}},
+        "split": plan.volumes, "held_out": patients, "slice_level_test": slice_level["channels"],
+        "model": str(out / "models" / "model.pt"), "settings": RECIPE["overrides"],
+    }
+    write_json_atomic(out / "summary.json", json.loads(json.dumps(summary, default=str)))
+    _picture(patients, out / "held_out_dice.png", save_figure)
+    print(f"training {train_minutes:.1f} min, whole recipe {summary['wall_minutes']} min wall, "
+          f"{summary['cpu_minutes']} CPU-min; model {out / 'models' / 'model.pt'}; summary {out / 'summary.json'}; "
+          f"pictures {out / 'held_out'} (overlays) and {out / 'held_out_dice.png'}")
+    return 0
+
+
+def _picture(patients: dict, path: Path, save_figure) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ids = list(patients)
+    x = np.arange(len(ids))
+    fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(ids)), 3.6))
+    ax.bar(x - 0.2, [patients[i]["liver_dice"] or 0 for i in ids], 0.4, color="tab:green", label="liver")
+    ax.bar(x + 0.2, [patients[i]["tumour_dice"] or 0 for i in ids], 0.4, color="tab:red", label="tumour")
+    ax.set_xticks(x, ids, fontsize=7)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("Dice per held-out patient")
+    ax.legend()
+    save_figure(fig, path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
