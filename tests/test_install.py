@@ -16,7 +16,7 @@ def test_the_packages_import_from_another_folder(tmp_path):
 
 
 COMMANDS = ["liver-ct-convert", "liver-ct-explore", "liver-ct-split", "liver-ct-evaluate", "liver-ct-infer",
-            "liver-ct-synthetic", "liver-ct-quickstart"]
+            "liver-ct-synthetic", "liver-ct-quickstart", "liver-ct-realdata"]
 
 
 def _installed(command):
