@@ -61,3 +61,36 @@ def test_the_thread_budget_divides_the_cores_and_takes_an_explicit_count():
             set_threads("many")
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_resume_with_another_thread_count_says_the_weights_will_differ(lists, tmp_path):
+    import logging
+
+    from monai.bundle import ConfigWorkflow
+
+    from .conftest import TINY
+
+    class Lines(logging.Handler):  # the bundle's logging.conf replaces handlers: listen on the logger itself
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.text = ""
+
+        def emit(self, record):
+            self.text += record.getMessage() + "\n"
+
+    lines = Lines()
+    before = torch.get_num_threads()
+    try:
+        for chunk, threads in ((0, 1), (1, 2)):
+            workflow = ConfigWorkflow(config_file=TRAIN, workflow_type="train", run_id="training",
+                                      **{**TINY, "dataset_dir": str(lists), "ckpt_dir": str(tmp_path),
+                                         "chunk": chunk, "threads": threads})
+            workflow.initialize()
+            logging.getLogger("liver_ct.training").addHandler(lines)  # after the bundle's logging.conf is applied
+            log = workflow.run()[0]
+            workflow.finalize()
+            assert log[0]["threads"] == threads
+    finally:
+        torch.set_num_threads(before)
+        logging.getLogger("liver_ct.training").removeHandler(lines)
+    assert "was trained with 1 thread(s), this run uses 2" in lines.text and "--threads 1" in lines.text

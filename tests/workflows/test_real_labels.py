@@ -185,3 +185,13 @@ def test_evaluate_pairs_one_prediction_with_a_series_and_its_seg(tmp_path, capsy
     with pytest.raises(SystemExit):
         main(["--pred", str(tmp_path / "EQP_seg.nii.gz"), "--truth", str(study / "EQP_ManualROI.dcm")])
     assert "give --truth the series folder" in capsys.readouterr().err
+
+
+def test_the_recipe_finds_the_real_sources_with_their_label_maps(real_data):
+    from workflows.realdata import find_real_sources
+    sources, notes = find_real_sources(real_data)
+    found = {s["name"]: s for s in sources}
+    assert {"hcc_tace_0697", "hcc_tace_2022", "hcc_tace_2144", "liver_png_2d", "chaos_ct_p1"} <= set(found)
+    assert found["liver_png_2d"]["label_map"] == {127: 1, 255: 2} and found["chaos_ct_p1"]["label_map"] is None
+    assert found["hcc_tace_2144"]["kind"] == "DICOM study with SEG"
+    assert any("totalseg_example" in n for n in notes)
