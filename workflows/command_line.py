@@ -8,7 +8,10 @@ import functools
 import sys
 from collections.abc import Callable
 
-__all__ = ["add_input", "add_output", "input_of", "interruptible"]
+__all__ = ["TARGETS", "add_input", "add_output", "add_threads", "input_of", "interruptible"]
+
+#: what a model segments (``transforms.TARGET_CHANNELS``'s keys), spelled here so ``--help`` needs no torch
+TARGETS = ("liver", "tumor", "both")
 
 
 def add_input(parser: argparse.ArgumentParser, help: str, positional: str | None = None) -> None:
@@ -24,6 +27,19 @@ def input_of(parser: argparse.ArgumentParser, args: argparse.Namespace, position
     if len(given) != 1:
         parser.error("give the input once, as --input PATH" if given else "the following arguments are required: --input")
     return given[0]
+
+
+def add_threads(parser: argparse.ArgumentParser) -> None:
+    """``--threads N``: torch's threads in this process (0, the default: the cores divided by the processes the
+    command runs)."""
+    parser.add_argument("--threads", type=_thread_count, default=0,
+                        help="torch threads in this process (default 0: the cores divided by the processes it runs)")
+
+
+def _thread_count(text: str) -> int:
+    if not text.strip().isdigit():
+        raise argparse.ArgumentTypeError(f"a whole number >= 0 (0: the cores divided by the processes), got {text!r}")
+    return int(text)
 
 
 def add_output(parser: argparse.ArgumentParser, help: str, old: tuple[str, ...] = ("--out",), **kwargs) -> None:

@@ -25,7 +25,7 @@ from monai.transforms import Resize
 from tqdm import tqdm
 
 from transforms import (
-    LITS_LABELS, AxialSlicesd, InvalidScanError, canonical_grey, liver_mask,
+    LITS_LABELS, TARGET_CHANNELS, AxialSlicesd, InvalidScanError, canonical_grey, liver_mask,
     tumour_mask, unwrap_transform_error, window_range,
 )
 from workflows.atomic import remove_stale_temporaries, write_bytes_atomic, write_json_atomic
@@ -39,7 +39,7 @@ from workflows.slice_set import (
 
 __all__ = ["TARGETS", "ConvertSettings", "ConvertSummary", "convert"]
 
-TARGETS = ("liver", "tumor", "both")
+TARGETS = tuple(TARGET_CHANNELS)
 PARTS_DIR = ".parts"
 SETTINGS_NAME = "convert.json"
 

@@ -25,9 +25,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from transforms import parse_label_map, window_range
-from workflows.command_line import add_output, interruptible
-from workflows.conversion import TARGETS, ConvertSettings, convert
+from workflows.command_line import TARGETS, add_output, add_threads, interruptible
 
 
 @interruptible
@@ -48,8 +46,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=("png", "jpg"), help="image format (default png; a 2D set keeps its own)")
     parser.add_argument("--workers", type=int, default=1, help="volumes converted in parallel (default 1)")
     parser.add_argument("--size", type=int, help="resize slices to SIZE x SIZE (default: keep the scan's matrix)")
+    add_threads(parser)
     args = parser.parse_args(argv)
+    # the library (torch, MONAI: seconds of imports) only after --help and argument errors
+    from transforms import parse_label_map, window_range
+    from workflows.conversion import ConvertSettings, convert
+    from workflows.threads import set_threads
+
     try:
+        set_threads(args.threads, max(1, args.workers))
         settings = ConvertSettings(
             target=args.target, window=None if args.window_hu else args.window,
             window_hu=tuple(args.window_hu) if args.window_hu else None, format=args.format, size=args.size,

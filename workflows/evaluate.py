@@ -18,8 +18,7 @@ import sys
 
 from pathlib import Path
 
-from workflows.command_line import add_output, interruptible
-from workflows.volume_evaluation import evaluate_volumes
+from workflows.command_line import add_output, add_threads, interruptible
 
 
 def _fmt(entry: dict | float | None) -> str:
@@ -35,7 +34,12 @@ def main(argv: list[str] | None = None) -> int:
                                                        "truth: a NIfTI label map or a DICOM series folder with its SEG")
     add_output(parser, "report folder (default: PRED/evaluation)", default=None)
     parser.add_argument("--slice-metrics", help="metrics.json of the bundle's evaluating workflow, shown beside")
+    add_threads(parser)
     args = parser.parse_args(argv)
+    from workflows.threads import set_threads
+    from workflows.volume_evaluation import evaluate_volumes  # after --help
+
+    set_threads(args.threads)
     pred = Path(args.pred)
     out = args.output or str((pred.parent if pred.is_file() else pred) / "evaluation")
     try:

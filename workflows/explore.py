@@ -12,8 +12,7 @@ import sys
 
 from pathlib import Path
 
-from workflows.command_line import add_input, add_output, input_of, interruptible
-from workflows.exploration import explore
+from workflows.command_line import add_input, add_output, add_threads, input_of, interruptible
 
 
 @interruptible
@@ -23,7 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     add_output(parser, "report folder", required=True)
     parser.add_argument("--max-images", type=int, default=400, help="slices sampled for pixel statistics (400)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples shown (default 0)")
+    add_threads(parser)
     args = parser.parse_args(argv)
+    from workflows.exploration import explore  # matplotlib, torch: after --help
+    from workflows.threads import set_threads
+
+    set_threads(args.threads)
     try:
         summary = explore(input_of(parser, args, "slices_dir"), args.output, args.max_images, args.seed)
     except (ValueError, FileNotFoundError) as err:

@@ -16,9 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from workflows.command_line import interruptible
-
-TARGETS = ("liver", "tumor", "both")
+from workflows.command_line import TARGETS, add_threads, interruptible
 
 
 @interruptible
@@ -37,13 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-tumour-mm3", type=float, default=10.0, help="drop smaller tumour specks (10 mm³)")
     parser.add_argument("--deidentify", action="store_true",
                         help="outputs named scan-001, ... and no file names, series notes or DICOM SEG in them")
+    add_threads(parser)
     args = parser.parse_args(argv)
 
     from workflows.bundle import run_workflow  # after --help: the bundle's imports take seconds
     from workflows.inference import SomeScansFailed
 
     settings = {"input": args.input, "output_dir": args.output, "ckpt_file": args.model,
-                "min_tumour_mm3": args.min_tumour_mm3, "deidentify": args.deidentify}
+                "min_tumour_mm3": args.min_tumour_mm3, "deidentify": args.deidentify, "threads": args.threads}
     given = {"target": args.target, "spatial_size": args.spatial_size,
              "network_def#channels": list(args.channels) if args.channels else None}
     settings.update({key: value for key, value in given.items() if value is not None})  # else the model file's

@@ -17,17 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-import nibabel as nib
-from monai.bundle import run as run_bundle
-
-from workflows.bundle import config_file
-from workflows.command_line import add_output, interruptible
-from workflows.conversion import convert
-from workflows.exploration import explore
-from workflows.slice_set import read_manifest
-from workflows.splitting import plan_split, write_split
-from workflows.synthetic_cases import generate_case, generate_dataset
-from workflows.volume_evaluation import evaluate_volumes
+from workflows.command_line import add_output, add_threads, interruptible
 
 __all__ = ["QUICK_SETTINGS", "main"]
 
@@ -76,7 +66,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workflows.quickstart", description=__doc__.split("\n\n")[0])
     add_output(parser, "working folder (default ./quickstart)", default="quickstart")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated data and the training (0)")
+    add_threads(parser)
     args = parser.parse_args(argv)
+    # the library (torch, MONAI: seconds of imports) only after --help and argument errors
+    import nibabel as nib
+    from monai.bundle import run as run_bundle
+
+    from workflows.bundle import config_file
+    from workflows.conversion import convert
+    from workflows.exploration import explore
+    from workflows.slice_set import read_manifest
+    from workflows.splitting import plan_split, write_split
+    from workflows.synthetic_cases import generate_case, generate_dataset
+    from workflows.threads import set_threads
+    from workflows.volume_evaluation import evaluate_volumes
+
+    threads = set_threads(args.threads)
     out = Path(args.output).resolve()
     s = QUICK_SETTINGS
     started = time.time()
@@ -112,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(plan.chunks)} chunks of {plan.counts['chunk_sizes']} slices")
 
     overrides = {"dataset_dir": str(out / "lists"), "ckpt_dir": str(out / "models"), "seed": args.seed,
-                 **s["overrides"]}
+                 "threads": threads, **s["overrides"]}
     _step("5/7 training every chunk through the bundle")
     print("same as: " + _command("training", [train_config], overrides))
     run_bundle("training", config_file=train_config, progress=False, **overrides)
@@ -131,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         nib.save(held_out.stored_image(array), folder / f"{name}-{held_out.index}.nii.gz")
     inference_config = config_file("inference")
     inference_overrides = {"input": str(out / "held_out" / "scan"), "output_dir": str(out / "held_out" / "pred"),
-                           "ckpt_file": str(out / "models" / "model.pt")}  # the model file carries its settings
+                           "ckpt_file": str(out / "models" / "model.pt"), "threads": threads}  # the model file carries its settings
     print("same as: " + _command("inference", [inference_config], inference_overrides))
     run_bundle("inference", config_file=inference_config, **inference_overrides)
     volume = evaluate_volumes(out / "held_out" / "pred", out / "held_out" / "truth", out / "held_out" / "evaluation",

@@ -33,7 +33,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from workflows.command_line import add_output, interruptible
+from workflows.command_line import add_output, add_threads, interruptible
 
 __all__ = ["RECIPE", "find_real_sources", "main"]
 
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", required=True, help="folder of real sources (../shared/data/real)")
     add_output(parser, "working folder", required=True)
     parser.add_argument("--minutes", type=float, default=30.0, help="training budget in minutes (default 30)")
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: the cores)")
+    add_threads(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and the training (0)")
     args = parser.parse_args(argv)
     data, out = Path(args.data), Path(args.output).resolve()

@@ -29,14 +29,13 @@ import sys
 import json
 from pathlib import Path
 
-from workflows.command_line import add_output, interruptible
-from workflows.reference_lists import import_reference_lists
-from workflows.slice_set import read_manifest
-from workflows.splitting import TARGETS, plan_split, read_groups, write_split
+from workflows.command_line import TARGETS, add_output, interruptible
 
 
 def read_slice_sets(slices_dirs: list[str]) -> list[dict]:
     """The manifest rows of every slice set; a volume id found in two sets is refused by name."""
+    from workflows.slice_set import read_manifest
+
     rows, where = [], {}
     for slices_dir in slices_dirs:
         for row in read_manifest(slices_dir):
@@ -77,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
                                                                "val*.txt) lists instead of splitting; needs --images-root")
     parser.add_argument("--images-root", help="the Kaggle folder (train_images/, train_masks/) those lists name")
     args = parser.parse_args(argv)
+    from workflows.splitting import plan_split, read_groups, write_split  # after --help
+
     if args.from_reference:
         return _import_reference(parser, args)
     given = (args.input or []) + ([args.slices_dir] if args.slices_dir else [])
@@ -105,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _import_reference(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from workflows.reference_lists import import_reference_lists
+
     if not args.images_root:
         parser.error("--from-reference needs --images-root KAGGLE_DIR (the folder its paths point into)")
     try:

@@ -13,13 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
+from transforms import TARGET_CHANNELS
+
 from workflows.atomic import write_json_atomic
 
 __all__ = ["SPLITS", "TARGETS", "SplitPlan", "patient_groups", "read_groups", "split_volumes", "check_disjoint",
            "plan_split", "write_split", "slices_dirs_of"]
 
 SPLITS = ("train", "val", "test")
-TARGETS = ("liver", "tumor", "both")
+TARGETS = tuple(TARGET_CHANNELS)
 
 
 def _is_positive(row: dict, target: str) -> bool:

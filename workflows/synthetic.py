@@ -14,7 +14,6 @@ import argparse
 import sys
 
 from workflows.command_line import add_output, interruptible
-from workflows.synthetic_cases import generate_dataset
 
 
 @interruptible
@@ -27,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=None, help="slices per case (default: from a 0.7-5 mm thickness)")
     parser.add_argument("--dicom", action="store_true", help="also write each volume as a DICOM CT series")
     args = parser.parse_args(argv)
+    from workflows.synthetic_cases import generate_dataset  # after --help
     if args.cases < 1 or args.size < 16 or args.size % 8 or (args.slices is not None and args.slices < 1):
         parser.error(f"need --cases >= 1, --size a multiple of 8 >= 16, --slices >= 1; got "
                      f"--cases {args.cases} --size {args.size} --slices {args.slices}")

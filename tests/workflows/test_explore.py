@@ -26,7 +26,7 @@ def test_report_counts_match_the_manifest_and_pictures_exist(slice_set, tmp_path
 
 
 def test_two_d_set_without_tumour_labels_says_unknown(real_data, tmp_path, capsys):
-    from workflows.convert import convert
+    from workflows.conversion import convert
 
     convert(real_data / "chaos_ct_p1", tmp_path / "slices", progress=False)
     assert main(["--input", str(tmp_path / "slices"), "--output", str(tmp_path / "report"), "--max-images", "20"]) == 0
