@@ -35,6 +35,7 @@ from monai.transforms import Compose, Invertd, MapTransform  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from networks import ThreeLevelUNet, load_reference_state_dict  # noqa: E402
+from workflows.precision import InferenceNetwork  # noqa: E402
 from transforms import (  # noqa: E402
     TARGET_CHANNELS, InvalidScanError, is_nifti, liver_mask, nifti_stem, target_to_lits, to_canonical, tumour_mask,
     unwrap_transform_error,
@@ -235,7 +236,11 @@ class ScanInference:
 
     def run(self) -> list[dict]:
         if str(self.ckpt_file).endswith(".ts"):  # TorchScript from `python -m monai.bundle ckpt_export`
-            self.evaluator.network = torch.jit.load(self.ckpt_file, map_location=self.evaluator.state.device).eval()
+            scripted = torch.jit.load(self.ckpt_file, map_location=self.evaluator.state.device).eval()
+            if isinstance(self.evaluator.network, InferenceNetwork):  # run it as the checkpoint would run
+                self.evaluator.network.use(scripted)
+            else:
+                self.evaluator.network = scripted
         else:
             load_weights(self.network, self.ckpt_file)
         source = self.dataset.input.resolve()

@@ -1,0 +1,78 @@
+"""How the network runs at inference: the float precision and the memory layout, chosen by what the machine has.
+
+bf16 autocast is fast only where the hardware computes in bf16 (CPUs with AVX-512 BF16 or AMX, CUDA GPUs with
+bf16); elsewhere it is emulated and much slower, so ``auto`` picks it only there. channels_last is the layout
+oneDNN's convolutions prefer on CPUs.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+
+__all__ = ["PRECISIONS", "native_bf16", "choose_precision", "InferenceNetwork"]
+
+logger = logging.getLogger("liver_ct.precision")
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@lru_cache(maxsize=None)
+def _cpu_flags() -> frozenset[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no flags known, so no bf16 claimed
+        return frozenset()
+    line = next((l for l in text.splitlines() if l.startswith("flags")), "")
+    return frozenset(line.split(":", 1)[-1].split())
+
+
+def native_bf16(device: torch.device | str = "cpu") -> bool:
+    """Whether ``device`` computes bf16 natively (CPU: AVX-512 BF16 or AMX; CUDA: the GPU says so)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return bool({"avx512_bf16", "amx_bf16"} & _cpu_flags())
+
+
+def choose_precision(setting: str, device: torch.device | str = "cpu") -> str:
+    """``fp32`` or ``bf16`` for ``setting`` (``auto``: bf16 where native, else fp32)."""
+    if setting not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {setting!r}.")
+    if setting == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    if setting == "bf16" and not native_bf16(device):
+        logger.warning(f"--precision bf16 on a device without native bf16 ({torch.device(device)}): it is emulated "
+                       "and slower than fp32 there.")
+    return setting
+
+
+class InferenceNetwork(torch.nn.Module):
+    """``network`` run for inference in ``precision`` (``auto``, ``fp32``, ``bf16``: autocast) and, with
+    ``channels_last``, in the channels-last memory layout; outputs are float32. The weights stay ``network``'s
+    (load them there)."""
+
+    def __init__(self, network: torch.nn.Module, precision: str = "fp32", channels_last: bool | str = False,
+                 device: torch.device | str = "cpu") -> None:
+        super().__init__()
+        self.network = network
+        self.precision = choose_precision(str(precision), device)
+        self.channels_last = str(channels_last).lower() in ("true", "1", "yes")
+        if self.channels_last:
+            self.network.to(memory_format=torch.channels_last)
+        logger.info(f"inference in {self.precision}{', channels_last' if self.channels_last else ''} "
+                    f"({'native bf16' if native_bf16(device) else 'no native bf16'} on {torch.device(device)})")
+
+    def use(self, network: torch.nn.Module) -> None:
+        """Run ``network`` (a TorchScript export of the same weights) in place of the one given."""
+        self.network = network.to(memory_format=torch.channels_last) if self.channels_last else network
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            out = self.network(x)
+        return out.float().contiguous()
