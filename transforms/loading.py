@@ -15,7 +15,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pydicom
-from monai.config import KeysCollection
+from monai.config import DtypeLike, KeysCollection
 from monai.data import MetaTensor, NibabelReader, PydicomReader
 from monai.transforms import LoadImage, MapTransform, Transform
 
@@ -153,6 +153,7 @@ class LoadScan(Transform):
 
     Args:
         modality: the DICOM modality required of a series (default ``"CT"``; ``None`` accepts any).
+        dtype: the voxel type (default float32; ``None``: as stored, for labels).
 
     ``__call__(path)`` takes a NIfTI file (``.nii`` / ``.nii.gz``, LiTS volumes and segmentations) or a folder
     holding one DICOM series (uncompressed or JPEG 2000; rescale slope and intercept applied; the images of the
@@ -165,11 +166,11 @@ class LoadScan(Transform):
             regular volume (gaps, uneven spacing, tilt, conflicting duplicates), a 2D or 4D image, NaNs.
     """
 
-    def __init__(self, modality: str | None = "CT") -> None:
+    def __init__(self, modality: str | None = "CT", dtype: DtypeLike = np.float32) -> None:
         self.modality = modality
         with _quiet_gpu_decoder_probe():
-            self.dicom = LoadImage(reader=PydicomReader(fname_regex=None), image_only=True, ensure_channel_first=True, dtype=np.float32)
-            self.nifti = LoadImage(reader=NibabelReader(), image_only=True, ensure_channel_first=True, dtype=np.float32)
+            self.dicom = LoadImage(reader=PydicomReader(fname_regex=None), image_only=True, ensure_channel_first=True, dtype=dtype)
+            self.nifti = LoadImage(reader=NibabelReader(), image_only=True, ensure_channel_first=True, dtype=dtype)
 
     def __call__(self, path: str | os.PathLike) -> MetaTensor:
         path = Path(path)
@@ -241,7 +242,7 @@ class LoadLabeld(MapTransform):
     def __init__(self, keys: KeysCollection, image_key: str = "image", allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.image_key = image_key
-        self.loader = LoadScan(modality=None)
+        self.loader = LoadScan(modality=None, dtype=None)  # labels as stored (no float32 copy of the volume)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)

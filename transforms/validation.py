@@ -49,6 +49,8 @@ def check_volume(img: torch.Tensor, source: str | None = None) -> None:
             f"{source}: expected a 3D volume (one scan, x, y, slices), got a {stored_dims}D image of shape "
             f"{shape}{extra}."
         )
+    if not torch.as_tensor(img).is_floating_point():
+        return  # whole numbers are finite: no pass over the volume
     finite = torch.isfinite(torch.as_tensor(img))
     if not bool(finite.all()):
         bad = int((~finite).sum())
