@@ -36,7 +36,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from monai.data import load_decathlon_datalist
+from monai.data import DataLoader, Dataset, decollate_batch, load_decathlon_datalist
+from monai.metrics import DiceMetric
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from torch.utils.data import Sampler
 
@@ -129,6 +130,17 @@ def read_datalist(path: str | os.PathLike) -> list[dict]:
     if len(keys) != 1:
         raise ValueError(f"{path}: expected one list (training, validation or testing), found {keys or 'none'}.")
     return load_decathlon_datalist(path, data_list_key=keys[0])
+
+
+def chunk_validation_list(dataset_dir: str | os.PathLike) -> str:
+    """The list validated after each chunk: ``val_balanced.json`` (the reference's balanced sample: minutes at LiTS
+    scale, where every slice of the validation patients takes hours) when it holds slices, else ``val.json``."""
+    balanced = Path(dataset_dir) / "val_balanced.json"
+    try:
+        entries = next(iter(json.loads(balanced.read_text()).values()))
+    except (OSError, ValueError, StopIteration, AttributeError):
+        entries = []
+    return "val_balanced.json" if entries else "val.json"
 
 
 def target_of(dataset_dir: str | os.PathLike) -> str:
@@ -430,8 +442,10 @@ class ChunkCheckpointHandler:
     validation Dice beats every earlier chunk's, ``checkpoint_chunk_<k>.pt`` with the chunk's log entry, and
     ``training_log.json``. Records the loss of every iteration for the log."""
 
-    def __init__(self, run: ChunkRun, validator: SupervisedEvaluator | None = None) -> None:
-        self.run, self.validator = run, validator
+    def __init__(self, run: ChunkRun, validator: SupervisedEvaluator | None = None,
+                 full_datalist: str | None = None, postprocessing=None) -> None:
+        self.run, self.validator, self.postprocessing = run, validator, postprocessing
+        self.full_datalist = full_datalist  # validated once, after the last chunk, when chunks validate on another
         self.losses: list[float] = []
 
     def attach(self, engine: Engine) -> None:
@@ -456,6 +470,8 @@ class ChunkCheckpointHandler:
             "val_metric_name": metric_name, "val_metric": val_metric, "threads": torch.get_num_threads(),
             "best": val_metric is not None and val_metric > best,
         }
+        if k == run.n_chunks - 1:
+            entry.update(self._validate_full_list())
         state = run.state(engine, chunk_done=True)
         state["log"] = {key: value for key, value in entry.items() if value is not None}
         _save(run.chunk_checkpoint(k), state)  # chunk k is done from here on
@@ -468,6 +484,31 @@ class ChunkCheckpointHandler:
         metric = f", {metric_name} {val_metric:.4f}{' (best)' if entry['best'] else ''}" if val_metric is not None else ""
         logger.info(f"chunk {k} done: loss {loss}, {entry['seconds']} s, peak memory {entry['peak_memory_mib']} MiB"
                     f"{metric}; checkpoint {run.chunk_checkpoint(k)}")
+
+
+    def _validate_full_list(self) -> dict:
+        """After the last chunk: the mean Dice over every slice of the validation patients, when the chunks were
+        validated on another list (the balanced sample). Computed apart from the validator's engine, so its
+        handlers (TensorBoard, MLflow, best model) see only the per-chunk validations."""
+        if self.validator is None or not self.full_datalist:
+            return {}
+        dataset = self.validator.data_loader.dataset
+        full = read_datalist(self.run.dataset_dir / self.full_datalist)
+        if not hasattr(dataset, "data") or [e["image"] for e in full] == [e["image"] for e in dataset.data]:
+            return {}
+        loader = DataLoader(Dataset(full, transform=dataset.transform), batch_size=self.validator.data_loader.batch_size)
+        metric, network = DiceMetric(include_background=True), self.validator.network
+        device = next(network.parameters()).device
+        network.eval()
+        with torch.no_grad():
+            for batch in loader:
+                batch["pred"] = self.validator.inferer(batch["image"].to(device), network)
+                items = [self.postprocessing(item) if self.postprocessing is not None else item
+                         for item in decollate_batch({"pred": batch["pred"], "label": batch["label"].to(device)})]
+                metric(y_pred=[i["pred"] for i in items], y=[i["label"] for i in items])
+        value = float(metric.aggregate().item())
+        logger.info(f"after the last chunk, mean Dice over {self.full_datalist} ({len(full)} slices): {value:.4f}")
+        return {"full_val_datalist": self.full_datalist, "full_val_metric": value}
 
 
 class LossProgressBar:

@@ -234,3 +234,19 @@ def test_a_second_training_on_one_ckpt_dir_is_refused_naming_the_first(lists, tm
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+def test_chunks_validate_on_the_balanced_list_and_the_full_list_once_at_the_end(lists, tmp_path):
+    balanced = json.loads((lists / "val_balanced.json").read_text())["validation"]
+    full = json.loads((lists / "val.json").read_text())["validation"]
+    assert 0 < len(balanced) < len(full)
+    workflow = _workflow(lists, tmp_path / "a")
+    workflow.initialize()
+    assert len(workflow.parser.get_parsed_content("validate#dataset")) == len(balanced)
+    log = workflow.run()[0]
+    workflow.finalize()
+    assert all("full_val_metric" not in e for e in log[:-1]) and log[-1]["full_val_datalist"] == "val.json"
+    # the same training validated on the full list after every chunk ends with the same Dice (same weights)
+    on_full = _run(lists, tmp_path / "b", val_datalist="val.json")[0]
+    assert "full_val_metric" not in on_full[-1]
+    assert log[-1]["full_val_metric"] == pytest.approx(on_full[-1]["val_metric"], abs=1e-6)
