@@ -160,7 +160,7 @@ def find_volume_sources(root: str | os.PathLike, label: str | os.PathLike | None
         name = match.group(1) if match else folder.name
         # series of several studies share names (31_EQP_Ax5.00mm): the study folder's name tells them apart (a
         # folder holding SEG objects beside its series is a study, even when it is the input itself)
-        in_study = folder.parent not in (root, root.parent) or any(segs[folder]) and segs[folder][0].parent == folder.parent
+        in_study = folder.parent not in (root, root.parent) or (bool(segs[folder]) and segs[folder][0].parent == folder.parent)
         volume_id = _clean_id(name if match or not in_study else f"{folder.parent.name}_{name}")
         inside = sorted(p for p in folder.iterdir() if is_nifti(p))
         beside = [folder.parent / f"segmentation-{name}{ext}" for ext in (".nii.gz", ".nii")]

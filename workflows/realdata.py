@@ -66,12 +66,12 @@ def _mask_values(masks_dir: Path, probe: int = 40) -> set[int]:
     return values
 
 
-def find_real_sources(data: Path) -> tuple[list[dict], list[str]]:
-    """The labelled sources directly under ``data`` (``{"name", "path", "kind", "label_map"}``) and notes on the
-    folders left out."""
+def find_real_sources(data: Path) -> tuple[list[dict], dict[str, str]]:
+    """The labelled sources directly under ``data`` (``{"name", "path", "kind", "label_map"}``) and, per folder
+    left out, the reason."""
     from workflows.discovery import find_volume_sources
 
-    sources, notes = [], []
+    sources, notes = [], {}
     for folder in sorted(p for p in data.iterdir() if p.is_dir() and not p.name.startswith(".")):
         found, _ = find_volume_sources(folder)
         studies = [s for s in found if s.kind == "dicom" and s.segs]
@@ -83,7 +83,7 @@ def find_real_sources(data: Path) -> tuple[list[dict], list[str]]:
             label_map = {127: 1, 255: 2} if {127, 255} <= values else None
             sources.append({"name": folder.name, "path": folder, "kind": "2D set", "label_map": label_map})
         else:
-            notes.append(f"left out {folder.name}: no DICOM SEG or 2D masks (labels made by a model, or none)")
+            notes[folder.name] = "no DICOM SEG or 2D masks (labels made by a model, or none)"
     return sources, notes
 
 
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     from workflows.conversion import ConvertSettings, convert
     from workflows.grey_levels import disagreeing_sources, read_grey_levels, source_groups
     from workflows.pictures import save_figure
-    from workflows.split import read_slice_sets
+    from workflows.slice_set import read_slice_sets
     from workflows.splitting import plan_split, write_split
     from workflows.threads import set_threads
     from workflows.volume_evaluation import evaluate_volumes
@@ -143,9 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"real-data recipe in {out} ({threads} torch thread(s))")
 
     print("\n== 1/6 finding labelled sources")
-    sources, notes = find_real_sources(data)
-    for note in notes:
-        print(note)
+    sources, notes_by_folder = find_real_sources(data)
+    for folder, reason in notes_by_folder.items():
+        print(f"left out {folder}: {reason}")
     for source in sources:
         shown = ",".join(f"{k}:{v}" for k, v in (source["label_map"] or {}).items()) or "as found"
         print(f"{source['name']}: {source['kind']} (label map {shown})")
@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": threads, "training_images_per_second": round(speed, 2), "epochs": epochs,
         "training_minutes": round(train_minutes, 1), "wall_minutes": round((time.time() - started) / 60, 1),
         "cpu_minutes": round((time.process_time() - cpu_started) / 60, 1),
-        "sources": [s["name"] for s in sources], "left_out": {**left_out, **{n.split(":")[0][9:]: n for n in notes}},
+        "sources": [s["name"] for s in sources], "left_out": {**left_out, **notes_by_folder},
         "split": plan.volumes, "held_out": patients, "slice_level_test": slice_level["channels"],
         "model": str(out / "models" / "model.pt"), "settings": RECIPE["overrides"],
     }

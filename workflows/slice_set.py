@@ -25,7 +25,7 @@ from workflows.atomic import csv_text, write_text_atomic
 __all__ = [
     "MANIFEST_COLUMNS", "MANIFEST_NAME", "IMAGE_SUFFIXES", "slice_name", "parse_slice_name", "volume_sort_key",
     "manifest_rows_to_csv",
-    "read_manifest", "write_manifest", "grey_of", "read_mask", "LoadMaskd", "Slice2D", "find_2d_sets",
+    "read_manifest", "read_slice_sets", "write_manifest", "grey_of", "read_mask", "LoadMaskd", "Slice2D", "find_2d_sets",
 ]
 
 MANIFEST_NAME = "manifest.csv"
@@ -107,6 +107,19 @@ def grey_of(image: np.ndarray, path: str | os.PathLike) -> np.ndarray:
         raise ValueError(f"{path}: a colour image whose channels differ; a CT slice or mask is grey (save it as one "
                          "grey channel, or as RGB with three equal channels).")
     return np.ascontiguousarray(colour[..., 0])
+
+
+def read_slice_sets(slices_dirs: list[str]) -> list[dict]:
+    """The manifest rows of every slice set; a volume id found in two sets is refused by name."""
+    rows, where = [], {}
+    for slices_dir in slices_dirs:
+        for row in read_manifest(slices_dir):
+            first = where.setdefault(row["volume_id"], slices_dir)
+            if first != slices_dir:
+                raise ValueError(f"volume {row['volume_id']} is in {first} and in {slices_dir}; convert one of them "
+                                 "again from its own folder, or leave one set out.")
+            rows.append(row)
+    return rows
 
 
 def read_mask(path: str | os.PathLike, with_kind: bool = False,

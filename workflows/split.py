@@ -32,21 +32,6 @@ from pathlib import Path
 from workflows.command_line import TARGETS, add_output, interruptible
 
 
-def read_slice_sets(slices_dirs: list[str]) -> list[dict]:
-    """The manifest rows of every slice set; a volume id found in two sets is refused by name."""
-    from workflows.slice_set import read_manifest
-
-    rows, where = [], {}
-    for slices_dir in slices_dirs:
-        for row in read_manifest(slices_dir):
-            first = where.setdefault(row["volume_id"], slices_dir)
-            if first != slices_dir:
-                raise ValueError(f"volume {row['volume_id']} is in {first} and in {slices_dir}; convert one of them "
-                                 "again from its own folder, or leave one set out.")
-            rows.append(row)
-    return rows
-
-
 def _ids(text: str | None) -> list[str] | None:
     return [v.strip() for v in text.split(",") if v.strip()] if text else None
 
@@ -83,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     given = (args.input or []) + ([args.slices_dir] if args.slices_dir else [])
     if not given or (args.input and args.slices_dir):
         parser.error("give the input as --input PATH (repeated for several slice sets)")
+    from workflows.slice_set import read_slice_sets
+
     try:
         rows = read_slice_sets(given)
         conversions = [json.loads((Path(d) / "convert.json").read_text()) for d in given

@@ -194,4 +194,28 @@ def test_the_recipe_finds_the_real_sources_with_their_label_maps(real_data):
     assert {"hcc_tace_0697", "hcc_tace_2022", "hcc_tace_2144", "liver_png_2d", "chaos_ct_p1"} <= set(found)
     assert found["liver_png_2d"]["label_map"] == {127: 1, 255: 2} and found["chaos_ct_p1"]["label_map"] is None
     assert found["hcc_tace_2144"]["kind"] == "DICOM study with SEG"
-    assert any("totalseg_example" in n for n in notes)
+    assert "totalseg_example" in notes
+
+
+def test_the_recipe_runs_end_to_end_on_a_small_study_and_2d_set(tmp_path, capsys):
+    from workflows.realdata import main
+    data = tmp_path / "data"
+    study, _, _ = _study_with_seg(data)  # data/study: a series with its SEG, and an unlabelled series
+    for case in range(3):
+        (data / "set" / "images").mkdir(parents=True, exist_ok=True)
+        (data / "set" / "masks").mkdir(parents=True, exist_ok=True)
+        for k in range(4):
+            image = np.full((32, 32), 60, np.uint8)
+            image[6:26, 6:26] = 150
+            mask = np.zeros((32, 32), np.uint8)
+            mask[6:26, 6:26] = 127
+            mask[10:14, 10:14] = 255 if k % 2 else 127
+            cv2.imwrite(str(data / "set" / "images" / f"{case}_{k}.png"), image)
+            cv2.imwrite(str(data / "set" / "masks" / f"{case}_{k}.png"), mask)
+    assert main(["--data", str(data), "--output", str(tmp_path / "out"), "--minutes", "0.01"]) == 0
+    printed = capsys.readouterr().out
+    assert "set: 2D set (label map 127:1,255:2)" in printed and "study: DICOM study with SEG" in printed
+    summary = __import__("json").loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["held_out"] and all(0 <= s["liver_dice"] <= 1 for s in summary["held_out"].values())
+    settings = torch.load(tmp_path / "out" / "models" / "model.pt", weights_only=True)["settings"]
+    assert settings["target"] == "both" and settings["channels"] == [16, 32, 64, 128]
