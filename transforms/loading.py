@@ -217,9 +217,10 @@ class LoadScan(Transform):
 class LoadScand(MapTransform):
     """Dictionary-based wrapper of :class:`LoadScan`."""
 
-    def __init__(self, keys: KeysCollection, modality: str | None = "CT", allow_missing_keys: bool = False) -> None:
+    def __init__(self, keys: KeysCollection, modality: str | None = "CT", allow_missing_keys: bool = False,
+                 dtype: DtypeLike = np.float32) -> None:
         super().__init__(keys, allow_missing_keys)
-        self.loader = LoadScan(modality)
+        self.loader = LoadScan(modality, dtype)
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict[Hashable, object]:
         d = dict(data)

@@ -139,7 +139,8 @@ def canonical_grey(keys: KeysCollection = "image", label_keys: KeysCollection = 
     ``AxialSlicesd``) and inference (float32, then :func:`network_input`) both start here."""
     keys = [keys] if isinstance(keys, str) else list(keys)
     label_keys = [label_keys] if isinstance(label_keys, str) else list(label_keys)
-    steps: list = [LoadScand(keys=keys)]
+    # voxels as stored (int16 HU in most files): the window below computes in float32 once, no extra copy
+    steps: list = [LoadScand(keys=keys, dtype=None)]
     if label_keys:
         steps.append(LoadLabeld(keys=label_keys, image_key=keys[0]))
         if label_map:
