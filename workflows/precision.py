@@ -12,8 +12,9 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
+from monai.inferers import SimpleInferer
 
-__all__ = ["PRECISIONS", "native_bf16", "choose_precision", "InferenceNetwork"]
+__all__ = ["PRECISIONS", "native_bf16", "choose_precision", "InferenceNetwork", "AutocastInferer"]
 
 logger = logging.getLogger("liver_ct.precision")
 
@@ -76,3 +77,19 @@ class InferenceNetwork(torch.nn.Module):
         with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             out = self.network(x)
         return out.float().contiguous()
+
+
+class AutocastInferer(SimpleInferer):
+    """MONAI's ``SimpleInferer`` run in ``precision`` (``auto``, ``fp32``, ``bf16`` autocast), outputs float32, for
+    the trainer: MONAI's own ``amp`` autocasts on CUDA only. The network and its state_dict stay plain fp32, so
+    checkpoints load anywhere."""
+
+    def __init__(self, precision: str = "fp32", device: torch.device | str = "cpu") -> None:
+        super().__init__()
+        self.precision = choose_precision(str(precision), device)
+        logger.info(f"training forward passes in {self.precision}")
+
+    def __call__(self, inputs: torch.Tensor, network, *args, **kwargs) -> torch.Tensor:
+        with torch.autocast(device_type=inputs.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            out = super().__call__(inputs, network, *args, **kwargs)
+        return out.float()

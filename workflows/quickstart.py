@@ -67,6 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     add_output(parser, "working folder (default ./quickstart)", default="quickstart")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated data and the training (0)")
     add_threads(parser)
+    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
+                        help="training's forward passes: fp32 (default), bf16 autocast, or auto (bf16 where the CPU "
+                             "computes it natively)")
     args = parser.parse_args(argv)
     # the library (torch, MONAI: seconds of imports) only after --help and argument errors
     import nibabel as nib
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(plan.chunks)} chunks of {plan.counts['chunk_sizes']} slices")
 
     overrides = {"dataset_dir": str(out / "lists"), "ckpt_dir": str(out / "models"), "seed": args.seed,
-                 "threads": threads, **s["overrides"]}
+                 "threads": threads, "precision": args.precision, **s["overrides"]}
     _step("5/7 training every chunk through the bundle")
     print("same as: " + _command("training", [train_config], overrides))
     run_bundle("training", config_file=train_config, progress=False, **overrides)

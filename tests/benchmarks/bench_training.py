@@ -1,6 +1,7 @@
 """Training throughput of the bundle's trainer against a plain PyTorch loop, and peak memory per chunk.
 
     python -m tests.benchmarks.bench_training [--work /tmp/bench_training] [--full-slices 40] [--quick-slices 320]
+    python -m tests.benchmarks.bench_training --quick
 
 Both train the same ThreeLevelUNet from the same seed on the same cached chunk with the same loss, optimizer,
 batch size and epochs, in one process; only the training loop is timed (the bundle's `SupervisedTrainer` run from
@@ -89,13 +90,47 @@ def plain_images_per_second(lists: Path, size: int, channels: list[int], batch: 
     return len(dataset) * epochs / (time.perf_counter() - start)
 
 
+def precision_pairs(pairs: int = 3, steps: int = 3) -> int:
+    """``--quick``: training steps at full width (256x256, batch 2) through the bundle's ``AutocastInferer``, fp32
+    against ``--precision auto`` (bf16 where the CPU computes it natively), alternating; prints ``speedup=``."""
+    import statistics
+
+    from workflows.precision import AutocastInferer, choose_precision
+
+    torch.manual_seed(0)
+    network = ThreeLevelUNet()
+    optimizer, loss = torch.optim.Adam(network.parameters(), 1e-4), BCEDiceLoss()
+    x, y = torch.rand(2, 1, 256, 256), (torch.rand(2, 1, 256, 256) > 0.5).float()
+    times: dict[str, list[float]] = {"fp32": [], "auto": []}
+    for pair in range(pairs):
+        for name in ("fp32", "auto"):
+            inferer = AutocastInferer(name)
+            for step in range(steps + 1):
+                if step == 1:
+                    started = time.perf_counter()
+                optimizer.zero_grad()
+                loss(inferer(x, network), y).backward()
+                optimizer.step()
+            times[name].append((time.perf_counter() - started) / steps)
+        print(f"pair {pair + 1}: fp32 {times['fp32'][-1]:.2f} s/step, auto ({choose_precision('auto')}) "
+              f"{times['auto'][-1]:.2f} s/step", flush=True)
+    fp32, auto = statistics.median(times["fp32"]), statistics.median(times["auto"])
+    print(f"median: fp32 {2 / fp32:.2f} images/s, auto ({choose_precision('auto')}) {2 / auto:.2f} images/s")
+    print(f"speedup={statistics.median(a / b for a, b in zip(times['fp32'], times['auto'])):.2f}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", default="/tmp/bench_training")
     parser.add_argument("--full-slices", type=int, default=40, help="chunk size at full width (slow on a CPU)")
     parser.add_argument("--quick-slices", type=int, default=320, help="chunk size at the quickstart's size")
     parser.add_argument("--memory-only", action="store_true", help="only the peak memory of 4 chunks")
+    parser.add_argument("--quick", action="store_true", help="only fp32 against --precision auto at full width, "
+                                                             "3 alternating pairs (about a minute)")
     args = parser.parse_args()
+    if args.quick:
+        return precision_pairs()
     work = Path(args.work)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
     setups = [

@@ -94,3 +94,32 @@ def test_a_resume_with_another_thread_count_says_the_weights_will_differ(lists, 
         torch.set_num_threads(before)
         logging.getLogger("liver_ct.training").removeHandler(lines)
     assert "was trained with 1 thread(s), this run uses 2" in lines.text and "--threads 1" in lines.text
+
+
+def test_bf16_training_keeps_plain_fp32_checkpoints(lists, tmp_path):
+    from monai.bundle import ConfigWorkflow
+
+    from .conftest import TINY
+    workflow = ConfigWorkflow(config_file=TRAIN, workflow_type="train", run_id="training",
+                              **{**TINY, "dataset_dir": str(lists), "ckpt_dir": str(tmp_path), "chunk": 0,
+                                 "precision": "bf16"})
+    workflow.initialize()
+    assert workflow.parser.get_parsed_content("train#inferer").precision == "bf16"
+    log = workflow.run()[0]
+    workflow.finalize()
+    state = torch.load(tmp_path / "checkpoint_chunk_0.pt", weights_only=True)
+    assert log[0]["mean_loss_last_epoch"] > 0
+    assert all(v.dtype == torch.float32 for v in state["model"].values() if v.is_floating_point())
+    assert not any(k.startswith(("_orig_mod.", "module.", "network.")) for k in state["model"])
+
+
+def test_the_autocast_inferer_in_fp32_is_the_plain_forward():
+    from networks import ThreeLevelUNet
+    from workflows.precision import AutocastInferer
+    torch.manual_seed(0)
+    network = ThreeLevelUNet(channels=[4, 8, 16, 32]).eval()
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(AutocastInferer("fp32")(x, network), network(x))
+        fast = AutocastInferer("bf16")(x, network)
+    assert fast.dtype == torch.float32 and torch.allclose(fast, network(x), atol=0.1)
