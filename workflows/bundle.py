@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["BUNDLE_NAME", "BundleCommandError", "bundle_root", "config_file", "one_line_errors", "run_workflow",
-           "whole_number", "network_size", "check_inference_settings"]
+           "flag", "whole_number", "network_size", "check_inference_settings"]
 
 BUNDLE_NAME = "liver_tumor_ct_segmentation"
 
@@ -47,6 +47,19 @@ def one_line_errors(run: Callable[[], Any]) -> Any:
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to continue", file=sys.stderr)
         raise SystemExit(130) from None
+
+
+def flag(value, name: str = "setting") -> bool:
+    """An on/off setting as the command line gives it (``--augment false``, ``"true"``, ``1``) or a config does
+    (``true``); anything else is refused by name."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise ValueError(f"--{name} must be true or false, got {value!r}.")
 
 
 def whole_number(name: str, value, least: int) -> int:

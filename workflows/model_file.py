@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+from functools import lru_cache
 from pathlib import Path
 
 import torch
@@ -31,11 +32,19 @@ def _recorded(ckpt_file: str | os.PathLike) -> dict:
     path = Path(ckpt_file)
     if path.suffix == ".ts" or not path.is_file():
         return {}  # TorchScript carries no settings; a missing file is named by whoever loads the weights
+    stat = path.stat()
+    return dict(_settings_in(str(path.resolve()), stat.st_mtime_ns, stat.st_size))
+
+
+@lru_cache(maxsize=8)
+def _settings_in(path: str, mtime_ns: int, size: int) -> tuple:
+    """The settings a model file records, read once per file version (the configs ask for them several times)."""
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # not readable here: the weight loader names the file and the reason
-        return {}
-    return dict(state.get("settings") or {}) if isinstance(state, dict) else {}
+        return ()
+    settings = state.get("settings") if isinstance(state, dict) else None
+    return tuple((settings or {}).items())
 
 
 def model_settings(ckpt_file: str | os.PathLike) -> dict:

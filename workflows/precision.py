@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from monai.inferers import SimpleInferer
 
+from workflows.bundle import flag
+
 __all__ = ["PRECISIONS", "native_bf16", "choose_precision", "InferenceNetwork", "AutocastInferer"]
 
 logger = logging.getLogger("liver_ct.precision")
@@ -61,7 +63,7 @@ class InferenceNetwork(torch.nn.Module):
         super().__init__()
         self.network = network
         self.precision = choose_precision(str(precision), device)
-        self.channels_last = str(channels_last).lower() in ("true", "1", "yes")
+        self.channels_last = flag(channels_last, "channels_last")
         if self.channels_last:
             self.network.to(memory_format=torch.channels_last)
         logger.info(f"inference in {self.precision}{', channels_last' if self.channels_last else ''} "

@@ -120,12 +120,18 @@ def main(argv: list[str] | None = None) -> int:
     add_threads(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and the training (0)")
     args = parser.parse_args(argv)
-    data, out = Path(args.data), Path(args.output).resolve()
+    data = Path(args.data)
     if not data.is_dir():
         parser.exit(2, f"error: --data {data}: no such folder (the real samples live in ../shared/data/real).\n")
     if args.minutes <= 0:
         parser.exit(2, f"error: --minutes must be positive, got {args.minutes}.\n")
+    try:
+        return _recipe(args, argv, data, Path(args.output).resolve())
+    except (ValueError, FileNotFoundError) as err:  # a user's data or folder: one line, no traceback
+        parser.exit(2, f"error: {err}\n")
 
+
+def _recipe(args: argparse.Namespace, argv: list[str] | None, data: Path, out: Path) -> int:
     from monai.bundle import run as run_bundle
 
     from workflows.atomic import write_json_atomic
@@ -149,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
     for source in sources:
         shown = ",".join(f"{k}:{v}" for k, v in (source["label_map"] or {}).items()) or "as found"
         print(f"{source['name']}: {source['kind']} (label map {shown})")
+
+    if not sources:
+        raise ValueError(f"--data {data}: no labelled source in it (DICOM studies with SEG objects beside their "
+                         "series, or 2D sets with images/ and masks/); point --data at ../shared/data/real or such.")
 
     print("\n== 2/6 converting each source into its own slice set")
     kept, left_out = [], {}
@@ -178,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"WARNING (sources trained on): {disagreeing_sources(kept_groups)}")
     elif everything:
         print("the sources trained on agree; the disagreeing ones are among those left out")
+
+    if not kept:
+        raise ValueError(f"--data {data}: no source labels liver and tumour (DICOM studies with SEG objects, or 2D "
+                         "sets whose masks mark lesions); the recipe trains both, so it needs at least one.")
 
     print("\n== 3/6 splitting by patient")
     rows = read_slice_sets([str(d) for d in kept])

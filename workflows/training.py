@@ -43,7 +43,7 @@ from torch.utils.data import Sampler
 
 from transforms import TARGET_CHANNELS
 from workflows.atomic import write_bytes_atomic, write_json_atomic
-from workflows.bundle import network_size, whole_number
+from workflows.bundle import flag, network_size, whole_number
 from workflows.locking import folder_lock
 from workflows.grey_levels import read_grey_levels
 from workflows.memory import peak_memory_mib
@@ -74,7 +74,7 @@ def read_split(dataset_dir: str | os.PathLike) -> dict:
 
 def check_training_settings(dataset_dir: str | os.PathLike, chunk=None, spatial_size=256, batch_size=2,
                             epochs_per_chunk=2, checkpoint_every=100, learning_rate=1e-4,
-                            val_datalist: str = "val.json") -> None:
+                            val_datalist: str = "val.json", augment=True) -> None:
     """Refuse, before anything is built or trained, settings and lists a training cannot use: a chunk that is not a
     whole number, sizes and counts out of range, a lists folder without a readable ``split.json``, list files that
     are missing or malformed, and slices the lists name that are gone or are not regular files.
@@ -84,6 +84,7 @@ def check_training_settings(dataset_dir: str | os.PathLike, chunk=None, spatial_
     """
     if chunk is not None:
         whole_number("chunk", chunk, 0)
+    flag(augment, "augment")
     network_size(spatial_size)
     whole_number("batch_size", batch_size, 1)
     whole_number("epochs_per_chunk", epochs_per_chunk, 1)
@@ -385,7 +386,7 @@ class AugmentedDataset(torch.utils.data.Dataset):
 
     def __init__(self, dataset, transform, seed: int = 0, enabled: bool | str = True) -> None:
         self.dataset, self.transform, self.seed = dataset, transform, int(seed)
-        self.enabled = str(enabled).lower() not in ("false", "0", "no")
+        self.enabled = flag(enabled, "augment")
         self.chunk, self.epoch = 0, 0
 
     def set_epoch(self, chunk: int, epoch: int) -> None:
@@ -516,7 +517,7 @@ class LossProgressBar:
     leaves it out."""
 
     def __init__(self, enabled: bool | str = True) -> None:
-        self.enabled = enabled.strip().lower() not in ("false", "0", "no") if isinstance(enabled, str) else bool(enabled)
+        self.enabled = flag(enabled, "progress")
 
     def attach(self, engine: Engine) -> None:
         if self.enabled:

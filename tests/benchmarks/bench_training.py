@@ -139,7 +139,9 @@ def main() -> int:
     ]
     for title, size, chunk, channels, batch, lr, epochs in ([] if args.memory_only else setups):
         lists = make_lists(work, size, chunk)
-        overrides = {"spatial_size": size, "network_def#channels": channels, "batch_size": batch, "learning_rate": lr}
+        # the plain loop does not augment: the bundle runs with --augment false here, so both do the same work
+        overrides = {"spatial_size": size, "network_def#channels": channels, "batch_size": batch, "learning_rate": lr,
+                     "augment": False}
         bundle, plain = [], []
         for order in ("bundle first", "plain first"):  # twice, in both orders, so warm-up favours neither
             runs = [bundle, plain] if order == "bundle first" else [plain, bundle]

@@ -30,6 +30,7 @@ def _initialize(lists, ckpt_dir, **overrides):
     ({"batch_size": 0}, r"--batch_size must be a whole number >= 1, got 0"),
     ({"epochs_per_chunk": 0}, r"--epochs_per_chunk must be a whole number >= 1"),
     ({"checkpoint_every": "often"}, r"--checkpoint_every must be a whole number >= 1, got 'often'"),
+    ({"augment": "maybe"}, r"--augment must be true or false, got 'maybe'"),
     ({"learning_rate": -0.1}, r"--learning_rate must be a positive number"),
     ({"val_datalist": "nope.json"}, r"nope.json: listed in .*split.json but missing"),
 ])
