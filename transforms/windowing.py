@@ -7,8 +7,9 @@ from collections.abc import Hashable, Mapping, Sequence
 import numpy as np
 import torch
 from monai.config import DtypeLike, KeysCollection, NdarrayOrTensor
-from monai.transforms import MapTransform, ScaleIntensityRange, Transform
-from monai.utils import convert_data_type
+from monai.data import MetaTensor
+from monai.transforms import MapTransform, Transform
+from monai.utils import TransformBackends, convert_to_dst_type, get_equivalent_dtype
 
 __all__ = ["WINDOW_PRESETS", "window_range", "WindowHU", "WindowHUd"]
 
@@ -54,21 +55,41 @@ class WindowHU(Transform):
         WindowHU("abdomen")(torch.tensor([[-1000.0, 40.0, 240.0]]))  # -> tensor([[0, 128, 255]], dtype=uint8)
     """
 
-    backend = ScaleIntensityRange.backend
+    backend = [TransformBackends.TORCH, TransformBackends.NUMPY]
+
+    #: voxels windowed per step: one float32 block of 16 MiB, never a float32 copy of the whole volume
+    BLOCK = 1 << 22
 
     def __init__(
         self, preset: str | None = "abdomen", window_hu: Sequence[float] | None = None, dtype: DtypeLike = np.uint8
     ) -> None:
         self.lo, self.hi = window_range(preset, window_hu)
         self.dtype = dtype
-        self.scale = ScaleIntensityRange(
-            a_min=self.lo, a_max=self.hi, b_min=0.0, b_max=255.0, clip=True, dtype=np.float32
-        )
+
+    def _window_block(self, block: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
+        """In place on a float32 block: ``floor(clip((x - lo) / (hi - lo) * 255, 0, 255) + 0.5)``."""
+        block -= self.lo
+        block /= self.hi - self.lo
+        block *= 255.0
+        if isinstance(block, torch.Tensor):
+            return block.clamp_(0.0, 255.0).add_(0.5).floor_()
+        np.clip(block, 0.0, 255.0, out=block)
+        block += 0.5
+        return np.floor(block, out=block)
 
     def __call__(self, img: NdarrayOrTensor) -> NdarrayOrTensor:
-        grey = self.scale(img)
-        grey = torch.floor(grey + 0.5) if isinstance(grey, torch.Tensor) else np.floor(grey + 0.5)
-        return convert_data_type(grey, dtype=self.dtype)[0]
+        values = img.as_tensor() if isinstance(img, MetaTensor) else img
+        on_cpu = not isinstance(values, torch.Tensor) or values.device.type == "cpu"
+        if on_cpu:
+            source = values.numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+            flat = source.reshape(-1)  # a copy only when the volume is a non-contiguous view
+            out = np.empty(flat.shape, dtype=get_equivalent_dtype(self.dtype, np.ndarray))
+            for start in range(0, flat.size, self.BLOCK):
+                out[start:start + self.BLOCK] = self._window_block(flat[start:start + self.BLOCK].astype(np.float32))
+            out = out.reshape(source.shape)
+        else:
+            out = self._window_block(values.to(torch.float32, copy=True))
+        return convert_to_dst_type(out, dst=img, dtype=self.dtype)[0]
 
 
 class WindowHUd(MapTransform):

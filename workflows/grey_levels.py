@@ -13,6 +13,7 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 __all__ = ["GREY_LEVELS_NAME", "LIVER_GREY_MARGIN", "GreyLevels", "source_groups", "disagreeing_sources",
@@ -34,10 +35,16 @@ class GreyLevels:
         self.outside = np.zeros(256, np.int64)
 
     def add(self, grey: np.ndarray, labels: np.ndarray | None) -> None:
-        grey = np.asarray(grey, np.uint8)
-        liver = labels >= 1 if labels is not None else np.zeros(grey.shape, bool)
-        self.liver += np.bincount(grey[liver], minlength=256)
-        self.outside += np.bincount(grey[~liver & (grey > 0)], minlength=256)
+        grey = np.ascontiguousarray(grey, np.uint8)
+        every = cv2.calcHist([grey], [0], None, [256], [0, 256])[:, 0].astype(np.int64)
+        liver = np.zeros(256, np.int64)
+        if labels is not None:
+            inside = np.ascontiguousarray(labels >= 1, np.uint8)
+            liver = cv2.calcHist([grey], [0], inside, [256], [0, 256])[:, 0].astype(np.int64)
+        outside = every - liver
+        outside[0] = 0  # grey level 0 is air and what the window cuts off, not body
+        self.liver += liver
+        self.outside += outside
 
     @staticmethod
     def _percentile(hist: np.ndarray, q: float) -> float | None:

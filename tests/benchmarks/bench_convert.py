@@ -7,7 +7,8 @@
 Each full run converts as its own `python -m workflows.convert` process, as a user runs it; the figures come from
 its own summary line. ``--quick`` converts one labelled 512x512x120 volume in this process with
 ``workflows.conversion.convert`` (one worker) and with the minimal loop (load image and label, reorient to the
-canonical orientation, window to 8 bits, write each slice and mask as PNG), alternating ``--pairs`` times, and ends
+canonical orientation, window to 8 bits, write each slice and mask as PNG with OpenCV's default settings, as the
+conversion does), alternating ``--pairs`` times, and ends
 with ``speedup=<median ratio of the loop's time to the conversion's>`` (1.0: as fast as the loop). Not a test: it
 prints figures.
 """
@@ -26,7 +27,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def plain_loop(image_path: Path, label_path: Path, out: Path) -> int:
-    """The minimal conversion: nibabel, numpy and OpenCV, no checks, no manifest."""
+    """The minimal conversion: nibabel, numpy and OpenCV (its default PNG settings, as the conversion uses), no
+    checks, no manifest."""
     import cv2
     import nibabel as nib
     import numpy as np
@@ -39,8 +41,7 @@ def plain_loop(image_path: Path, label_path: Path, out: Path) -> int:
     labels = nib.orientations.apply_orientation(np.asanyarray(label.dataobj), transform).astype(np.uint8)
     grey = np.clip(np.floor((hu.astype(np.float32) + 160) / 400 * 255 + 0.5), 0, 255).astype(np.uint8)
     for k in range(grey.shape[2]):
-        cv2.imwrite(str(out / "images" / f"volume-0_slice_{k}.png"), np.ascontiguousarray(grey[:, :, k]),
-                    [cv2.IMWRITE_PNG_COMPRESSION, 3])
+        cv2.imwrite(str(out / "images" / f"volume-0_slice_{k}.png"), np.ascontiguousarray(grey[:, :, k]))
         cv2.imwrite(str(out / "masks" / f"volume-0_slice_{k}.png"), np.ascontiguousarray(labels[:, :, k]))
     return grey.shape[2]
 

@@ -197,3 +197,19 @@ def test_nifti_2_files_pass_the_header_checks(tmp_path, name):
              tmp_path / name)
     img = LoadScan(modality=None)(tmp_path / name)
     assert tuple(img.shape) == (1, 8, 8, 4) and float(img.max()) == 255.0
+
+
+@pytest.mark.parametrize("name, header", [("one.nii.gz", nib.Nifti1Image), ("two.nii.gz", nib.Nifti2Image),
+                                          ("plain.nii", nib.Nifti1Image)])
+def test_nifti_voxels_load_exactly_as_nibabel_reads_them(tmp_path, name, header):
+    """NIfTI stores voxels in Fortran order and .nii.gz files are decompressed by ISA-L: the loaded volume holds
+    nibabel's own values, scaled by the header's slope and intercept, in C order."""
+    rng = np.random.default_rng(1)
+    stored = rng.integers(-1024, 3000, (13, 11, 7)).astype(np.int16)
+    image = header(stored, np.diag([0.7, 0.7, 2.0, 1.0]))
+    image.header.set_slope_inter(1.0, -5.0 if "two" not in name else 0.0)
+    nib.save(image, tmp_path / name)
+    expected = np.asanyarray(nib.load(tmp_path / name).dataobj)
+    img = LoadScan(modality=None, dtype=None)(tmp_path / name)
+    assert img.is_contiguous() and tuple(img.shape) == (1, 13, 11, 7)
+    assert np.array_equal(img[0].numpy(), expected)

@@ -45,3 +45,23 @@ def test_dictionary_version_windows_only_its_keys():
     data = {"image": torch.tensor([[40.0]]), "label": torch.tensor([[2.0]])}
     out = WindowHUd(keys="image")(data)
     assert out["image"].tolist() == [[128]] and out["label"].tolist() == [[2.0]]
+
+
+@pytest.mark.parametrize("stored", [np.int16, np.uint8, np.float32, np.float64])
+def test_block_by_block_window_equals_monai_scale_intensity_range_rounded(monkeypatch, stored):
+    """The window runs on blocks of voxels (no float32 copy of a whole scan): whatever the stored type, the block
+    size and the layout, each voxel gets what MONAI's ScaleIntensityRange + rounding gives the whole volume."""
+    from monai.transforms import ScaleIntensityRange
+
+    monkeypatch.setattr(WindowHU, "BLOCK", 1000)  # many blocks, the last one partial
+    rng = np.random.default_rng(0)
+    low, high = (0, 255) if stored == np.uint8 else (-3000, 3000)
+    hu = rng.uniform(low, high, (1, 23, 19, 11))
+    hu = (np.round(hu) if np.issubdtype(stored, np.integer) else hu + 0.5).astype(stored)
+    view = MetaTensor(torch.from_numpy(hu).permute(0, 3, 2, 1), affine=torch.diag(torch.tensor([0.7, 0.8, 2.5, 1.0])))
+    reference = ScaleIntensityRange(a_min=-160, a_max=240, b_min=0.0, b_max=255.0, clip=True, dtype=np.float32)
+    expected = torch.floor(torch.as_tensor(reference(view.as_tensor().float())) + 0.5)
+    for dtype in (np.uint8, np.float32):
+        out = WindowHU(dtype=dtype)(view)
+        assert isinstance(out, MetaTensor) and out.shape == view.shape and torch.equal(out.affine, view.affine)
+        assert torch.equal(out.as_tensor().to(torch.float32), expected)
