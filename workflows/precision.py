@@ -8,6 +8,8 @@ oneDNN's convolutions prefer on CPUs.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 from functools import lru_cache
 from pathlib import Path
 
@@ -16,7 +18,7 @@ from monai.inferers import SimpleInferer
 
 from workflows.bundle import flag
 
-__all__ = ["PRECISIONS", "native_bf16", "choose_precision", "InferenceNetwork", "AutocastInferer"]
+__all__ = ["PRECISIONS", "native_bf16", "choose_precision", "compile_network", "InferenceNetwork", "AutocastInferer"]
 
 logger = logging.getLogger("liver_ct.precision")
 
@@ -51,6 +53,33 @@ def choose_precision(setting: str, device: torch.device | str = "cpu") -> str:
         logger.warning(f"--precision bf16 on a device without native bf16 ({torch.device(device)}): it is emulated "
                        "and slower than fp32 there.")
     return setting
+
+
+def compile_network(network: torch.nn.Module, setting: bool | str = False, precision: str = "fp32",
+                    device: torch.device | str = "cpu") -> torch.nn.Module:
+    """``network`` compiled in place by ``torch.compile`` (``nn.Module.compile``: its state_dict keys stay plain,
+    no ``_orig_mod.``, so checkpoints load anywhere) with inductor's layout optimisation off, which made compiled
+    training slower than eager on CPUs. ``setting``: true, false, or ``auto`` (compile where the training runs in
+    fp32 on a CPU: with bf16 autocast, compiling gained nothing measurable). The first steps pay the compilation
+    (about 28 s at full width on 2 cores). Without a C++ compiler it says so in one line and stays eager."""
+    device = torch.device(device)
+    if str(setting).strip().lower() == "auto":
+        wanted = device.type == "cpu" and choose_precision(precision, device) == "fp32"
+    else:
+        wanted = flag(setting, "compile")
+    if not wanted:
+        logger.info("training network not compiled (eager)")
+        return network
+    if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")):
+        logger.warning("--compile: no C++ compiler (g++, c++ or clang++) on PATH, which torch.compile needs on a CPU; "
+                       "training runs eager. Install one (Debian: apt install g++) or leave --compile false.")
+        return network
+    import torch._inductor.config as inductor
+
+    inductor.layout_optimization = False
+    network.compile()
+    logger.info("training network compiled (torch.compile, inductor, layout optimisation off)")
+    return network
 
 
 class InferenceNetwork(torch.nn.Module):

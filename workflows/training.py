@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from monai.data import DataLoader, Dataset, decollate_batch, load_decathlon_datalist
+from monai.data import CacheDataset, DataLoader, Dataset, decollate_batch, load_decathlon_datalist
 from monai.metrics import DiceMetric
 from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from torch.utils.data import Sampler
@@ -52,7 +52,7 @@ from workflows.splitting import slices_dirs_of
 
 __all__ = [
     "read_split", "check_training_settings", "target_of", "ResumableSampler", "ChunkRun", "SamplerEpochHandler", "ProgressCheckpointHandler",
-    "ChunkCheckpointHandler", "LossProgressBar", "ChunkedTraining", "ChunkRefused",
+    "ChunkCheckpointHandler", "LossProgressBar", "ChunkedTraining", "ChunkRefused", "CompactCacheDataset", "AugmentedDataset",
 ]
 
 logger = logging.getLogger("liver_ct.training")
@@ -377,6 +377,50 @@ class ChunkRun:
 
 def _loss_of(output) -> float:
     return float(output[0]["loss"] if isinstance(output, list) else output["loss"])
+
+
+class _Compact:
+    """A float tensor of whole multiples of ``1 / scale`` in 0..255 / scale, held as uint8."""
+
+    __slots__ = ("data", "scale")
+
+    def __init__(self, data: torch.Tensor, scale: float) -> None:
+        self.data, self.scale = data, scale
+
+    def expand(self) -> torch.Tensor:
+        out = self.data.to(torch.float32)
+        return out / self.scale if self.scale != 1.0 else out
+
+
+def _compact(value):
+    """``value`` as a :class:`_Compact` when that gives back exactly the same float32 tensor, else ``value``."""
+    if not isinstance(value, torch.Tensor) or value.dtype != torch.float32 or value.numel() == 0:
+        return value
+    plain = value.as_tensor() if hasattr(value, "as_tensor") else value
+    for scale in (1.0, 255.0):  # labels 0/1/2; grey levels k / 255 (network_input without a resize)
+        levels = torch.round(plain * scale)
+        if float(levels.min()) < 0 or float(levels.max()) > 255:
+            continue
+        packed = _Compact(levels.to(torch.uint8), scale)
+        if torch.equal(packed.expand(), plain):
+            return packed
+    return value
+
+
+class CompactCacheDataset(CacheDataset):
+    """MONAI's ``CacheDataset`` holding 8-bit data as uint8: a label (0/1 per channel) and an image whose grey
+    levels were not resized (slices converted at the training size) take a quarter of their float32 memory in the
+    cache, and come back as the very same float32 tensors. Anything else is cached as it is."""
+
+    def _load_cache_item(self, idx: int):
+        item = super()._load_cache_item(idx)
+        return {key: _compact(value) for key, value in item.items()} if isinstance(item, dict) else item
+
+    def _transform(self, index: int):
+        item = super()._transform(index)
+        if isinstance(item, dict):
+            return {key: value.expand() if isinstance(value, _Compact) else value for key, value in item.items()}
+        return item
 
 
 class AugmentedDataset(torch.utils.data.Dataset):

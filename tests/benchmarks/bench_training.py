@@ -1,13 +1,14 @@
 """Training throughput of the bundle's trainer against a plain PyTorch loop, and peak memory per chunk.
 
     python -m tests.benchmarks.bench_training [--work /tmp/bench_training] [--full-slices 40] [--quick-slices 320]
-    python -m tests.benchmarks.bench_training --quick
+    python -m tests.benchmarks.bench_training --quick [--compile true]
 
 Both train the same ThreeLevelUNet from the same seed on the same cached chunk with the same loss, optimizer,
 batch size and epochs, in one process; only the training loop is timed (the bundle's `SupervisedTrainer` run from
 start to end; the plain loop as the reference notebook wrote it). Figures: images/s for both and their ratio, at
 full width 256x256 batch 2 and at the quickstart's size; then the peak memory of each of 4 chunks trained through
-the bundle. Not a test: it prints figures.
+the bundle. The bundle runs in fp32 without augmentation there, as the plain loop does. ``--quick``: the bundle's
+default training path against the fp32 eager one (see :func:`precision_pairs`). Not a test: it prints figures.
 """
 
 from __future__ import annotations
@@ -90,33 +91,47 @@ def plain_images_per_second(lists: Path, size: int, channels: list[int], batch: 
     return len(dataset) * epochs / (time.perf_counter() - start)
 
 
-def precision_pairs(pairs: int = 3, steps: int = 3) -> int:
-    """``--quick``: training steps at full width (256x256, batch 2) through the bundle's ``AutocastInferer``, fp32
-    against ``--precision auto`` (bf16 where the CPU computes it natively), alternating; prints ``speedup=``."""
+def precision_pairs(pairs: int = 3, steps: int = 3, compile_setting: str = "false") -> int:
+    """``--quick``: training steps at full width (256x256, batch 2) through the bundle's own pieces, the fp32 eager
+    network (the default before) against the bundle's default (``--precision auto``: bf16 where the CPU computes it
+    natively; ``--compile`` as given), alternating; two copies of one network, each with its own optimizer; the
+    first steps (compilation included) are not timed. Prints ``speedup=``."""
+    import copy
     import statistics
 
-    from workflows.precision import AutocastInferer, choose_precision
+    from workflows.precision import AutocastInferer, choose_precision, compile_network
 
     torch.manual_seed(0)
-    network = ThreeLevelUNet()
-    optimizer, loss = torch.optim.Adam(network.parameters(), 1e-4), BCEDiceLoss()
     x, y = torch.rand(2, 1, 256, 256), (torch.rand(2, 1, 256, 256) > 0.5).float()
-    times: dict[str, list[float]] = {"fp32": [], "auto": []}
+    networks = {"fp32": ThreeLevelUNet()}
+    networks["default"] = compile_network(copy.deepcopy(networks["fp32"]), compile_setting, "auto")
+    inferers = {"fp32": AutocastInferer("fp32"), "default": AutocastInferer("auto")}
+    optimizers = {name: torch.optim.Adam(net.parameters(), 1e-4) for name, net in networks.items()}
+    loss = BCEDiceLoss()
+
+    def step(name: str) -> None:
+        optimizers[name].zero_grad()
+        loss(inferers[name](x, networks[name]), y).backward()
+        optimizers[name].step()
+
+    for name in networks:  # warm-up: compilation, oneDNN's first-call set-up
+        for _ in range(2):
+            step(name)
+    compiled = compile_setting != "false" and hasattr(networks["default"], "_compiled_call_impl") \
+        and networks["default"]._compiled_call_impl is not None
+    label = f"default ({choose_precision('auto')}{', compiled' if compiled else ''})"
+    times: dict[str, list[float]] = {"fp32": [], "default": []}
     for pair in range(pairs):
-        for name in ("fp32", "auto"):
-            inferer = AutocastInferer(name)
-            for step in range(steps + 1):
-                if step == 1:
-                    started = time.perf_counter()
-                optimizer.zero_grad()
-                loss(inferer(x, network), y).backward()
-                optimizer.step()
+        for name in ("fp32", "default"):
+            started = time.perf_counter()
+            for _ in range(steps):
+                step(name)
             times[name].append((time.perf_counter() - started) / steps)
-        print(f"pair {pair + 1}: fp32 {times['fp32'][-1]:.2f} s/step, auto ({choose_precision('auto')}) "
-              f"{times['auto'][-1]:.2f} s/step", flush=True)
-    fp32, auto = statistics.median(times["fp32"]), statistics.median(times["auto"])
-    print(f"median: fp32 {2 / fp32:.2f} images/s, auto ({choose_precision('auto')}) {2 / auto:.2f} images/s")
-    print(f"speedup={statistics.median(a / b for a, b in zip(times['fp32'], times['auto'])):.2f}")
+        print(f"pair {pair + 1}: fp32 eager {times['fp32'][-1]:.2f} s/step, {label} {times['default'][-1]:.2f} s/step",
+              flush=True)
+    fp32, default = statistics.median(times["fp32"]), statistics.median(times["default"])
+    print(f"median: fp32 eager {2 / fp32:.2f} images/s, {label} {2 / default:.2f} images/s")
+    print(f"speedup={statistics.median(a / b for a, b in zip(times['fp32'], times['default'])):.2f}")
     return 0
 
 
@@ -126,11 +141,13 @@ def main() -> int:
     parser.add_argument("--full-slices", type=int, default=40, help="chunk size at full width (slow on a CPU)")
     parser.add_argument("--quick-slices", type=int, default=320, help="chunk size at the quickstart's size")
     parser.add_argument("--memory-only", action="store_true", help="only the peak memory of 4 chunks")
-    parser.add_argument("--quick", action="store_true", help="only fp32 against --precision auto at full width, "
-                                                             "3 alternating pairs (about a minute)")
+    parser.add_argument("--quick", action="store_true", help="only fp32 eager against the bundle's default "
+                                                             "(--precision auto) at full width, 3 alternating pairs")
+    parser.add_argument("--compile", default="false", help="with --quick: the default path also compiled "
+                                                           "(true, false, auto)")
     args = parser.parse_args()
     if args.quick:
-        return precision_pairs()
+        return precision_pairs(compile_setting=args.compile)
     work = Path(args.work)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
     setups = [
@@ -139,9 +156,9 @@ def main() -> int:
     ]
     for title, size, chunk, channels, batch, lr, epochs in ([] if args.memory_only else setups):
         lists = make_lists(work, size, chunk)
-        # the plain loop does not augment: the bundle runs with --augment false here, so both do the same work
+        # the plain loop neither augments nor autocasts: the bundle runs with --augment false and fp32 here
         overrides = {"spatial_size": size, "network_def#channels": channels, "batch_size": batch, "learning_rate": lr,
-                     "augment": False}
+                     "augment": False, "precision": "fp32"}
         bundle, plain = [], []
         for order in ("bundle first", "plain first"):  # twice, in both orders, so warm-up favours neither
             runs = [bundle, plain] if order == "bundle first" else [plain, bundle]

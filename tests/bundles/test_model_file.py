@@ -109,3 +109,52 @@ def test_auto_precision_takes_bf16_only_where_the_cpu_computes_it(monkeypatch):
     assert precision.choose_precision("auto") == "bf16"
     with pytest.raises(ValueError, match="--precision must be one of"):
         precision.choose_precision("fp16")
+
+
+def _compiled(network):
+    return getattr(network, "_compiled_call_impl", None) is not None
+
+
+def test_compile_auto_compiles_fp32_training_on_a_cpu_only(monkeypatch, caplog):
+    from networks import ThreeLevelUNet
+    from workflows import precision
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset({"avx2", "fma"}))  # no native bf16: fp32
+    assert _compiled(precision.compile_network(ThreeLevelUNet(channels=(4, 8, 16, 32)), "auto", "auto"))
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset({"avx512_bf16"}))  # bf16 autocast: eager
+    assert not _compiled(precision.compile_network(ThreeLevelUNet(channels=(4, 8, 16, 32)), "auto", "auto"))
+    assert not _compiled(precision.compile_network(ThreeLevelUNet(channels=(4, 8, 16, 32)), False))
+    with pytest.raises(ValueError, match="compile"):
+        precision.compile_network(ThreeLevelUNet(channels=(4, 8, 16, 32)), "maybe")
+    monkeypatch.setattr(precision.shutil, "which", lambda name: None)  # no C++ compiler: one line, eager
+    with caplog.at_level("WARNING", logger="liver_ct.precision"):
+        assert not _compiled(precision.compile_network(ThreeLevelUNet(channels=(4, 8, 16, 32)), True))
+    assert "no C++ compiler" in caplog.text
+
+
+def test_a_compiled_network_trains_like_the_eager_one_and_saves_plain_keys():
+    """torch.compile (inductor, layout optimisation off) in place: the same losses within float tolerance, and a
+    state_dict with the eager network's keys (no ``_orig_mod.``), so a checkpoint loads in eager inference."""
+    import copy
+
+    from networks import BCEDiceLoss, ThreeLevelUNet
+    from workflows.precision import compile_network
+
+    torch.manual_seed(0)
+    eager = ThreeLevelUNet(channels=(4, 8, 16, 32))
+    compiled = compile_network(copy.deepcopy(eager), True)
+    x, y = torch.rand(2, 1, 32, 32), (torch.rand(2, 1, 32, 32) > 0.5).float()
+    losses = {}
+    for name, network in (("eager", eager), ("compiled", compiled)):
+        optimizer = torch.optim.Adam(network.parameters(), 1e-3)
+        losses[name] = []
+        for _ in range(3):
+            optimizer.zero_grad()
+            loss = BCEDiceLoss()(network(x), y)
+            loss.backward()
+            optimizer.step()
+            losses[name].append(float(loss))
+    assert losses["compiled"] == pytest.approx(losses["eager"], rel=1e-4)
+    assert list(compiled.state_dict()) == list(eager.state_dict())
+    reloaded = ThreeLevelUNet(channels=(4, 8, 16, 32))
+    reloaded.load_state_dict(compiled.state_dict())
+    assert torch.allclose(reloaded(x), compiled(x), atol=1e-4)
