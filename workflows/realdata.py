@@ -88,21 +88,24 @@ def find_real_sources(data: Path) -> tuple[list[dict], dict[str, str]]:
 
 
 def _training_speed(overrides: dict, out_channels: int = 2, iterations: int = 4) -> float:
-    """Images per second of one training step at the recipe's network size on this machine (a short probe)."""
+    """Images per second of one training step at the recipe's network size on this machine (a short probe), in the
+    precision the training will use (the bundle's default, ``auto``)."""
     import torch
 
     from networks import BCEDiceLoss, ThreeLevelUNet
+    from workflows.precision import AutocastInferer
 
     size, batch = overrides["spatial_size"], overrides["batch_size"]
     network = ThreeLevelUNet(spatial_dims=2, in_channels=1, out_channels=out_channels,
                              channels=overrides["network_def#channels"])
     optimizer, loss = torch.optim.Adam(network.parameters(), 1e-3), BCEDiceLoss()
     x, y = torch.rand(batch, 1, size, size), (torch.rand(batch, out_channels, size, size) > 0.5).float()
+    inferer = AutocastInferer(overrides.get("precision", "auto"))
     for step in range(iterations + 1):
         if step == 1:
             started = time.perf_counter()
         optimizer.zero_grad()
-        loss(network(x), y).backward()
+        loss(inferer(x, network), y).backward()
         optimizer.step()
     return iterations * batch / (time.perf_counter() - started)
 
