@@ -67,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     add_output(parser, "working folder (default ./quickstart)", default="quickstart")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated data and the training (0)")
     add_threads(parser)
-    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="auto",
-                        help="training's forward passes: auto (default: bf16 autocast where the CPU computes it "
-                             "natively, else fp32), fp32, or bf16")
+    parser.add_argument("--precision", choices=("fp32", "bf16", "auto"), default="fp32",
+                        help="training's forward passes: fp32 (default), bf16 autocast, or auto (bf16 where the CPU "
+                             "computes it natively: 2.3x faster, but it cost tumour Dice on real data)")
     args = parser.parse_args(argv)
     # the library (torch, MONAI: seconds of imports) only after --help and argument errors
     import nibabel as nib

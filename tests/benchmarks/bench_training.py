@@ -7,8 +7,8 @@ Both train the same ThreeLevelUNet from the same seed on the same cached chunk w
 batch size and epochs, in one process; only the training loop is timed (the bundle's `SupervisedTrainer` run from
 start to end; the plain loop as the reference notebook wrote it). Figures: images/s for both and their ratio, at
 full width 256x256 batch 2 and at the quickstart's size; then the peak memory of each of 4 chunks trained through
-the bundle. The bundle runs in fp32 without augmentation there, as the plain loop does. ``--quick``: the bundle's
-default training path against the fp32 eager one (see :func:`precision_pairs`). Not a test: it prints figures.
+the bundle. The bundle runs in fp32 without augmentation there, as the plain loop does. ``--quick``: the fast
+training path (``--precision auto``) against the fp32 eager one (see :func:`precision_pairs`). Not a test: it prints figures.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def plain_images_per_second(lists: Path, size: int, channels: list[int], batch: 
 
 def precision_pairs(pairs: int = 3, steps: int = 3, compile_setting: str = "false") -> int:
     """``--quick``: training steps at full width (256x256, batch 2) through the bundle's own pieces, the fp32 eager
-    network (the default before) against the bundle's default (``--precision auto``: bf16 where the CPU computes it
+    network (the bundle's default) against the fast path (``--precision auto``: bf16 where the CPU computes it
     natively; ``--compile`` as given), alternating; two copies of one network, each with its own optimizer; the
     first steps (compilation included) are not timed. Prints ``speedup=``."""
     import copy
@@ -104,8 +104,8 @@ def precision_pairs(pairs: int = 3, steps: int = 3, compile_setting: str = "fals
     torch.manual_seed(0)
     x, y = torch.rand(2, 1, 256, 256), (torch.rand(2, 1, 256, 256) > 0.5).float()
     networks = {"fp32": ThreeLevelUNet()}
-    networks["default"] = compile_network(copy.deepcopy(networks["fp32"]), compile_setting, "auto")
-    inferers = {"fp32": AutocastInferer("fp32"), "default": AutocastInferer("auto")}
+    networks["fast"] = compile_network(copy.deepcopy(networks["fp32"]), compile_setting, "auto")
+    inferers = {"fp32": AutocastInferer("fp32"), "fast": AutocastInferer("auto")}
     optimizers = {name: torch.optim.Adam(net.parameters(), 1e-4) for name, net in networks.items()}
     loss = BCEDiceLoss()
 
@@ -117,21 +117,20 @@ def precision_pairs(pairs: int = 3, steps: int = 3, compile_setting: str = "fals
     for name in networks:  # warm-up: compilation, oneDNN's first-call set-up
         for _ in range(2):
             step(name)
-    compiled = compile_setting != "false" and hasattr(networks["default"], "_compiled_call_impl") \
-        and networks["default"]._compiled_call_impl is not None
-    label = f"default ({choose_precision('auto')}{', compiled' if compiled else ''})"
-    times: dict[str, list[float]] = {"fp32": [], "default": []}
+    compiled = getattr(networks["fast"], "_compiled_call_impl", None) is not None
+    label = f"--precision auto ({choose_precision('auto')}{', compiled' if compiled else ''})"
+    times: dict[str, list[float]] = {"fp32": [], "fast": []}
     for pair in range(pairs):
-        for name in ("fp32", "default"):
+        for name in ("fp32", "fast"):
             started = time.perf_counter()
             for _ in range(steps):
                 step(name)
             times[name].append((time.perf_counter() - started) / steps)
-        print(f"pair {pair + 1}: fp32 eager {times['fp32'][-1]:.2f} s/step, {label} {times['default'][-1]:.2f} s/step",
+        print(f"pair {pair + 1}: fp32 eager {times['fp32'][-1]:.2f} s/step, {label} {times['fast'][-1]:.2f} s/step",
               flush=True)
-    fp32, default = statistics.median(times["fp32"]), statistics.median(times["default"])
-    print(f"median: fp32 eager {2 / fp32:.2f} images/s, {label} {2 / default:.2f} images/s")
-    print(f"speedup={statistics.median(a / b for a, b in zip(times['fp32'], times['default'])):.2f}")
+    fp32, fast = statistics.median(times["fp32"]), statistics.median(times["fast"])
+    print(f"median: fp32 eager {2 / fp32:.2f} images/s, {label} {2 / fast:.2f} images/s")
+    print(f"speedup={statistics.median(a / b for a, b in zip(times['fp32'], times['fast'])):.2f}")
     return 0
 
 
@@ -141,9 +140,9 @@ def main() -> int:
     parser.add_argument("--full-slices", type=int, default=40, help="chunk size at full width (slow on a CPU)")
     parser.add_argument("--quick-slices", type=int, default=320, help="chunk size at the quickstart's size")
     parser.add_argument("--memory-only", action="store_true", help="only the peak memory of 4 chunks")
-    parser.add_argument("--quick", action="store_true", help="only fp32 eager against the bundle's default "
-                                                             "(--precision auto) at full width, 3 alternating pairs")
-    parser.add_argument("--compile", default="false", help="with --quick: the default path also compiled "
+    parser.add_argument("--quick", action="store_true", help="only fp32 eager against --precision auto at full "
+                                                             "width, 3 alternating pairs")
+    parser.add_argument("--compile", default="false", help="with --quick: the fast path also compiled "
                                                            "(true, false, auto)")
     args = parser.parse_args()
     if args.quick:
