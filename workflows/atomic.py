@@ -10,7 +10,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from workflows.locking import process_running
+from workflows.locking import machine_tag, process_running
 
 __all__ = ["TMP_PREFIX", "write_bytes_atomic", "write_text_atomic", "write_json_atomic", "csv_text", "write_csv_atomic",
            "remove_stale_temporaries"]
@@ -21,7 +21,7 @@ TMP_PREFIX = ".tmp-"
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{path.name}")
+    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}.{machine_tag()}-{path.name}")
     try:
         with open(tmp, "wb") as handle:
             handle.write(data)
@@ -67,15 +67,18 @@ def _cell(value: object) -> str:
 
 
 def remove_stale_temporaries(folder: str | os.PathLike, subfolders: Sequence[str] = ()) -> int:
-    """Delete the temporaries (``.tmp-<pid>-<name>``) a killed run of this tool left directly in ``folder`` and in
-    its ``subfolders``, and only those: files of a process still running, and anything deeper (an input folder
-    below the output, say), are left alone. Returns how many were removed."""
+    """Delete the temporaries (``.tmp-<pid>.<machine>-<name>``) a killed run of this tool on this machine left
+    directly in ``folder`` and in its ``subfolders``, and only those: files of a process still running, of another
+    machine writing into a shared folder, and anything deeper (an input folder below the output, say), are left
+    alone. Returns how many were removed."""
     removed = 0
     for where in [Path(folder), *(Path(folder) / name for name in subfolders)]:
         if not where.is_dir():
             continue
         for tmp in where.glob(f"{TMP_PREFIX}*"):
-            pid = tmp.name[len(TMP_PREFIX):].split("-", 1)[0]
+            pid, _, machine = tmp.name[len(TMP_PREFIX):].split("-", 1)[0].partition(".")
+            if machine and machine != machine_tag():
+                continue
             if tmp.is_file() and pid.isdigit() and int(pid) != os.getpid() and not process_running(int(pid)):
                 tmp.unlink()
                 removed += 1

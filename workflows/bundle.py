@@ -79,8 +79,12 @@ def network_size(spatial_size) -> int:
     return size
 
 
-def check_inference_settings(spatial_size, target, sw_batch_size, min_tumour_mm3) -> None:
+def check_inference_settings(spatial_size, target, sw_batch_size, min_tumour_mm3, shard=None, overwrite=False) -> None:
     """Refuse, before anything is built, inference settings that cannot work, in one line each."""
+    from workflows.shards import parse_shard
+
+    parse_shard(shard)
+    flag(overwrite, "overwrite")
     network_size(spatial_size)
     if target not in ("liver", "tumor", "both"):
         raise ValueError(f"--target must be liver, tumor or both, got {target!r}.")

@@ -31,13 +31,14 @@ from transforms import (
 from workflows.atomic import remove_stale_temporaries, write_bytes_atomic, write_json_atomic
 from workflows.discovery import VolumeSource, describe_sources, find_volume_sources
 from workflows.grey_levels import GREY_LEVELS_NAME, GreyLevels, disagreeing_sources, source_groups
-from workflows.locking import LOCK_NAME, folder_lock
+from workflows.locking import LOCK_PREFIX, folder_lock
 from workflows.memory import peak_memory_mib
+from workflows.shards import share
 from workflows.slice_set import (
     MANIFEST_NAME, grey_of, manifest_rows_to_csv, read_mask, slice_name, volume_sort_key, write_manifest,
 )
 
-__all__ = ["TARGETS", "ConvertSettings", "ConvertSummary", "convert"]
+__all__ = ["TARGETS", "ConvertSettings", "ConvertSummary", "convert", "shard_of"]
 
 TARGETS = tuple(TARGET_CHANNELS)
 PARTS_DIR = ".parts"
@@ -283,7 +284,7 @@ def _check_settings(output: Path, settings: ConvertSettings, input_path: Path) -
             shown = ", ".join(f"{k}: {before.get(k)!r} -> {wanted[k]!r}" for k in differing)
             raise ValueError(f"{output} was converted with other settings ({shown}); use a new --output "
                              "or the same options to carry on.")
-    elif any(entry.name != LOCK_NAME for entry in output.iterdir()):
+    elif any(not entry.name.startswith(LOCK_PREFIX) for entry in output.iterdir()):
         raise ValueError(f"{output} is not empty and was not made by this conversion (no {SETTINGS_NAME}); nothing "
                          "in it is overwritten: choose an empty or new --output.")
     write_json_atomic(path, wanted)
@@ -313,9 +314,20 @@ def _check_unchanged(output: Path, source: VolumeSource) -> None:
                          "convert it again, or use another --output.")
 
 
+def shard_of(sources: list[VolumeSource], shard: tuple[int, int] | None) -> list[VolumeSource]:
+    """The volumes of share ``I`` of ``N`` (:func:`workflows.shards.share`, in volume-id order)."""
+    return share(sources, shard, key=lambda s: volume_sort_key(s.volume_id))
+
+
 def convert(input_path: str | os.PathLike, output: str | os.PathLike, settings: ConvertSettings = ConvertSettings(),
-            label: str | os.PathLike | None = None, workers: int = 1, progress: bool = True) -> ConvertSummary:
-    """Convert everything found under ``input_path`` into the slice set ``output``; see the module docstring."""
+            label: str | os.PathLike | None = None, workers: int = 1, progress: bool = True,
+            shard: tuple[int, int] | None = None, merge: bool = False) -> ConvertSummary:
+    """Convert everything found under ``input_path`` into the slice set ``output``; see the module docstring.
+
+    ``shard=(I, N)`` converts share I of N (:func:`shard_of`) so N machines (or processes) fill one shared output;
+    the shard that finds every volume complete writes the manifest, which is then the one an unsharded run writes.
+    ``merge=True`` converts nothing and writes the manifest from the volumes complete so far (a shard failed a volume,
+    or was stopped), naming those missing."""
     input_path, output = Path(input_path), Path(output)
     sources, notes = find_volume_sources(input_path, label)
     say = tqdm.write if progress else (lambda *_: None)
@@ -323,11 +335,42 @@ def convert(input_path: str | os.PathLike, output: str | os.PathLike, settings: 
     for note in notes:
         say(note)
     output.mkdir(parents=True, exist_ok=True)
-    with folder_lock(output, "a conversion"):
+    if merge:
+        with folder_lock(output, "a conversion"):
+            _check_settings(output, settings, input_path)
+            return _merge(sources, output, say)
+    share = shard_of(sources, shard)
+    lock = f"{LOCK_PREFIX}shard-{shard[0]}-of-{shard[1]}.lock" if shard else f"{LOCK_PREFIX}lock"
+    with folder_lock(output, f"shard {shard[0]}/{shard[1]} of a conversion" if shard else "a conversion", lock):
         _check_settings(output, settings, input_path)
         if remove_stale_temporaries(output, ["images", "masks", PARTS_DIR]):
             say("removed temporary files an interrupted run left behind")
-        return _convert_sources(sources, output, settings, workers, progress, say)
+        if shard:
+            say(f"shard {shard[0]}/{shard[1]}: {len(share)} of the {len(sources)} volumes")
+        summary = _convert_sources(share, output, settings, workers, progress, say)
+        if shard is None:
+            return _write_manifest(output, summary, say)
+        missing = [s.volume_id for s in sources if not _part_path(output, s.volume_id).exists()]
+        if not missing:
+            say(f"shard {shard[0]}/{shard[1]}: every volume of the input is complete; writing the manifest")
+            return _write_manifest(output, summary, say)
+        return _report(summary, say, f"no manifest yet: {len(missing)} volume(s) of the input are not complete (other "
+                       "shards); the last shard to finish writes it, or run the same command with --merge in place "
+                       "of --shard")
+
+
+def _merge(sources: list[VolumeSource], output: Path, say) -> ConvertSummary:
+    """The manifest and grey levels from the volumes complete in ``output``; the missing ones named."""
+    summary = ConvertSummary()
+    for source in sources:
+        if _part_path(output, source.volume_id).exists():
+            _check_unchanged(output, source)
+            summary.skipped.append(source.volume_id)
+        else:
+            summary.failed[source.volume_id] = (f"{source.where}: not converted into {output} yet (its shard failed "
+                                                "it, was stopped, or still runs)")
+    summary.skipped.sort(key=volume_sort_key)
+    return _write_manifest(output, summary, say)
 
 
 def _convert_sources(sources: list[VolumeSource], output: Path, settings: ConvertSettings, workers: int,
@@ -373,7 +416,11 @@ def _convert_sources(sources: list[VolumeSource], output: Path, settings: Conver
                     record(future.result())
     finally:  # the bar's last line before any message (Ctrl-C included)
         bar.close()
+    return summary
 
+
+def _write_manifest(output: Path, summary: ConvertSummary, say) -> ConvertSummary:
+    """``manifest.csv`` and ``grey_levels.json`` from every complete volume's part files, and the summary said."""
     rows = _read_parts(output)
     write_manifest(output / MANIFEST_NAME, rows)
     records = _read_grey_parts(output, sorted({r["volume_id"] for r in rows}, key=volume_sort_key))
@@ -381,8 +428,12 @@ def _convert_sources(sources: list[VolumeSource], output: Path, settings: Conver
     warning = disagreeing_sources(source_groups(records))
     if warning:
         say(f"WARNING: {warning}")
+    return _report(summary, say, f"manifest: {output / MANIFEST_NAME}")
+
+
+def _report(summary: ConvertSummary, say, manifest: str) -> ConvertSummary:
     say(f"converted {len(summary.converted)}, skipped {len(summary.skipped)} (already complete), "
-        f"failed {len(summary.failed)}; {summary.slices} new slice(s); manifest: {output / MANIFEST_NAME}")
+        f"failed {len(summary.failed)}; {summary.slices} new slice(s); {manifest}")
     if summary.converted or summary.failed:
         say(f"peak memory per worker {summary.peak_rss_mib} MiB")
     for volume_id, error in summary.failed.items():

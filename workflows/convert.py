@@ -1,7 +1,7 @@
 """Raw scans (LiTS / MSD NIfTI, DICOM series) or a 2D set (Kaggle JPGs) to a slice set with a manifest.
 
 ``python -m workflows.convert --input IN --output OUT [--label SEG] [--label-map 5:1] [--target liver|tumor|both]
-[--window abdomen | --window-hu LO HI] [--format png|jpg] [--workers N] [--size S]``
+[--window abdomen | --window-hu LO HI] [--format png|jpg] [--workers N] [--size S] [--shard I/N | --merge]``
 
 OUT gets ``images/volume-<id>_slice_<k>.<fmt>`` (8-bit, windowed like the Kaggle JPGs), ``masks/...png``
 (lossless LiTS labels: 0 background, 1 liver, 2 tumour; ``--target liver`` merges tumour into liver, ``--target
@@ -18,6 +18,10 @@ masks use other values take ``--label-map`` (``127:1,255:2``); grey slices saved
 A volume is complete when all its slices and its manifest rows (``.parts/volume-<id>.csv``, written last) are
 on disk; a rerun skips complete volumes, so an interrupted run carries on. A bad volume is reported with the
 reason and skipped; the exit code is 1 if any failed.
+
+Several machines (or processes) fill one shared OUT with ``--shard I/N`` each (share I of N: every N-th volume in
+id order); the last shard to finish writes the manifest, the same bytes one unsharded run writes. ``--merge`` (same
+options, no ``--shard``) writes the manifest from the volumes complete so far and names the missing ones.
 """
 
 from __future__ import annotations
@@ -46,11 +50,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=("png", "jpg"), help="image format (default png; a 2D set keeps its own)")
     parser.add_argument("--workers", type=int, default=1, help="volumes converted in parallel (default 1)")
     parser.add_argument("--size", type=int, help="resize slices to SIZE x SIZE (default: keep the scan's matrix)")
+    sharing = parser.add_mutually_exclusive_group()
+    sharing.add_argument("--shard", metavar="I/N", help="convert share I of N of the volumes (N machines, one output)")
+    sharing.add_argument("--merge", action="store_true", help="convert nothing: write the manifest of the volumes "
+                                                              "the shards completed, naming the missing ones")
     add_threads(parser)
     args = parser.parse_args(argv)
     # the library (torch, MONAI: seconds of imports) only after --help and argument errors
     from transforms import parse_label_map, window_range
     from workflows.conversion import ConvertSettings, convert
+    from workflows.shards import parse_shard
     from workflows.threads import set_threads
 
     try:
@@ -63,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
         window_range(settings.window, settings.window_hu)
         if args.size is not None and args.size < 8:
             raise ValueError(f"--size must be at least 8, got {args.size}.")
-        summary = convert(args.input, args.output, settings, args.label, args.workers)
+        shard = parse_shard(args.shard) if args.shard else None
+        summary = convert(args.input, args.output, settings, args.label, args.workers, shard=shard, merge=args.merge)
     except (ValueError, FileNotFoundError) as err:
         parser.exit(2, f"error: {err}\n")
     return 1 if summary.failed else 0

@@ -28,8 +28,8 @@ def is_image_2d(path: str | os.PathLike) -> bool:
 
 
 #: What inference writes (``<name>_seg.nii.gz``, ``<name>_overlay.png``, ...): never read back as a scan.
-OUTPUT_LIKE = re.compile(r"(_seg\.nii(\.gz)?|_seg\.dcm|_overlay\.png|_mask\.png|_prediction\.png|^summary\.(csv|json))$",
-                         re.IGNORECASE)
+OUTPUT_LIKE = re.compile(r"(_seg\.nii(\.gz)?|_seg\.dcm|_overlay\.png|_mask\.png|_prediction\.png|^summary\.(csv|json)"
+                         r"|^\.rows)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -41,10 +41,10 @@ class ScanList:
 
 
 def _why_not_a_scan(path: Path) -> str | None:
-    if path.name.startswith("."):
-        return "hidden"
     if OUTPUT_LIKE.search(path.name):
         return "an output of this tool"
+    if path.name.startswith("."):
+        return "hidden"
     if path.is_dir():
         return None if is_dicom_series_folder(path) else "a folder without a DICOM series"
     if not (is_nifti(path) or is_image_2d(path)):

@@ -1,14 +1,16 @@
 """One-line inference, the reference's ``python inference.py --image new_ct.jpg --model unet_liver_final.pth``.
 
 ``python -m workflows.infer --input IMAGE_OR_SCAN --model WEIGHTS [--output DIR] [--target liver|tumor|both]
-[--channels 64 128 256 512] [--spatial-size 256] [--min-tumour-mm3 10]``
+[--channels 64 128 256 512] [--spatial-size 256] [--min-tumour-mm3 10] [--shard I/N] [--overwrite]``
 
 IMAGE_OR_SCAN is one 2D slice (PNG/JPG, windowed like the Kaggle export), a NIfTI file, a DICOM series folder, or a
 folder of those. WEIGHTS is the bundle's ``model.pt``, a training checkpoint, the reference project's own
 state_dict, or a TorchScript ``.ts`` from ``ckpt_export``. A model.pt from training carries its settings (widths,
 size, target, window), so no flag is needed; for other weights the defaults are the reference's network (full width
 at 256x256, liver), and a flag that contradicts the model file is refused. It runs the bundle's ``inference`` workflow with these settings, so the image path is the
-bundle's (``--image`` is the old spelling of ``--input``).
+bundle's (``--image`` is the old spelling of ``--input``). A rerun skips the scans already segmented into the
+output (``--overwrite`` segments them again); ``--shard I/N`` segments share I of N of the scans, for N machines
+writing one output folder.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-tumour-mm3", type=float, default=10.0, help="drop smaller tumour specks (10 mm³)")
     parser.add_argument("--deidentify", action="store_true",
                         help="outputs named scan-001, ... and no file names, series notes or DICOM SEG in them")
+    parser.add_argument("--shard", metavar="I/N", help="segment share I of N of the scans (N machines, one output)")
+    parser.add_argument("--overwrite", action="store_true", help="segment again the scans a run before finished")
     add_threads(parser)
     args = parser.parse_args(argv)
 
@@ -42,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     from workflows.inference import SomeScansFailed
 
     settings = {"input": args.input, "output_dir": args.output, "ckpt_file": args.model,
-                "min_tumour_mm3": args.min_tumour_mm3, "deidentify": args.deidentify, "threads": args.threads}
+                "min_tumour_mm3": args.min_tumour_mm3, "deidentify": args.deidentify, "threads": args.threads,
+                "shard": args.shard, "overwrite": args.overwrite}
     given = {"target": args.target, "spatial_size": args.spatial_size,
              "network_def#channels": list(args.channels) if args.channels else None}
     settings.update({key: value for key, value in given.items() if value is not None})  # else the model file's

@@ -11,11 +11,19 @@ Outputs per volume (NIfTI file or DICOM series folder): ``<name>_seg.nii.gz`` on
 affine; 0 background, 1 liver, 2 tumour), ``<name>_seg.dcm`` (DICOM SEG) for a DICOM series, and
 ``<name>_overlay.png``. One 2D image (a windowed PNG/JPG slice, as the Kaggle export) gives ``<name>_mask.png`` and
 the reference's side-by-side picture. ``summary.json`` / ``summary.csv``: one row per scan, volumes in mL.
+
+Each finished scan leaves its row in ``.rows/<name>.json`` with the model and the scan it came from: a rerun skips
+the scans whose outputs are there (``overwrite`` redoes them; outputs of another model or of a scan changed since
+are refused by name, never silently mixed), and ``shard="I/N"`` segments share I of N of the scans, so N machines
+fill one output folder; the summary is merged from the rows of every shard.
 """
 
 from __future__ import annotations
 
+import functools
 import gzip
+import hashlib
+import json
 import logging
 import os
 from collections.abc import Hashable, Mapping
@@ -43,7 +51,9 @@ from transforms import (  # noqa: E402
 from workflows.atomic import write_bytes_atomic, write_csv_atomic, write_json_atomic  # noqa: E402
 from workflows.dicom_seg import write_dicom_seg  # noqa: E402
 from workflows.discovery import ScanList, find_scans, is_image_2d, output_names  # noqa: E402
-from workflows.locking import folder_lock  # noqa: E402
+from workflows.bundle import flag  # noqa: E402
+from workflows.locking import LOCK_PREFIX, folder_lock  # noqa: E402
+from workflows.shards import parse_shard, share  # noqa: E402
 from workflows.pictures import montage, overlay, save_figure  # noqa: E402
 
 __all__ = ["load_weights", "ScanDataset", "SomeScansFailed", "CurrentScan", "SaveScanMaskd", "ScanInference"]
@@ -114,6 +124,21 @@ class ScanDataset(torch.utils.data.Dataset):
         scan = self.scans[index]
         item = {"image": str(scan), "name": self.names[scan]}
         return self.transform(item) if self.transform is not None else item
+
+
+def _content_hash(path: Path) -> str:
+    """SHA-1 of a file's bytes, computed once per file version (path, size, modification time)."""
+    stat = path.stat()
+    return _hash_of(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _hash_of(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 class SomeScansFailed(ValueError):
@@ -223,12 +248,16 @@ class ScanInference:
         scan: the evaluator's :class:`CurrentScan`.
         network_input: the preprocessing's last step, used alone for 2D images (grey levels already).
         target: what the model segments.
+        shard: ``"I/N"``: segment share I of N of the scans (:mod:`workflows.shards`); ``None``: all.
+        overwrite: segment again the scans a run before finished (default: skip them).
     """
 
     def __init__(self, network: torch.nn.Module, ckpt_file: str, output_dir: str, evaluator: SupervisedEvaluator,
-                 dataset: ScanDataset, scan: CurrentScan, network_input: Compose, target: str = "liver") -> None:
+                 dataset: ScanDataset, scan: CurrentScan, network_input: Compose, target: str = "liver",
+                 shard: str | None = None, overwrite: bool | str = False) -> None:
         if target not in TARGET_CHANNELS:
             raise ValueError(f"`target` must be one of {list(TARGET_CHANNELS)}, got {target!r}.")
+        self.shard, self.overwrite = parse_shard(shard), flag(overwrite, "overwrite")
         self.network, self.ckpt_file, self.output_dir = network, ckpt_file, Path(output_dir)
         self.evaluator, self.dataset, self.scan = evaluator, dataset, scan
         self.network_input, self.target = network_input, target
@@ -248,35 +277,84 @@ class ScanInference:
             raise ValueError(f"--output_dir {self.output_dir} is inside --input {self.dataset.input}: the results "
                              "would be mixed with the scans; choose an output folder outside the input.")
         found = self.dataset.found
-        with folder_lock(self.output_dir, "an inference"):
+        lock = f"{LOCK_PREFIX}shard-{self.shard[0]}-of-{self.shard[1]}.lock" if self.shard else f"{LOCK_PREFIX}lock"
+        what = f"shard {self.shard[0]}/{self.shard[1]} of an inference" if self.shard else "an inference"
+        with folder_lock(self.output_dir, what, lock):
             return self._segment_all(found)
 
+    # -- one row per finished scan, so a rerun skips it and shards share the summary --------------------------------
+    def _record_path(self, scan: Path) -> Path:
+        return self.output_dir / ".rows" / f"{self.dataset.names[scan]}.json"
+
+    def _made_by(self, scan: Path) -> dict:
+        """What a scan's outputs come from: the contents of the model file and of the scan's files (hashed: a file
+        rewritten with the same bytes is the same; no path or name goes into the record)."""
+        files = sorted(p for p in scan.iterdir() if p.is_file()) if scan.is_dir() else [scan]
+        digest = hashlib.sha1()
+        for path in files:
+            digest.update(_content_hash(path).encode())
+        return {"model": _content_hash(Path(self.ckpt_file)), "target": self.target, "scan": digest.hexdigest()[:16]}
+
+    def _finished(self, scan: Path) -> dict | None:
+        """The row of a scan a run before segmented (its outputs all there), else None. Outputs of another model,
+        target or version of the scan are refused: replacing them is the user's call (``overwrite``)."""
+        path = self._record_path(scan)
+        if self.overwrite or not path.is_file():
+            return None
+        record = json.loads(path.read_text())
+        row = record.get("row", {})
+        if row.get("error") or not Path(row.get("segmentation") or "/nonexistent").exists():
+            return None
+        if record.get("made_by") != self._made_by(scan):
+            raise ValueError(f"{self.output_dir}: {row.get('segmentation')} was made by another model, target or an "
+                             f"earlier version of {self.dataset.shown(scan)}; segment it again with --overwrite (the "
+                             "bundle: --overwrite true), or choose another output folder.")
+        return row
+
     def _segment_all(self, found: ScanList) -> list[dict]:
-        rows = []
+        left_out = []
         for path, reason in found.skipped:  # every file of the input has its line: nothing silently ignored
             logger.info(f"left out {self.dataset.shown(path)}: {reason}")
-            rows.append({"scan": self.dataset.shown(path), "segmentation": "", "skipped": reason})
-        scans = found.scans
-        for index, scan in enumerate(tqdm(scans, desc="segmenting", unit="scan", disable=len(scans) < 2)):
+            left_out.append({"scan": self.dataset.shown(path), "segmentation": "", "skipped": reason})
+        index_of = {scan: k for k, scan in enumerate(found.scans)}
+        mine = share(found.scans, self.shard, key=str)
+        if self.shard:
+            logger.info(f"shard {self.shard[0]}/{self.shard[1]}: {len(mine)} of the {len(found.scans)} scans")
+        done = {scan: row for scan in mine if (row := self._finished(scan)) is not None}
+        if done:
+            logger.info(f"{len(done)} scan(s) already segmented in {self.output_dir}, skipped (--overwrite true "
+                        "segments them again)")
+        todo = [scan for scan in mine if scan not in done]
+        failed = []
+        for scan in tqdm(todo, desc="segmenting", unit="scan", disable=len(todo) < 2):
             logger.info(f"segmenting {self.dataset.shown(scan)}")
             try:  # a bad scan is reported and skipped; the others are segmented
-                rows.append(self.segment_image(scan) if is_image_2d(scan) else self.segment_volume(index))
+                row = self.segment_image(scan) if is_image_2d(scan) else self.segment_volume(index_of[scan])
             except (RuntimeError, ValueError) as raised:
                 err = unwrap_transform_error(raised)
                 if not isinstance(err, ValueError):  # not a bad scan: a bug, shown with its traceback
                     raise
                 message = self.dataset.shown(scan, str(err))
                 logger.error(f"FAILED {self.dataset.shown(scan)}: {message}")
-                rows.append({"scan": self.dataset.shown(scan), "segmentation": "", "error": message})
-            self._write_summary(rows)  # as each scan finishes: a kill keeps what was done
-        self._write_summary(rows)
-        if any(row.get("error") for row in rows):
+                row = {"scan": self.dataset.shown(scan), "segmentation": "", "error": message}
+                failed.append(row)
+            write_json_atomic(self._record_path(scan), {"made_by": self._made_by(scan), "row": row})
+            self._write_summary(left_out, found)  # as each scan finishes: a kill keeps what was done
+        rows = self._write_summary(left_out, found)
+        if failed:
             raise SomeScansFailed(rows, self.output_dir / "summary.csv")
         return rows
 
-    def _write_summary(self, rows: list[dict]) -> None:
+    def _write_summary(self, left_out: list[dict], found: ScanList) -> list[dict]:
+        """The summary of every scan finished in the output folder (by any shard), in input order."""
+        rows = list(left_out)
+        for scan in found.scans:
+            path = self._record_path(scan)
+            if path.is_file():
+                rows.append(json.loads(path.read_text())["row"])
         write_json_atomic(self.output_dir / "summary.json", rows)
         write_csv_atomic(self.output_dir / "summary.csv", rows)
+        return rows
 
     def segment_volume(self, index: int) -> dict:
         self.scan.batch = list_data_collate([self.dataset[index]])

@@ -33,6 +33,7 @@ from ignite.engine import Events  # noqa: E402
 from monai.engines import SupervisedEvaluator  # noqa: E402
 
 from transforms import TARGET_CHANNELS, target_to_lits  # noqa: E402
+from workflows import distributed  # noqa: E402
 from workflows.atomic import write_csv_atomic, write_json_atomic  # noqa: E402
 from workflows.pictures import overlay, save_figure  # noqa: E402
 from workflows.slice_set import MANIFEST_NAME, read_manifest, volume_sort_key  # noqa: E402
@@ -217,9 +218,15 @@ class SliceEvaluation:
 
         handle = self.evaluator.add_event_handler(Events.ITERATION_COMPLETED, collect)
         try:
-            self.evaluator.run()
+            if len(self.evaluator.data_loader.dataset) or distributed.world_size() == 1:  # a rank may get no volume
+                self.evaluator.run()
         finally:
             handle.remove()
+        # several processes (multi_gpu_evaluate.json): each scored whole volumes of its share; all report the whole
+        rows = distributed.gather(rows)
+        pictures = dict(distributed.gather(list(pictures.items())))
+        if volumes is not None:
+            volumes.rows = distributed.gather(volumes.rows)
         if not rows:
             raise ValueError(f"{self.dataset_dir / 'val.json'} holds no slices to evaluate.")
 
@@ -228,9 +235,13 @@ class SliceEvaluation:
             per = [{"volume_id": r["volume_id"], "slice_index": r["slice_index"], "tp": r[f"{name}_tp"],
                     "pred_pixels": r[f"{name}_pred_pixels"], "true_pixels": r[f"{name}_true_pixels"]} for r in rows]
             metrics["channels"][name] = summarise(per, balanced_set)
+        if volumes is not None and volumes.rows:
+            volumes.rows.sort(key=lambda r: volume_sort_key(str(r["volume_id"])))
+            metrics["volumes"] = volumes.summary()
+        if not distributed.is_main():  # rank 0 writes the report
+            return metrics
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if volumes is not None and volumes.rows:
-            metrics["volumes"] = volumes.summary()
             write_csv_atomic(self.output_dir / "volume_metrics.csv", volumes.rows)
         write_json_atomic(self.output_dir / "metrics.json", metrics)
         self._write_csv(rows)

@@ -43,6 +43,7 @@ from torch.utils.data import Sampler
 
 from transforms import TARGET_CHANNELS
 from workflows.atomic import write_bytes_atomic, write_json_atomic
+from workflows import distributed
 from workflows.bundle import flag, network_size, whole_number
 from workflows.locking import folder_lock
 from workflows.grey_levels import read_grey_levels
@@ -162,7 +163,10 @@ class ResumableSampler(Sampler[int]):
     """A shuffling sampler whose order depends only on ``(seed, chunk, epoch)``, and that can start part-way
     through an epoch, so a run resumed from iteration i sees exactly the batches an uninterrupted run saw.
 
-    The length follows the dataset's current length (datasets are refilled chunk by chunk).
+    The length follows the dataset's current length (datasets are refilled chunk by chunk). Trained by several
+    processes (:mod:`workflows.distributed`), each rank takes every world-size-th index of the epoch's order from its
+    rank on (the order padded from its start to a multiple of the ranks, as PyTorch's ``DistributedSampler``
+    does), so the ranks share each epoch without overlap and a resume skips within each rank's share.
     """
 
     def __init__(self, data_source: Sized, seed: int = 0, shuffle: bool = True) -> None:
@@ -181,7 +185,7 @@ class ResumableSampler(Sampler[int]):
         self._skip = int(samples)
 
     def __len__(self) -> int:
-        return len(self.data_source)
+        return math.ceil(len(self.data_source) / distributed.world_size())
 
     def __iter__(self) -> Iterator[int]:
         n = len(self.data_source)
@@ -190,6 +194,10 @@ class ResumableSampler(Sampler[int]):
             order = torch.randperm(n, generator=generator).tolist()
         else:
             order = list(range(n))
+        ranks = distributed.world_size()
+        if ranks > 1 and n:
+            padded = (order * math.ceil(len(self) * ranks / n))[: len(self) * ranks]
+            order = padded[distributed.rank()::ranks]
         skip, self._skip = self._skip, 0
         return iter(order[skip:])
 
@@ -297,7 +305,7 @@ class ChunkRun:
         if self._chunk_lengths is None:
             self._chunk_lengths = [len(json.loads((self.dataset_dir / name).read_text())["training"])
                                    for name in self.split["chunks"]]
-        return math.ceil(self._chunk_lengths[k] / self.batch_size)
+        return math.ceil(math.ceil(self._chunk_lengths[k] / distributed.world_size()) / self.batch_size)
 
     def global_iteration(self, iteration: int) -> int:
         """An iteration of the chunk in progress, counted from the first iteration of chunk 0."""
@@ -322,7 +330,7 @@ class ChunkRun:
     # -- state ----------------------------------------------------------------------------------------------------
     def state(self, engine: SupervisedTrainer, chunk_done: bool) -> dict:
         state = {
-            "model": engine.network.state_dict(),
+            "model": distributed.plain(engine.network).state_dict(),  # no "module." from DistributedDataParallel
             "optimizer": engine.optimizer.state_dict(),
             "trainer": dict(engine.state_dict()),
             "chunk": {"index": self.chunk, "done": chunk_done, "n_chunks": self.n_chunks,
@@ -347,7 +355,7 @@ class ChunkRun:
             logger.warning(f"{source} was trained with {threads} thread(s), this run uses {torch.get_num_threads()}: "
                            "float sums are ordered differently, so the weights will differ slightly from a run that "
                            f"kept {threads} (pass --threads {threads} to match it).")
-        engine.network.load_state_dict(state["model"])
+        distributed.plain(engine.network).load_state_dict(state["model"])
         engine.optimizer.load_state_dict(state["optimizer"])
         if self.lr_scheduler is not None and "lr_scheduler" in state:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
@@ -368,10 +376,11 @@ class ChunkRun:
         best = max(scored, key=lambda e: e["val_metric"])["chunk"] if scored else None
         for entry in log:
             entry["best"] = entry["chunk"] == best
-        for name, k in (("model.pt", done[-1] if done else None), ("best_model.pt", best)):
-            if k is not None:
-                save_model_file(self.ckpt_dir / name, states[k]["model"], self.model_settings)
-        write_json_atomic(self.log_path, log)
+        if distributed.is_main():  # one writer when several processes train
+            for name, k in (("model.pt", done[-1] if done else None), ("best_model.pt", best)):
+                if k is not None:
+                    save_model_file(self.ckpt_dir / name, states[k]["model"], self.model_settings)
+            write_json_atomic(self.log_path, log)
         return log
 
 
@@ -478,7 +487,7 @@ class ProgressCheckpointHandler:
         engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.every), self)
 
     def __call__(self, engine: Engine) -> None:
-        if engine.state.iteration < engine.state.epoch_length * engine.state.max_epochs:
+        if engine.state.iteration < engine.state.epoch_length * engine.state.max_epochs and distributed.is_main():
             _save(self.run.progress_checkpoint, self.run.state(engine, chunk_done=False))
 
 
@@ -517,14 +526,16 @@ class ChunkCheckpointHandler:
         }
         if k == run.n_chunks - 1:
             entry.update(self._validate_full_list())
-        state = run.state(engine, chunk_done=True)
-        state["log"] = {key: value for key, value in entry.items() if value is not None}
-        _save(run.chunk_checkpoint(k), state)  # chunk k is done from here on
-        save_model_file(run.ckpt_dir / "model.pt", state["model"], run.model_settings)
-        if entry["best"]:
-            save_model_file(run.ckpt_dir / "best_model.pt", state["model"], run.model_settings)
-        run.progress_checkpoint.unlink(missing_ok=True)
-        write_json_atomic(run.log_path, log + [entry])
+        if distributed.is_main():  # one writer; every rank holds the same weights
+            state = run.state(engine, chunk_done=True)
+            state["log"] = {key: value for key, value in entry.items() if value is not None}
+            _save(run.chunk_checkpoint(k), state)  # chunk k is done from here on
+            save_model_file(run.ckpt_dir / "model.pt", state["model"], run.model_settings)
+            if entry["best"]:
+                save_model_file(run.ckpt_dir / "best_model.pt", state["model"], run.model_settings)
+            run.progress_checkpoint.unlink(missing_ok=True)
+            write_json_atomic(run.log_path, log + [entry])
+        distributed.barrier()  # no rank starts the next chunk before its checkpoint is on disk
         loss = f"{entry['mean_loss_last_epoch']:.4f}" if entry["mean_loss_last_epoch"] is not None else "n/a"
         metric = f", {metric_name} {val_metric:.4f}{' (best)' if entry['best'] else ''}" if val_metric is not None else ""
         logger.info(f"chunk {k} done: loss {loss}, {entry['seconds']} s, peak memory {entry['peak_memory_mib']} MiB"
@@ -615,6 +626,8 @@ class ChunkedTraining:
     def run(self) -> list[dict]:
         """Train what is due (one training per ``ckpt_dir`` at a time); returns the log entries of the chunks
         trained now."""
+        if not distributed.is_main():  # rank 0 holds the folder for all ranks
+            return self._run()
         with folder_lock(self.chunk_run.ckpt_dir, "a training"):
             return self._run()
 

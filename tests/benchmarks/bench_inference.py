@@ -73,7 +73,7 @@ def main() -> int:
         for name, settings in (("fp32", {}), ("fast", fast)):
             started = time.perf_counter()
             run_workflow("inference", ["inference"], "infer", input=str(scan), output_dir=str(work / name),
-                         ckpt_file=str(weights), **settings)
+                         ckpt_file=str(weights), overwrite=True, **settings)  # each run segments the scan again
             times[name].append(time.perf_counter() - started)
         print(f"pair {pair + 1}: fp32 {times['fp32'][-1]:.1f} s, fast {times['fast'][-1]:.1f} s", flush=True)
     masks = [nib.load(work / name / f"volume-{slices}_seg.nii.gz").get_fdata() > 0 for name in ("fp32", "fast")]

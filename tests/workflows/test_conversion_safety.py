@@ -9,7 +9,7 @@ import time
 import pytest
 
 from workflows.conversion import convert
-from workflows.locking import LOCK_NAME, FolderInUse, folder_lock
+from workflows.locking import LOCK_NAME, FolderInUse, folder_lock, machine_tag
 from workflows.synthetic_cases import generate_dataset
 
 
@@ -54,8 +54,13 @@ def test_only_the_tools_own_stale_temporaries_in_its_own_folders_are_removed(raw
     below = out / "scans_of_mine"
     below.mkdir()
     (below / f".tmp-{dead}-notes.txt").write_text("not the tool's")
+    mine = out / "images" / f".tmp-{dead}.{machine_tag()}-volume-1_slice_0.png"
+    mine.write_bytes(b"half, this machine's")
+    elsewhere = out / "images" / f".tmp-{dead}.0badc0de-volume-1_slice_1.png"  # a shard on another machine writes
+    elsewhere.write_bytes(b"being written on another machine")
     convert(raw, out, progress=False)
-    assert not (out / "images" / f".tmp-{dead}-volume-0_slice_0.png").exists()
+    assert not (out / "images" / f".tmp-{dead}-volume-0_slice_0.png").exists() and not mine.exists()
+    assert elsewhere.exists()
     assert (out / "images" / f".tmp-{os.getppid()}-in-use.png").exists()
     assert (below / f".tmp-{dead}-notes.txt").read_text() == "not the tool's"
 
@@ -72,7 +77,7 @@ def test_a_second_run_on_one_folder_is_refused_naming_the_first(tmp_path):
         sleeper.kill()
         sleeper.wait()
     with folder_lock(tmp_path / "out", "a conversion"):  # the holder is gone: its lock is taken over
-        assert (tmp_path / "out" / LOCK_NAME).read_text().strip() == str(os.getpid())
+        assert (tmp_path / "out" / LOCK_NAME).read_text().split() == [str(os.getpid()), machine_tag()]
     assert not (tmp_path / "out" / LOCK_NAME).exists()
 
 
@@ -164,3 +169,11 @@ def test_a_full_disk_fails_the_volume_in_one_line_and_keeps_the_finished_ones(ra
     monkeypatch.setattr(conversion, "write_bytes_atomic", original)  # space freed: the rerun carries on
     again = convert(raw, tmp_path / "out", progress=False)
     assert again.skipped == ["0"] and again.converted == ["1"]
+
+
+def test_a_lock_held_on_another_machine_is_never_taken_over(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / LOCK_NAME).write_text(f"{2**22 + 1} 0badc0de\n")  # no such PID here: not proof of a kill there
+    with pytest.raises(FolderInUse, match="on another machine"):
+        with folder_lock(tmp_path / "out", "a conversion"):
+            pass

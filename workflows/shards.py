@@ -1,0 +1,39 @@
+"""Shares of a job for N machines or processes: ``--shard I/N`` takes every N-th item in a stable order from the
+I-th (conversion: volumes by id; inference: scans by path), so the shares are even, disjoint, cover everything once
+and are the same on every machine that sees the same input (nnU-Net's ``-part_id`` / ``-num_parts``, counted
+from 1)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+__all__ = ["parse_shard", "share"]
+
+T = TypeVar("T")
+
+
+def parse_shard(text: str | None) -> tuple[int, int] | None:
+    """``"2/4"`` -> ``(2, 4)``; ``None`` (or an empty setting) -> ``None``: no sharding.
+
+    Raises:
+        ValueError: not ``I/N`` with 1 <= I <= N.
+    """
+    if text is None or str(text).strip().lower() in ("", "none", "null"):
+        return None
+    index, slash, count = str(text).partition("/")
+    try:
+        shard = (int(index), int(count))
+    except ValueError:
+        shard = (0, 0)
+    if not slash or not 1 <= shard[0] <= shard[1]:
+        raise ValueError(f"--shard must be I/N with 1 <= I <= N (this machine's share of N), got {text!r}.")
+    return shard
+
+
+def share(items: Sequence[T], shard: tuple[int, int] | None, key: Callable[[T], object] | None = None) -> list[T]:
+    """Share ``I`` of ``N`` of ``items``: every N-th in ``key`` order from the I-th (all of them without a shard)."""
+    if shard is None:
+        return list(items)
+    index, count = shard
+    return sorted(items, key=key)[index - 1::count] if key is not None else sorted(items)[index - 1::count]
