@@ -70,7 +70,7 @@ def main() -> int:
           f"256x256; fast path: channels_last, {choose_precision('auto')} (auto on this CPU)")
     times: dict[str, list[float]] = {"fp32": [], "fast": []}
     for pair in range(args.pairs):
-        for name, settings in (("fp32", {}), ("fast", fast)):
+        for name, settings in (("fp32", {"precision": "fp32", "channels_last": False}), ("fast", fast)):
             started = time.perf_counter()
             run_workflow("inference", ["inference"], "infer", input=str(scan), output_dir=str(work / name),
                          ckpt_file=str(weights), overwrite=True, **settings)  # each run segments the scan again
