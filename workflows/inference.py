@@ -325,7 +325,7 @@ class ScanInference:
             logger.info(f"{len(done)} scan(s) already segmented in {self.output_dir}, skipped (--overwrite true "
                         "segments them again)")
         todo = [scan for scan in mine if scan not in done]
-        failed = []
+        failed, known = [], dict(done)  # rows read or written once, not re-read after every scan
         for scan in tqdm(todo, desc="segmenting", unit="scan", disable=len(todo) < 2):
             logger.info(f"segmenting {self.dataset.shown(scan)}")
             try:  # a bad scan is reported and skipped; the others are segmented
@@ -339,19 +339,22 @@ class ScanInference:
                 row = {"scan": self.dataset.shown(scan), "segmentation": "", "error": message}
                 failed.append(row)
             write_json_atomic(self._record_path(scan), {"made_by": self._made_by(scan), "row": row})
-            self._write_summary(left_out, found)  # as each scan finishes: a kill keeps what was done
-        rows = self._write_summary(left_out, found)
+            known[scan] = row
+            self._write_summary(left_out, found, known)  # as each scan finishes: a kill keeps what was done
+        rows = self._write_summary(left_out, found, known)
         if failed:
             raise SomeScansFailed(rows, self.output_dir / "summary.csv")
         return rows
 
-    def _write_summary(self, left_out: list[dict], found: ScanList) -> list[dict]:
-        """The summary of every scan finished in the output folder (by any shard), in input order."""
+    def _write_summary(self, left_out: list[dict], found: ScanList, known: dict[Path, dict]) -> list[dict]:
+        """The summary of every scan finished in the output folder (by any shard), in input order; ``known`` holds
+        the rows already read or written by this run (another shard's are read once, when they appear)."""
         rows = list(left_out)
         for scan in found.scans:
-            path = self._record_path(scan)
-            if path.is_file():
-                rows.append(json.loads(path.read_text())["row"])
+            if scan not in known and self._record_path(scan).is_file():
+                known[scan] = json.loads(self._record_path(scan).read_text())["row"]
+            if scan in known:
+                rows.append(known[scan])
         write_json_atomic(self.output_dir / "summary.json", rows)
         write_csv_atomic(self.output_dir / "summary.csv", rows)
         return rows
