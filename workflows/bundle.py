@@ -79,12 +79,17 @@ def network_size(spatial_size) -> int:
     return size
 
 
-def check_inference_settings(spatial_size, target, sw_batch_size, min_tumour_mm3, shard=None, overwrite=False) -> None:
+def check_inference_settings(spatial_size, target, sw_batch_size, min_tumour_mm3, shard=None, overwrite=False,
+                             precision="auto", channels_last=True) -> None:
     """Refuse, before anything is built, inference settings that cannot work, in one line each."""
+    from workflows.precision import PRECISIONS
     from workflows.shards import parse_shard
 
     parse_shard(shard)
     flag(overwrite, "overwrite")
+    flag(channels_last, "channels_last")
+    if str(precision) not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
     network_size(spatial_size)
     if target not in ("liver", "tumor", "both"):
         raise ValueError(f"--target must be liver, tumor or both, got {target!r}.")

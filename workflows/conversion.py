@@ -33,7 +33,7 @@ from workflows.discovery import VolumeSource, describe_sources, find_volume_sour
 from workflows.grey_levels import GREY_LEVELS_NAME, GreyLevels, disagreeing_sources, source_groups
 from workflows.locking import LOCK_PREFIX, folder_lock
 from workflows.memory import peak_memory_mib
-from workflows.shards import share
+from workflows.shards import share, shard_lock
 from workflows.slice_set import (
     MANIFEST_NAME, grey_of, manifest_rows_to_csv, read_mask, slice_name, volume_sort_key, write_manifest,
 )
@@ -339,15 +339,15 @@ def convert(input_path: str | os.PathLike, output: str | os.PathLike, settings: 
         with folder_lock(output, "a conversion"):
             _check_settings(output, settings, input_path)
             return _merge(sources, output, say)
-    share = shard_of(sources, shard)
-    lock = f"{LOCK_PREFIX}shard-{shard[0]}-of-{shard[1]}.lock" if shard else f"{LOCK_PREFIX}lock"
-    with folder_lock(output, f"shard {shard[0]}/{shard[1]} of a conversion" if shard else "a conversion", lock):
+    mine = shard_of(sources, shard)
+    lock, what = shard_lock(shard, "a conversion")
+    with folder_lock(output, what, lock):
         _check_settings(output, settings, input_path)
         if remove_stale_temporaries(output, ["images", "masks", PARTS_DIR]):
             say("removed temporary files an interrupted run left behind")
         if shard:
-            say(f"shard {shard[0]}/{shard[1]}: {len(share)} of the {len(sources)} volumes")
-        summary = _convert_sources(share, output, settings, workers, progress, say)
+            say(f"shard {shard[0]}/{shard[1]}: {len(mine)} of the {len(sources)} volumes")
+        summary = _convert_sources(mine, output, settings, workers, progress, say)
         if shard is None:
             return _write_manifest(output, summary, say)
         missing = [s.volume_id for s in sources if not _part_path(output, s.volume_id).exists()]

@@ -52,8 +52,8 @@ from workflows.atomic import write_bytes_atomic, write_csv_atomic, write_json_at
 from workflows.dicom_seg import write_dicom_seg  # noqa: E402
 from workflows.discovery import ScanList, find_scans, is_image_2d, output_names  # noqa: E402
 from workflows.bundle import flag  # noqa: E402
-from workflows.locking import LOCK_PREFIX, folder_lock  # noqa: E402
-from workflows.shards import parse_shard, share  # noqa: E402
+from workflows.locking import folder_lock  # noqa: E402
+from workflows.shards import parse_shard, share, shard_lock  # noqa: E402
 from workflows.pictures import montage, overlay, save_figure  # noqa: E402
 
 __all__ = ["load_weights", "ScanDataset", "SomeScansFailed", "CurrentScan", "SaveScanMaskd", "ScanInference"]
@@ -277,8 +277,7 @@ class ScanInference:
             raise ValueError(f"--output_dir {self.output_dir} is inside --input {self.dataset.input}: the results "
                              "would be mixed with the scans; choose an output folder outside the input.")
         found = self.dataset.found
-        lock = f"{LOCK_PREFIX}shard-{self.shard[0]}-of-{self.shard[1]}.lock" if self.shard else f"{LOCK_PREFIX}lock"
-        what = f"shard {self.shard[0]}/{self.shard[1]} of an inference" if self.shard else "an inference"
+        lock, what = shard_lock(self.shard, "an inference")
         with folder_lock(self.output_dir, what, lock):
             return self._segment_all(found)
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-__all__ = ["parse_shard", "share"]
+from workflows.locking import LOCK_NAME, LOCK_PREFIX
+
+__all__ = ["parse_shard", "share", "shard_lock"]
 
 T = TypeVar("T")
 
@@ -36,4 +38,12 @@ def share(items: Sequence[T], shard: tuple[int, int] | None, key: Callable[[T], 
     if shard is None:
         return list(items)
     index, count = shard
-    return sorted(items, key=key)[index - 1::count] if key is not None else sorted(items)[index - 1::count]
+    return sorted(items, key=key)[index - 1::count]
+
+
+def shard_lock(shard: tuple[int, int] | None, what: str) -> tuple[str, str]:
+    """The lock file name and the run's description for :func:`workflows.locking.folder_lock`: the shards of one job
+    share the output folder, each holding its own lock (``.liver-ct.shard-2-of-4.lock``)."""
+    if shard is None:
+        return LOCK_NAME, what
+    return f"{LOCK_PREFIX}shard-{shard[0]}-of-{shard[1]}.lock", f"shard {shard[0]}/{shard[1]} of {what}"

@@ -21,7 +21,8 @@ def available_cores() -> int:
 
 def set_threads(threads=0, processes=1) -> int:
     """Set torch's intra-op threads: ``threads`` when > 0, else the cores divided by the ``processes`` the command
-    runs at once (at least 1). Returns the count set; call it before torch does any work."""
+    runs at once (at least 1), times the ranks ``torchrun`` started on this machine (``LOCAL_WORLD_SIZE``). Returns
+    the count set; call it before torch does any work."""
     import torch
 
     try:
@@ -30,8 +31,9 @@ def set_threads(threads=0, processes=1) -> int:
         raise ValueError(f"--threads must be a whole number (0: the cores divided by the processes), got {threads!r}.") from None
     if wanted < 0:
         raise ValueError(f"--threads must be >= 0 (0: the cores divided by the processes), got {threads!r}.")
-    count = wanted or max(1, available_cores() // max(1, int(processes)))
+    processes = max(1, int(processes)) * max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    count = wanted or max(1, available_cores() // processes)
     if torch.get_num_threads() != count:
         torch.set_num_threads(count)
-    logger.info(f"torch threads: {count} ({'set' if wanted else f'{available_cores()} cores / {max(1, int(processes))} process(es)'})")
+    logger.info(f"torch threads: {count} ({'set' if wanted else f'{available_cores()} cores / {processes} process(es)'})")
     return count

@@ -49,6 +49,7 @@ from workflows.locking import folder_lock
 from workflows.grey_levels import read_grey_levels
 from workflows.memory import peak_memory_mib
 from workflows.model_file import save_model_file
+from workflows.precision import PRECISIONS
 from workflows.splitting import slices_dirs_of
 
 __all__ = [
@@ -75,7 +76,8 @@ def read_split(dataset_dir: str | os.PathLike) -> dict:
 
 def check_training_settings(dataset_dir: str | os.PathLike, chunk=None, spatial_size=256, batch_size=2,
                             epochs_per_chunk=2, checkpoint_every=100, learning_rate=1e-4,
-                            val_datalist: str = "val.json", augment=True) -> None:
+                            val_datalist: str = "val.json", augment=True, precision="fp32", compile=False,
+                            pin_memory=False) -> None:
     """Refuse, before anything is built or trained, settings and lists a training cannot use: a chunk that is not a
     whole number, sizes and counts out of range, a lists folder without a readable ``split.json``, list files that
     are missing or malformed, and slices the lists name that are gone or are not regular files.
@@ -86,6 +88,14 @@ def check_training_settings(dataset_dir: str | os.PathLike, chunk=None, spatial_
     if chunk is not None:
         whole_number("chunk", chunk, 0)
     flag(augment, "augment")
+    flag(pin_memory, "pin_memory")
+    if str(precision) not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
+    if str(compile).strip().lower() != "auto":
+        try:
+            flag(compile, "compile")
+        except ValueError:
+            raise ValueError(f"--compile must be true, false or auto, got {compile!r}.") from None
     network_size(spatial_size)
     whole_number("batch_size", batch_size, 1)
     whole_number("epochs_per_chunk", epochs_per_chunk, 1)

@@ -31,6 +31,9 @@ def _initialize(lists, ckpt_dir, **overrides):
     ({"epochs_per_chunk": 0}, r"--epochs_per_chunk must be a whole number >= 1"),
     ({"checkpoint_every": "often"}, r"--checkpoint_every must be a whole number >= 1, got 'often'"),
     ({"augment": "maybe"}, r"--augment must be true or false, got 'maybe'"),
+    ({"precision": "fp16"}, r"--precision must be one of auto, fp32, bf16, got 'fp16'"),
+    ({"compile": "maybe"}, r"--compile must be true, false or auto, got 'maybe'"),
+    ({"pin_memory": "maybe"}, r"--pin_memory must be true or false, got 'maybe'"),
     ({"learning_rate": -0.1}, r"--learning_rate must be a positive number"),
     ({"val_datalist": "nope.json"}, r"nope.json: listed in .*split.json but missing"),
 ])

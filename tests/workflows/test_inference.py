@@ -252,6 +252,9 @@ def test_deidentified_outputs_carry_no_name_of_the_patient(weights, tmp_path, ca
     ({"target": "spleen"}, r"--target must be liver, tumor or both, got 'spleen'"),
     ({"sw_batch_size": 0}, r"--sw_batch_size must be a whole number >= 1"),
     ({"min_tumour_mm3": "big"}, r"--min_tumour_mm3 must be a volume >= 0"),
+    ({"precision": "fp16"}, r"--precision must be one of auto, fp32, bf16"),
+    ({"channels_last": "maybe"}, r"--channels_last must be true or false"),
+    ({"shard": "3/2"}, r"--shard must be I/N"),
 ])
 def test_bad_inference_settings_are_one_line_before_anything_is_built(weights, tmp_path, overrides, message):
     from workflows.bundle import BundleCommandError
