@@ -242,7 +242,7 @@ VOLUME_FAULTS = [
     ("DICOM two series in one folder", _two_series, "2 DICOM series"),
     ("DICOM damaged pixel data", _damaged_dicom_pixels, "cannot be read"),
     ("label with NaN", _label_nan, "NaN or infinite"),
-    ("empty file", _empty_file, "cannot be read"),
+    ("empty file", _empty_file, "empty (0 bytes)"),
     ("header of 2**31 voxels", _huge_header, "voxels, more than the"),
     ("DICOM image of another matrix size", _other_matrix, "cannot be read"),
 ]

@@ -20,7 +20,7 @@ import pydicom
 
 from transforms.validation import InvalidScanError
 
-__all__ = ["SPACING_TOLERANCE", "DicomSeries", "dicom_series"]
+__all__ = ["SPACING_TOLERANCE", "DicomSeries", "dicom_series", "check_series_geometry"]
 
 #: Largest difference (mm) between two slice steps, or an in-plane shift between slices, still taken as regular.
 SPACING_TOLERANCE = 0.05
@@ -46,6 +46,13 @@ class DicomSeries:
     all_images: list[Path]
     notes: list[str] = field(default_factory=list)
     step_mm: float = 0.0
+    #: the geometry the kept images' tags give (LPS, mm): row and column cosines, PixelSpacing (between rows, between
+    #: columns), the matrix (rows, columns) and the first and last image's position
+    orientation: tuple[float, ...] = ()
+    pixel_spacing: tuple[float, float] = (0.0, 0.0)
+    matrix: tuple[int, int] = (0, 0)
+    first_position: tuple[float, ...] = ()
+    last_position: tuple[float, ...] = ()
 
     @property
     def complete(self) -> bool:
@@ -148,6 +155,23 @@ def dicom_series(folder: str | os.PathLike, modality: str | None = "CT") -> Dico
             continue
         kept.append((path, header))
     result.files = [p for p, _ in kept]
+    spacings = {p: _floats(h, "PixelSpacing", 2) for p, h in kept}
+    unspaced = [p for p, value in spacings.items() if value is None or np.any(value <= 0)]
+    if unspaced:
+        raise InvalidScanError(f"{folder}: {_names(unspaced)} carry no valid PixelSpacing, so the voxel size is "
+                               "unknown (reading it as 1 mm would make every volume wrong); export the series again "
+                               "with its PixelSpacing.")
+    first_spacing = spacings[kept[0][0]]
+    other = [p for p, value in spacings.items() if np.max(np.abs(value - first_spacing)) > 1e-4]
+    if other:
+        raise InvalidScanError(f"{folder}: {_names(other)} have PixelSpacing {'/'.join(f'{v:g}' for v in spacings[other[0]])}"
+                               f" mm, {kept[0][0].name} {'/'.join(f'{v:g}' for v in first_spacing)} mm; one volume "
+                               "has one voxel size: remove the images that do not belong, or export the series again.")
+    result.orientation = tuple(float(v) for v in _floats(kept[0][1], "ImageOrientationPatient", 6))
+    result.pixel_spacing = (float(first_spacing[0]), float(first_spacing[1]))
+    result.matrix = (int(kept[0][1].get("Rows", 0) or 0), int(kept[0][1].get("Columns", 0) or 0))
+    result.first_position = tuple(float(v) for v in positions[kept[0][0]])
+    result.last_position = tuple(float(v) for v in positions[kept[-1][0]])
     if len(kept) < 2:
         return result
 
@@ -171,3 +195,39 @@ def dicom_series(folder: str | os.PathLike, modality: str | None = "CT") -> Dico
                                    "resample it onto a regular grid first.")
     result.step_mm = step
     return result
+
+
+def check_series_geometry(series: DicomSeries, affine_ras: np.ndarray) -> None:
+    """Refuse a volume whose affine (RAS, as the reader built it) is not the one the series' own tags give: voxel
+    axes along the row, column and slice directions with PixelSpacing and the slice step as their lengths, and the
+    first voxel at a corner of the stack. A reader that cannot parse a tag (over-long ImageOrientationPatient
+    strings) falls back to a 1 mm identity grid without a word; that is refused here, by name.
+
+    Raises:
+        InvalidScanError: the geometries differ, naming both.
+    """
+    affine = np.diag([-1.0, -1.0, 1.0]) @ np.asarray(affine_ras, dtype=float)[:3]  # RAS -> LPS, as the tags
+    axes, origin = affine[:, :3], affine[:, 3]
+    row, column = np.array(series.orientation[:3]), np.array(series.orientation[3:])
+    normal = np.cross(row, column)
+    expected = [(row, series.pixel_spacing[1]), (column, series.pixel_spacing[0])]
+    if len(series.files) > 1:
+        expected.append((normal / np.linalg.norm(normal), series.step_mm))
+    lengths = np.linalg.norm(axes, axis=0)
+    found = []
+    for direction, spacing in expected:
+        matches = [j for j in range(3) if lengths[j] > 0 and abs(abs(axes[:, j] @ direction) / lengths[j] - 1) < 1e-3
+                   and abs(lengths[j] - spacing) <= 1e-3 * max(1.0, spacing)]
+        found.append(bool(matches))
+    rows, columns = series.matrix
+    first, last = np.array(series.first_position), np.array(series.last_position)
+    corners = [first + a * (columns - 1) * series.pixel_spacing[1] * row + b * (rows - 1) * series.pixel_spacing[0]
+               * column + c * (last - first) for a in (0, 1) for b in (0, 1) for c in (0, 1)]
+    placed = min(float(np.linalg.norm(origin - corner)) for corner in corners) < 1e-2 * max(1.0, float(lengths.max()))
+    if not (all(found) and placed):
+        read = " x ".join(f"{v:.3g}" for v in sorted(lengths))
+        tags = " x ".join(f"{v:.3g}" for v in sorted(s for _, s in expected))
+        raise InvalidScanError(f"{series.folder}: the reader built another geometry ({read} mm voxels) than the "
+                               f"series' tags give ({tags} mm, ImageOrientationPatient, PixelSpacing and "
+                               "ImagePositionPatient); a tag it could not parse (an over-long or malformed value) is "
+                               "the usual cause: export the series again.")

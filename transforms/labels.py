@@ -52,9 +52,12 @@ def parse_label_map(text: str) -> dict[int, int]:
     for part in filter(None, (p.strip() for p in text.split(","))):
         source, _, lits = part.partition(":")
         try:
-            mapping[int(source)] = int(lits)
+            value, label = int(source), int(lits)
         except ValueError:
             raise ValueError(f"label map entries are SOURCE:LITS integers like '5:1', got {part!r} in {text!r}.") from None
+        if mapping.setdefault(value, label) != label:
+            raise ValueError(f"label map {text!r} sends {value} to both {mapping[value]} and {label}; give each source "
+                             "value once.")
     if not mapping or not set(mapping.values()) <= {1, 2}:
         raise ValueError(f"a label map must send source values to 1 (liver) or 2 (tumour), got {text!r}.")
     return mapping

@@ -22,8 +22,8 @@ from monai.data.utils import correct_nifti_header_if_necessary
 from monai.transforms import LoadImage, MapTransform, Transform
 from monai.utils import ensure_tuple
 
-from transforms.dicom_seg import is_dicom_seg, read_dicom_seg
-from transforms.dicom_series import NOT_IMAGES, dicom_series
+from transforms.dicom_seg import is_dicom_seg, read_dicom_seg, referenced_series_uid
+from transforms.dicom_series import NOT_IMAGES, check_series_geometry, dicom_series
 from transforms.validation import InvalidScanError, check_volume
 
 logger = logging.getLogger("liver_ct.loading")
@@ -221,11 +221,14 @@ class LoadScan(Transform):
     def __call__(self, path: str | os.PathLike) -> MetaTensor:
         path = Path(path)
         if not path.exists():
-            raise InvalidScanError(f"{path}: no such file or folder.")
+            what = "a symbolic link to nothing (or to itself)" if path.is_symlink() else "no such file or folder"
+            raise InvalidScanError(f"{path}: {what}.")
         if path.is_dir():
             return self._load_series(path)
         if not path.is_file():  # a pipe or device would block the reader forever
             raise InvalidScanError(f"{path}: not a regular file (a pipe, socket or device); give a NIfTI file.")
+        if path.stat().st_size == 0:
+            raise InvalidScanError(f"{path}: empty (0 bytes); copy the scan again.")
         if not is_nifti(path):
             raise InvalidScanError(
                 f"{path}: not a scan this loader reads; expected a NIfTI file ({', '.join(NIFTI_SUFFIXES)}) "
@@ -246,6 +249,7 @@ class LoadScan(Transform):
                     except OSError:  # no symlinks (Windows without the privilege): a copy in the temporary folder
                         shutil.copy2(file, Path(kept) / file.name)
                 img = self._read(self.dicom, Path(kept), folder)
+        check_series_geometry(series, img.affine.numpy())
         img.meta["series_notes"] = list(series.notes)
         return img
 
@@ -273,6 +277,15 @@ class LoadScand(MapTransform):
         for key in self.key_iterator(d):
             d[key] = self.loader(d[key])
         return d
+
+
+def _series_uid(folder: Path) -> str | None:
+    """The SeriesInstanceUID of the first DICOM image in ``folder``."""
+    for path in sorted(folder.iterdir()):
+        if path.is_file() and _is_dicom_image(path):
+            return str(pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SeriesInstanceUID"])
+                       .get("SeriesInstanceUID", "")) or None
+    return None
 
 
 class LoadLabeld(MapTransform):
@@ -309,7 +322,17 @@ class LoadLabeld(MapTransform):
     def _from_segs(paths: list[Path], image: MetaTensor) -> MetaTensor:
         notes: list[str] = []
         label = np.zeros(tuple(image.shape[1:]), np.uint8)
+        series = Path(str(image.meta.get("filename_or_obj", "")))
+        uid = _series_uid(series) if series.is_dir() else None
         for path in paths:
+            try:
+                referenced = referenced_series_uid(pydicom.dcmread(path, stop_before_pixels=True))
+            except Exception as err:  # pydicom raises many kinds on a damaged object
+                raise InvalidScanError(f"{path}: cannot be read as a DICOM SEG ({_root_cause(err)}).") from err
+            if uid and referenced and referenced != uid:
+                raise InvalidScanError(f"{path}: labels another series (ReferencedSeriesSequence {referenced}) than "
+                                       f"{series} ({uid}), whose other labels are beside it; put each SEG with the "
+                                       "series it labels, or remove it.")
             try:
                 label = np.maximum(label, read_dicom_seg(path, image.affine, tuple(image.shape[1:]), notes))
             except ValueError as err:

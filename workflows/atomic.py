@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
@@ -12,10 +13,36 @@ from pathlib import Path
 
 from workflows.locking import machine_tag, process_running
 
-__all__ = ["TMP_PREFIX", "write_bytes_atomic", "write_text_atomic", "write_json_atomic", "csv_text", "write_csv_atomic",
+__all__ = ["TMP_PREFIX", "os_error_line", "write_bytes_atomic", "write_text_atomic", "write_json_atomic", "csv_text", "write_csv_atomic",
            "remove_stale_temporaries"]
 
 TMP_PREFIX = ".tmp-"
+
+
+def os_error_line(err: OSError) -> str:
+    """One line for a failed file operation: the path, what happened, and the way out for that cause only (a full
+    disk is not a missing file). Errors raised with a message of their own (``FileNotFoundError(f"{path}: ...")``)
+    are kept as they are."""
+    if err.errno is None or err.strerror is None:  # raised by this project with its own one-line message
+        return str(err).splitlines()[0] if str(err) else type(err).__name__
+    path = err.filename if err.filename is not None else "a file"
+    code = err.errno
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        way = ("every file written before is whole and kept: free some space, then rerun the same command to carry "
+               "on")
+    elif code in (errno.EROFS, errno.EACCES, errno.EPERM):
+        way = "make the folder writable (or choose another), then rerun the same command to carry on"
+    elif code == errno.ENOENT:
+        way = "check the path"
+    elif code in (errno.EISDIR, errno.ENOTDIR, errno.EEXIST):
+        way = "a file stands where a folder is needed, or the other way round: choose another path"
+    elif code == errno.ELOOP:
+        way = "a symbolic link points back at itself: remove it"
+    elif code == errno.ENAMETOOLONG:
+        way = "choose a shorter path"
+    else:
+        way = "check the path and the disk, then rerun the same command"
+    return f"{path}: {err.strerror.lower()}; {way}."
 
 
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:

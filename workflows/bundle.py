@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["BUNDLE_NAME", "BundleCommandError", "bundle_root", "config_file", "one_line_errors", "run_workflow",
-           "flag", "whole_number", "network_size", "check_inference_settings"]
+           "quiet_input_echo"]
 
 BUNDLE_NAME = "liver_tumor_ct_segmentation"
 
@@ -41,65 +41,23 @@ def one_line_errors(run: Callable[[], Any]) -> Any:
         return run()
     except ValueError as err:
         raise BundleCommandError(err) from None
-    except OSError as err:  # a full or read-only disk: every file is written whole or not at all
-        raise BundleCommandError(OSError(f"{err}; every file written before is whole and kept: free the space or "
-                                         "make the folder writable, then rerun the same command to carry on")) from None
+    except OSError as err:  # a missing file, a full or read-only disk: every file is written whole or not at all
+        from workflows.atomic import os_error_line
+
+        raise BundleCommandError(OSError(os_error_line(err))) from None
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to continue", file=sys.stderr)
         raise SystemExit(130) from None
 
 
-def flag(value, name: str = "setting") -> bool:
-    """An on/off setting as the command line gives it (``--augment false``, ``"true"``, ``1``) or a config does
-    (``true``); anything else is refused by name."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off"):
-        return False
-    raise ValueError(f"--{name} must be true or false, got {value!r}.")
+def quiet_input_echo(deidentify) -> None:
+    """With ``deidentify`` on, MONAI's echo of the command line's settings (logged once ``initialize`` has run)
+    is left out: it prints ``--input``, whose folder and file names may name the patient."""
+    import logging
 
+    from workflows.settings import flag
 
-def whole_number(name: str, value, least: int) -> int:
-    """A setting that must be a whole number >= ``least`` (``--chunk abc``, ``--chunk 0.5`` are refused by name)."""
-    text = str(value).strip()
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)) or not text.lstrip("-").isdigit() \
-            or int(text) < least:
-        raise ValueError(f"--{name} must be a whole number >= {least}, got {value!r}.")
-    return int(text)
-
-
-def network_size(spatial_size) -> int:
-    """``--spatial_size``: a multiple of 8 (the network pools three times), at least 8."""
-    size = whole_number("spatial_size", spatial_size, 8)
-    if size % 8:
-        raise ValueError(f"--spatial_size must be a multiple of 8 (three 2x poolings), got {spatial_size!r}.")
-    return size
-
-
-def check_inference_settings(spatial_size, target, sw_batch_size, min_tumour_mm3, shard=None, overwrite=False,
-                             precision="auto", channels_last=True) -> None:
-    """Refuse, before anything is built, inference settings that cannot work, in one line each."""
-    from workflows.precision import PRECISIONS
-    from workflows.shards import parse_shard
-
-    parse_shard(shard)
-    flag(overwrite, "overwrite")
-    flag(channels_last, "channels_last")
-    if str(precision) not in PRECISIONS:
-        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
-    network_size(spatial_size)
-    if target not in ("liver", "tumor", "both"):
-        raise ValueError(f"--target must be liver, tumor or both, got {target!r}.")
-    whole_number("sw_batch_size", sw_batch_size, 1)
-    try:
-        smallest = float(min_tumour_mm3)
-    except (TypeError, ValueError):
-        smallest = -1.0
-    if not smallest >= 0:
-        raise ValueError(f"--min_tumour_mm3 must be a volume >= 0 (mm³), got {min_tumour_mm3!r}.")
+    logging.getLogger("monai.bundle.scripts").setLevel(logging.WARNING if flag(deidentify, "deidentify") else logging.NOTSET)
 
 
 def config_file(name: str) -> str:

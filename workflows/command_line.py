@@ -8,7 +8,7 @@ import functools
 import sys
 from collections.abc import Callable
 
-__all__ = ["TARGETS", "add_input", "add_output", "add_threads", "input_of", "interruptible"]
+__all__ = ["TARGETS", "add_input", "add_output", "add_threads", "input_of", "interruptible", "USER_ERRORS", "error_line"]
 
 #: what a model segments (``transforms.TARGET_CHANNELS``'s keys), spelled here so ``--help`` needs no torch
 TARGETS = ("liver", "tumor", "both")
@@ -45,6 +45,21 @@ def _thread_count(text: str) -> int:
 def add_output(parser: argparse.ArgumentParser, help: str, old: tuple[str, ...] = ("--out",), **kwargs) -> None:
     """``--output PATH``; ``old`` spellings (``--out``, ``--output_dir``) are accepted until release 0.3."""
     parser.add_argument("--output", *old, dest="output", help=f"{help} ({', '.join(old)}: old spelling)", **kwargs)
+
+
+#: what a command line turns into one line: bad settings and data (ValueError), file trouble (OSError)
+USER_ERRORS = (ValueError, OSError)
+
+
+def error_line(err: BaseException) -> str:
+    """``error: ...`` for a user error: the message's first line; a file operation's failure as the path, what
+    happened and the way out for that cause (:func:`workflows.atomic.os_error_line`)."""
+    if isinstance(err, OSError):
+        from workflows.atomic import os_error_line
+
+        return f"error: {os_error_line(err)}\n"
+    text = str(err).strip().splitlines()
+    return f"error: {text[0] if text else type(err).__name__}\n"
 
 
 def interruptible(main: Callable[..., int]) -> Callable[..., int]:

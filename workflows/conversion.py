@@ -35,7 +35,7 @@ from workflows.locking import LOCK_PREFIX, folder_lock
 from workflows.memory import peak_memory_mib
 from workflows.shards import share, shard_lock
 from workflows.slice_set import (
-    MANIFEST_NAME, grey_of, manifest_rows_to_csv, read_mask, slice_name, volume_sort_key, write_manifest,
+    MANIFEST_NAME, manifest_rows_to_csv, read_grey_slice, read_mask, slice_name, volume_sort_key, write_manifest,
 )
 
 __all__ = ["TARGETS", "ConvertSettings", "ConvertSummary", "convert", "shard_of"]
@@ -161,18 +161,13 @@ class _Converter:
                 raise InvalidScanError(f"{item.image}: slice {item.slice_index} of volume {source.volume_id} "
                                        f"already comes from {seen[item.slice_index]}.")
             seen[item.slice_index] = item.image
-            raw = cv2.imread(str(item.image), cv2.IMREAD_UNCHANGED)
-            if raw is None:
-                raise InvalidScanError(f"{item.image}: cannot be read as an image.")
-            source_fmt = "jpg" if item.image.suffix.lower() in (".jpg", ".jpeg") else "png"
-            fmt = self.settings.format or source_fmt
-            copy_bytes = raw.ndim == 2 and raw.dtype == np.uint8 and fmt == source_fmt and self.resize_image is None
             try:
-                grey = grey_of(raw, item.image)
+                grey, as_stored = read_grey_slice(item.image)
             except ValueError as err:
                 raise InvalidScanError(str(err)) from None
-            if grey.dtype != np.uint8:
-                raise InvalidScanError(f"{item.image}: expected an 8-bit windowed slice, got {grey.dtype} pixels.")
+            source_fmt = "jpg" if item.image.suffix.lower() in (".jpg", ".jpeg") else "png"
+            fmt = self.settings.format or source_fmt
+            copy_bytes = as_stored and fmt == source_fmt and self.resize_image is None
             grey = self._resized(grey, mask=False)
             row = {"volume_id": source.volume_id, "slice_index": item.slice_index, "source": str(item.image),
                    "label_source": str(item.mask or "")}

@@ -29,7 +29,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from workflows.command_line import TARGETS, add_output, add_threads, interruptible
+from workflows.command_line import TARGETS, add_output, add_threads, interruptible, USER_ERRORS, error_line
 
 
 @interruptible
@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--size must be at least 8, got {args.size}.")
         shard = parse_shard(args.shard) if args.shard else None
         summary = convert(args.input, args.output, settings, args.label, args.workers, shard=shard, merge=args.merge)
-    except (ValueError, FileNotFoundError) as err:
-        parser.exit(2, f"error: {err}\n")
+    except USER_ERRORS as err:
+        parser.exit(2, error_line(err))
     return 1 if summary.failed else 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +15,7 @@ from transforms import is_dicom_series_folder, is_nifti, nifti_stem
 from transforms.dicom_seg import is_dicom_seg, referenced_series_uid
 from workflows.slice_set import Slice2D, find_2d_sets
 
-__all__ = ["LABEL_LIKE", "OUTPUT_LIKE", "IMAGE_SUFFIXES_2D", "is_image_2d", "ScanList", "find_scans", "output_names", "VolumeSource", "find_volume_sources",
+__all__ = ["LABEL_LIKE", "OUTPUT_LIKE", "IMAGE_SUFFIXES_2D", "is_image_2d", "ScanList", "find_scans", "output_names", "planned_outputs", "VolumeSource", "find_volume_sources",
            "seg_labels_of", "describe_sources"]
 
 #: File names that mark a label map (``segmentation-3.nii.gz``, ``ct_seg.nii.gz``, ``mask.png``), not a scan.
@@ -65,8 +65,7 @@ def find_scans(path: str | os.PathLike) -> ScanList:
         FileNotFoundError: ``path`` does not exist or holds nothing to segment.
     """
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"--input {path}: no such file or folder.")
+    _check_input(path)
     if path.is_file() or is_dicom_series_folder(path):
         return ScanList([path], [])
     scans, skipped = [], []
@@ -78,15 +77,40 @@ def find_scans(path: str | os.PathLike) -> ScanList:
     return ScanList(scans, skipped)
 
 
+def _check_input(path: Path) -> None:
+    """``--input`` must be a regular file or a folder: a pipe would block its reader forever."""
+    if not path.exists():
+        what = "a symbolic link to nothing (or to itself)" if path.is_symlink() else "no such file or folder"
+        raise FileNotFoundError(f"--input {path}: {what}.")
+    if not (path.is_file() or path.is_dir()):
+        raise ValueError(f"--input {path}: not a regular file or folder (a pipe, socket or device); give a scan file "
+                         "or a folder.")
+
+
 def output_names(scans: list[Path]) -> dict[Path, str]:
-    """The name each scan's outputs carry: its stem (``volume-3`` of ``volume-3.nii.gz``, a series folder's name),
-    or, where two scans share a stem (``scan.nii`` and ``scan.nii.gz``), the whole file name with dots as ``_``
-    (``scan_nii``, ``scan_nii_gz``), so no output overwrites another."""
+    """The name each scan's outputs carry, unique among ``scans`` (letter case aside, for file systems that ignore
+    it): its stem (``volume-3`` of ``volume-3.nii.gz``, a series folder's name), or, where two scans share a stem
+    (``scan.nii`` and ``scan.nii.gz``), the whole file name with dots as ``_`` (``scan_nii``, ``scan_nii_gz``); a
+    name still taken (``scan_nii.nii.gz`` beside those) gets ``-2``, ``-3``, ... in input order. No scan's output
+    replaces another's."""
     stems = {scan: (nifti_stem(scan) if is_nifti(scan) else scan.stem if scan.is_file() else scan.name) for scan in scans}
-    counts = defaultdict(int)
-    for stem in stems.values():
-        counts[stem] += 1
-    return {scan: stem if counts[stem] == 1 else scan.name.replace(".", "_") for scan, stem in stems.items()}
+    counts = Counter(stem.lower() for stem in stems.values())
+    names, taken = {}, set()
+    for scan in scans:
+        base = stems[scan] if counts[stems[scan].lower()] == 1 else scan.name.replace(".", "_")
+        name, k = base, 2
+        while name.lower() in taken:
+            name, k = f"{base}-{k}", k + 1
+        taken.add(name.lower())
+        names[scan] = name
+    return names
+
+
+def planned_outputs(scan: Path, name: str) -> list[str]:
+    """The files inference writes for ``scan`` under its output ``name`` (the one list of them)."""
+    if is_image_2d(scan):
+        return [f"{name}_mask.png", f"{name}_prediction.png"]
+    return [f"{name}_seg.nii.gz", f"{name}_overlay.png", *([f"{name}_seg.dcm"] if scan.is_dir() else [])]
 
 
 @dataclass(frozen=True)
@@ -130,8 +154,7 @@ def find_volume_sources(root: str | os.PathLike, label: str | os.PathLike | None
     Returns the sources and notes about files left out. Raises ``ValueError`` when two sources share an id.
     """
     root = Path(root)
-    if not root.exists():
-        raise FileNotFoundError(f"--input {root}: no such file or folder.")
+    _check_input(root)
     notes: list[str] = []
     if root.is_file() or is_dicom_series_folder(root):
         name = nifti_stem(root) if root.is_file() else root.name
@@ -170,7 +193,13 @@ def find_volume_sources(root: str | os.PathLike, label: str | os.PathLike | None
                                     segs=() if found else segs[folder], patient_id=_patient_id(folder)))
     sources = _labelled_series_of_studies(sources, notes)
 
-    niftis = sorted(p for p in root.rglob("*") if p.is_file() and is_nifti(p) and not p.name.startswith("."))
+    entries = sorted(p for p in root.rglob("*") if not p.name.startswith("."))
+    for path in entries:  # named like a scan but nothing a reader can open: said, never silently passed over
+        if is_nifti(path) and not path.is_file() and not path.is_dir():
+            what = "a symbolic link to nothing (or to itself)" if path.is_symlink() and not path.exists() else \
+                "not a regular file (a pipe, socket or device)"
+            notes.append(f"left out {path}: {what}")
+    niftis = [p for p in entries if p.is_file() and is_nifti(p)]
     niftis = [p for p in niftis if p not in used_labels and not any(d in p.parents for d in dicom_dirs)]
     lits_labels = {m.group(1): p for p in niftis if (m := re.fullmatch(r"segmentation-(.+)", nifti_stem(p)))}
     for path in niftis:
@@ -219,8 +248,10 @@ def _patient_id(series: Path) -> str:
 
 def seg_labels_of(series: Path) -> tuple[Path, ...]:
     """The DICOM SEG objects inside ``series`` or beside it (in its study folder) that label it: those whose
-    ReferencedSeriesSequence names its SeriesInstanceUID, else (no reference) those whose file name or series
-    description starts with the series folder's name (``31_EQP_Ax5.00mm_ManualROI_Liver.dcm``)."""
+    ReferencedSeriesSequence names its SeriesInstanceUID, and those whose file name or series description starts
+    with the series folder's name (``31_EQP_Ax5.00mm_ManualROI_Liver.dcm``) even when they reference another
+    series: such a SEG is refused by name when the volume's labels are read, never dropped while the SEG beside it
+    is used (a tumour SEG alone would label the tumour as the whole liver)."""
     candidates = [p for folder in (series, series.parent) for p in sorted(folder.iterdir())
                   if p.is_file() and p.suffix.lower() in (".dcm", "") and is_dicom_seg(p)]
     if not candidates:
@@ -231,7 +262,7 @@ def seg_labels_of(series: Path) -> tuple[Path, ...]:
         header = pydicom.dcmread(path, stop_before_pixels=True)
         referenced = referenced_series_uid(header)
         named = path.name.startswith(series.name) or str(header.get("SeriesDescription", "")).startswith(series.name)
-        if (referenced and uid and referenced == uid) or (not (referenced and uid) and named):
+        if (referenced and uid and referenced == uid) or named:
             found.append(path)
     return tuple(found)
 

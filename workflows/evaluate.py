@@ -18,7 +18,7 @@ import sys
 
 from pathlib import Path
 
-from workflows.command_line import add_output, add_threads, interruptible
+from workflows.command_line import add_output, add_threads, interruptible, USER_ERRORS, error_line
 
 
 def _fmt(entry: dict | float | None) -> str:
@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.output or str((pred.parent if pred.is_file() else pred) / "evaluation")
     try:
         summary = evaluate_volumes(args.pred, args.truth, out, args.slice_metrics)
-    except (ValueError, FileNotFoundError) as err:
-        parser.exit(2, f"error: {err}\n")
+    except USER_ERRORS as err:
+        parser.exit(2, error_line(err))
     for s in ("liver", "tumour"):
         m = summary[s]
         print(f"{s}: Dice per case {_fmt(m['dice_per_case'])}, global Dice {_fmt(m['global_dice'])}, VOE "

@@ -21,12 +21,21 @@ from transforms import liver_mask, tumour_mask  # noqa: E402
 from workflows.atomic import write_csv_atomic, write_json_atomic, write_text_atomic  # noqa: E402
 from workflows.grey_levels import LIVER_GREY_MARGIN, disagreeing_sources, read_grey_levels, source_groups  # noqa: E402
 from workflows.pictures import overlay, save_figure  # noqa: E402
-from workflows.slice_set import read_manifest, read_mask  # noqa: E402
+from workflows.slice_set import read_grey_slice, read_manifest, read_mask  # noqa: E402
 
 __all__ = ["explore"]
 
 def _area_mm2(row: dict) -> float:
     return row["spacing_row_mm"] * row["spacing_col_mm"]
+
+
+def _read_slice(path: str) -> np.ndarray:
+    """A slice the manifest names; one gone or damaged since conversion is refused by name."""
+    try:
+        return read_grey_slice(path)[0]
+    except ValueError as err:
+        raise ValueError(f"{str(err).rstrip('.')} (named in the slice set's manifest.csv: changed since conversion?); "
+                         "convert the set again.") from None
 
 
 def explore(slices_dir: str | os.PathLike, out_dir: str | os.PathLike, max_images: int = 400, seed: int = 0,
@@ -61,7 +70,7 @@ def explore(slices_dir: str | os.PathLike, out_dir: str | os.PathLike, max_image
     pixel_min, pixel_max, total, total_sq, count = 255, 0, 0.0, 0.0, 0
     shapes: dict[str, int] = defaultdict(int)
     for r in tqdm(sample, desc="reading slices", unit="slice", disable=not progress):
-        image = cv2.imread(r["image"], cv2.IMREAD_GRAYSCALE)
+        image = _read_slice(r["image"])
         shapes[f"{image.shape[0]}x{image.shape[1]}"] += 1
         hist["all"] += np.bincount(image.ravel(), minlength=256)
         pixel_min, pixel_max = min(pixel_min, int(image.min())), max(pixel_max, int(image.max()))
@@ -154,7 +163,7 @@ def explore(slices_dir: str | os.PathLike, out_dir: str | os.PathLike, max_image
         for ax in axes.flat:
             ax.axis("off")
         for ax, (name, r) in zip(axes.flat, picks):
-            image = cv2.imread(r["image"], cv2.IMREAD_GRAYSCALE)
+            image = _read_slice(r["image"])
             ax.imshow(overlay(image, read_mask(r["mask"]) if r["mask"] else None))
             ax.set_title(f"{name}: volume {r['volume_id']} slice {r['slice_index']}", fontsize=8)
         fig.suptitle("Samples (liver green, tumour red)")

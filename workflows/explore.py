@@ -12,7 +12,7 @@ import sys
 
 from pathlib import Path
 
-from workflows.command_line import add_input, add_output, add_threads, input_of, interruptible
+from workflows.command_line import add_input, add_output, add_threads, input_of, interruptible, USER_ERRORS, error_line
 
 
 @interruptible
@@ -30,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     set_threads(args.threads)
     try:
         summary = explore(input_of(parser, args, "slices_dir"), args.output, args.max_images, args.seed)
-    except (ValueError, FileNotFoundError) as err:
-        parser.exit(2, f"error: {err}\n")
+    except USER_ERRORS as err:
+        parser.exit(2, error_line(err))
     print(f"{summary['volumes']} volume(s), {summary['slices']} slices, {summary['slices_with_liver']} with liver, "
           f"{summary['slices_with_tumour'] if summary['slices_with_tumour'] is not None else 'unknown'} with tumour")
     if summary["source_warning"]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from workflows.command_line import TARGETS, add_threads, interruptible
+from workflows.command_line import TARGETS, add_threads, interruptible, USER_ERRORS, error_line
 
 
 @interruptible
@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         rows = run_workflow("inference", ["inference"], "infer", **settings)[0]
     except SomeScansFailed as err:  # the others were segmented: list them all
         rows = err.rows
-    except (ValueError, FileNotFoundError) as err:
-        parser.exit(2, f"error: {err}\n")
+    except USER_ERRORS as err:
+        parser.exit(2, error_line(err))
     for row in rows:
         if row.get("error"):
             print(f"{row['scan']}: FAILED: {row['error']}")

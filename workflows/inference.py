@@ -50,11 +50,13 @@ from transforms import (  # noqa: E402
 )
 from workflows.atomic import write_bytes_atomic, write_csv_atomic, write_json_atomic  # noqa: E402
 from workflows.dicom_seg import write_dicom_seg  # noqa: E402
-from workflows.discovery import ScanList, find_scans, is_image_2d, output_names  # noqa: E402
-from workflows.bundle import flag  # noqa: E402
+from workflows.model_file import read_torch_file  # noqa: E402
+from workflows.discovery import ScanList, find_scans, is_image_2d, output_names, planned_outputs  # noqa: E402
+from workflows.settings import flag  # noqa: E402
 from workflows.locking import folder_lock  # noqa: E402
 from workflows.shards import parse_shard, share, shard_lock  # noqa: E402
 from workflows.pictures import montage, overlay, save_figure  # noqa: E402
+from workflows.slice_set import read_grey_slice  # noqa: E402
 
 __all__ = ["load_weights", "ScanDataset", "SomeScansFailed", "CurrentScan", "SaveScanMaskd", "ScanInference"]
 
@@ -64,8 +66,8 @@ logger = logging.getLogger("liver_ct.inference")
 def load_weights(network: ThreeLevelUNet, path: str | os.PathLike) -> ThreeLevelUNet:
     """Weights from ``model.pt``, a training checkpoint (``{"model": ...}``) or the reference project's state_dict.
     A file that does not fit the network fails naming the setting that differs."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+    state = read_torch_file(path)
+    if isinstance(state.get("model"), dict):
         state = state["model"]
     try:
         return load_reference_state_dict(network, state)
@@ -92,7 +94,7 @@ class ScanDataset(torch.utils.data.Dataset):
     segmented apart (they have no volume grid)."""
 
     def __init__(self, input: str | os.PathLike, transform=None, deidentify: bool = False) -> None:
-        self.input, self.transform, self.deidentify = Path(input), transform, deidentify
+        self.input, self.transform, self.deidentify = Path(input), transform, flag(deidentify, "deidentify")
         self._found: ScanList | None = None
 
     @property
@@ -118,7 +120,14 @@ class ScanDataset(torch.utils.data.Dataset):
         if not self.deidentify:
             return text
         _ = self.found  # lists (and names) the scans on first use
-        return text.replace(str(path), self.names.get(path) or self._left_out.get(path, "input"))
+        neutral = self.names.get(path) or self._left_out.get(path, "input")
+        text = text.replace(str(path), neutral).replace(str(self.input), "input")
+        # a message about a series names its files (DOE_JOHN_IM0009.dcm): each becomes "a file of <neutral>"
+        inside = sorted((p.name for p in path.iterdir()), key=len, reverse=True) if path.is_dir() else []
+        for name in [*inside, path.name, self.input.name]:
+            if name:
+                text = text.replace(name, f"a file of {neutral}" if name in inside else neutral)
+        return text
 
     def __getitem__(self, index: int) -> dict:
         scan = self.scans[index]
@@ -180,7 +189,7 @@ class SaveScanMaskd(MapTransform):
                  allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.output_dir, self.target, self.image_key = Path(output_dir), target, image_key
-        self.deidentify = deidentify
+        self.deidentify = flag(deidentify, "deidentify")
 
     def __call__(self, data: Mapping[Hashable, MetaTensor]) -> dict:
         d = dict(data)
@@ -310,6 +319,36 @@ class ScanInference:
                              "bundle: --overwrite true), or choose another output folder.")
         return row
 
+    def _owned_outputs(self) -> set[str]:
+        """The files of the output folder this tool wrote: the summaries beside its ``.rows`` records, and the files
+        each record names (for a record from before they were named: the names inference gives its scan)."""
+        rows = self.output_dir / ".rows"
+        if not rows.is_dir():
+            return set()
+        owned = {"summary.json", "summary.csv"}
+        for record in rows.glob("*.json"):
+            try:
+                outputs = json.loads(record.read_text()).get("outputs")
+            except (OSError, ValueError, AttributeError):
+                continue
+            if outputs is None:
+                outputs = [f"{record.stem}{end}" for end in ("_seg.nii.gz", "_overlay.png", "_seg.dcm", "_mask.png",
+                                                             "_prediction.png")]
+            owned.update(outputs)
+        return owned
+
+    def _refuse_foreign_files(self, scans: list[Path]) -> None:
+        """Refuse, before anything is written, an output folder holding a file this tool did not write under a name
+        it would write (the user's own ``ct_seg.nii.gz`` beside ``ct.nii.gz``, their ``summary.csv``)."""
+        owned = self._owned_outputs()
+        planned = [(name, scan) for scan in scans for name in planned_outputs(scan, self.dataset.names[scan])]
+        for name, scan in [*planned, ("summary.json", None), ("summary.csv", None)]:
+            path = self.output_dir / name
+            if (path.exists() or path.is_symlink()) and name not in owned:
+                what = f"an output for {self.dataset.shown(scan)}" if scan is not None else "the run's summary"
+                raise ValueError(f"{path}: is already there and was not written by this tool ({what} would replace "
+                                 "it); move it away, or choose another --output_dir.")
+
     def _segment_all(self, found: ScanList) -> list[dict]:
         left_out = []
         for path, reason in found.skipped:  # every file of the input has its line: nothing silently ignored
@@ -319,6 +358,8 @@ class ScanInference:
         mine = share(found.scans, self.shard, key=str)
         if self.shard:
             logger.info(f"shard {self.shard[0]}/{self.shard[1]}: {len(mine)} of the {len(found.scans)} scans")
+        self._refuse_foreign_files(mine)
+        (self.output_dir / ".rows").mkdir(parents=True, exist_ok=True)  # marks the folder's summaries as this tool's
         done = {scan: row for scan in mine if (row := self._finished(scan)) is not None}
         if done:
             logger.info(f"{len(done)} scan(s) already segmented in {self.output_dir}, skipped (--overwrite true "
@@ -337,7 +378,8 @@ class ScanInference:
                 logger.error(f"FAILED {self.dataset.shown(scan)}: {message}")
                 row = {"scan": self.dataset.shown(scan), "segmentation": "", "error": message}
                 failed.append(row)
-            write_json_atomic(self._record_path(scan), {"made_by": self._made_by(scan), "row": row})
+            outputs = [name for name in planned_outputs(scan, self.dataset.names[scan]) if (self.output_dir / name).exists()]
+            write_json_atomic(self._record_path(scan), {"made_by": self._made_by(scan), "row": row, "outputs": outputs})
             known[scan] = row
             self._write_summary(left_out, found, known)  # as each scan finishes: a kill keeps what was done
         rows = self._write_summary(left_out, found, known)
@@ -364,10 +406,10 @@ class ScanInference:
         return self.evaluator.state.output[0]["row"]
 
     def segment_image(self, path: Path) -> dict:
-        raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-        if raw is None:
-            raise InvalidScanError(f"{path}: cannot be read as an image.")
-        grey = raw if raw.ndim == 2 else cv2.cvtColor(raw, cv2.COLOR_BGR2GRAY if raw.shape[2] == 3 else cv2.COLOR_BGRA2GRAY)
+        try:
+            grey = read_grey_slice(path)[0]
+        except ValueError as err:
+            raise InvalidScanError(str(err)) from None
         item = self.network_input({"image": MetaTensor(torch.as_tensor(grey, dtype=torch.float32)[None])})
         network = self.evaluator.network
         with torch.no_grad():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 from functools import lru_cache
 from pathlib import Path
 
@@ -18,7 +19,8 @@ import torch
 
 from workflows.atomic import write_bytes_atomic
 
-__all__ = ["DEFAULT_SETTINGS", "SETTING_FLAGS", "model_settings", "check_model_settings", "save_model_file"]
+__all__ = ["DEFAULT_SETTINGS", "SETTING_FLAGS", "read_torch_file", "model_settings", "check_model_settings",
+           "save_model_file"]
 
 #: what a model without recorded settings is taken to be: the reference network, liver, abdomen window
 DEFAULT_SETTINGS = {"target": "liver", "spatial_size": 256, "channels": [64, 128, 256, 512], "window": "abdomen",
@@ -26,6 +28,40 @@ DEFAULT_SETTINGS = {"target": "liver", "spatial_size": 256, "channels": [64, 128
 #: the command-line flag that sets each recorded setting
 SETTING_FLAGS = {"target": "--target", "spatial_size": "--spatial_size", "channels": "--network_def#channels",
                  "window": "--window", "window_hu": "--window_hu"}
+
+
+def read_torch_file(path: str | os.PathLike, what: str = "model file") -> dict:
+    """The contents of a model file or checkpoint, loaded as ``torch.load(..., weights_only=True)`` loads it: never
+    running code. Anything else is one line naming the file and what it is not (never torch's traceback, never its
+    advice to load with ``weights_only=False``: that would run whatever the file holds).
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a regular file, empty, not a PyTorch file (or truncated), a pickle that would run code, or
+            contents that are not a dictionary of weights.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such {what}; check the path (training writes model.pt in its ckpt_dir).")
+    if not path.is_file():
+        raise ValueError(f"{path}: not a regular file (a folder, pipe or device); give the {what} itself.")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty (0 bytes), not a {what}; copy it again.")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        if "GLOBAL" in str(err) or "global" in str(err).lower().split("weightsunpickler error:")[-1]:
+            raise ValueError(f"{path}: holds Python objects that would run code when loaded, not only weights; "
+                             f"refused for safety. Save the network's state_dict (torch.save(net.state_dict(), ...)) "
+                             "from a trusted copy.") from None
+        raise ValueError(f"{path}: not a {what} (not a PyTorch file, or damaged); copy it again.") from None
+    except Exception as err:  # torch raises RuntimeError, EOFError, ... on a truncated or foreign file
+        truncated = "zip archive" in str(err) or isinstance(err, EOFError)
+        raise ValueError(f"{path}: not a {what} ({'truncated or damaged' if truncated else 'not a PyTorch file'}: "
+                         f"{type(err).__name__}); copy it again.") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: holds a {type(state).__name__}, not a {what} (a dictionary of weights).")
+    return state
 
 
 def _recorded(ckpt_file: str | os.PathLike) -> dict:
@@ -40,10 +76,10 @@ def _recorded(ckpt_file: str | os.PathLike) -> dict:
 def _settings_in(path: str, mtime_ns: int, size: int) -> tuple:
     """The settings a model file records, read once per file version (the configs ask for them several times)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # not readable here: the weight loader names the file and the reason
+        state = read_torch_file(path)
+    except (OSError, ValueError):  # not readable here: the weight loader names the file and the reason
         return ()
-    settings = state.get("settings") if isinstance(state, dict) else None
+    settings = state.get("settings")
     return tuple((settings or {}).items())
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from workflows.command_line import add_output, add_threads, interruptible
+from workflows.command_line import add_output, add_threads, interruptible, USER_ERRORS, error_line
 
 __all__ = ["RECIPE", "find_real_sources", "main"]
 
@@ -132,8 +132,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"error: --minutes must be positive, got {args.minutes}.\n")
     try:
         return _recipe(args, argv, data, Path(args.output).resolve())
-    except (ValueError, FileNotFoundError) as err:  # a user's data or folder: one line, no traceback
-        parser.exit(2, f"error: {err}\n")
+    except USER_ERRORS as err:  # a user's data or folder: one line, no traceback
+        parser.exit(2, error_line(err))
 
 
 def _recipe(args: argparse.Namespace, argv: list[str] | None, data: Path, out: Path) -> int:

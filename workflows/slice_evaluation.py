@@ -32,9 +32,11 @@ import torch  # noqa: E402
 from ignite.engine import Events  # noqa: E402
 from monai.engines import SupervisedEvaluator  # noqa: E402
 
+from networks import load_reference_state_dict  # noqa: E402
 from transforms import TARGET_CHANNELS, target_to_lits  # noqa: E402
 from workflows import distributed  # noqa: E402
 from workflows.atomic import write_csv_atomic, write_json_atomic  # noqa: E402
+from workflows.model_file import read_torch_file  # noqa: E402
 from workflows.pictures import overlay, save_figure  # noqa: E402
 from workflows.slice_set import MANIFEST_NAME, read_manifest, volume_sort_key  # noqa: E402
 from workflows.splitting import slices_dirs_of  # noqa: E402
@@ -182,11 +184,10 @@ class SliceEvaluation:
         return [(str(e["volume_id"]), int(e["slice_index"])) for e in json.loads(path.read_text())["validation"]]
 
     def run(self) -> dict:
-        if not self.ckpt_file.is_file():
+        if not self.ckpt_file.exists():
             raise FileNotFoundError(f"{self.ckpt_file} not found: train first (python -m monai.bundle run training "
                                     "...), or point --ckpt_file at a checkpoint.")
-        state = torch.load(self.ckpt_file, map_location="cpu", weights_only=True)
-        self.evaluator.network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+        load_reference_state_dict(self.evaluator.network, read_torch_file(self.ckpt_file))
         balanced = self._balanced_keys()
         balanced_set = set(balanced)
         picture_keys = set(balanced[: self.samples])

@@ -25,7 +25,7 @@ from workflows.atomic import csv_text, write_text_atomic
 __all__ = [
     "MANIFEST_COLUMNS", "MANIFEST_NAME", "IMAGE_SUFFIXES", "slice_name", "parse_slice_name", "volume_sort_key",
     "manifest_rows_to_csv",
-    "read_manifest", "read_slice_sets", "write_manifest", "grey_of", "read_mask", "LoadMaskd", "Slice2D", "find_2d_sets",
+    "read_manifest", "read_slice_sets", "write_manifest", "grey_of", "read_grey_slice", "read_mask", "LoadMaskd", "Slice2D", "find_2d_sets",
 ]
 
 MANIFEST_NAME = "manifest.csv"
@@ -78,17 +78,28 @@ def read_manifest(slices_dir: str | os.PathLike) -> list[dict]:
             f"`python -m workflows.convert --input <scans or 2D set> --output {slices_dir}`."
         )
     rows = []
+    needed = ("volume_id", "slice_index", "image", "mask", "spacing_row_mm", "spacing_col_mm", "slice_thickness_mm",
+              "liver_pixels", "tumor_pixels")
+    way = f"convert again with `python -m workflows.convert ... --output {slices_dir}`"
     with open(path, newline="") as handle:
-        for raw in csv.DictReader(handle):
+        reader = csv.DictReader(handle)
+        missing = [column for column in needed if column not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path}: not a manifest made by workflows.convert (no column {', '.join(missing)}); {way}.")
+        for raw in reader:
             row: dict = dict(raw)
-            row["slice_index"] = int(row["slice_index"])
-            for column in ("spacing_row_mm", "spacing_col_mm", "slice_thickness_mm"):
-                row[column] = float(row[column]) if row[column] else float("nan")
-            for column in ("liver_pixels", "tumor_pixels"):
-                row[column] = int(row[column]) if row[column] else None
-            row["patient_id"] = row.get("patient_id") or ""  # a manifest from before the column: unknown
-            for column in ("image", "mask"):
-                row[column] = str((slices_dir / row[column]).resolve()) if row[column] else ""
+            try:
+                row["slice_index"] = int(row["slice_index"])
+                for column in ("spacing_row_mm", "spacing_col_mm", "slice_thickness_mm"):
+                    row[column] = float(row[column]) if row[column] else float("nan")
+                for column in ("liver_pixels", "tumor_pixels"):
+                    row[column] = int(row[column]) if row[column] else None
+                row["patient_id"] = row.get("patient_id") or ""  # a manifest from before the column: unknown
+                for column in ("image", "mask"):
+                    row[column] = str((slices_dir / row[column]).resolve()) if row[column] else ""
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}: line {reader.line_num} is not a manifest row (a short row or a value of "
+                                 f"the wrong kind); {way}.") from None
             rows.append(row)
     return rows
 
@@ -109,10 +120,37 @@ def grey_of(image: np.ndarray, path: str | os.PathLike) -> np.ndarray:
     return np.ascontiguousarray(colour[..., 0])
 
 
+def read_grey_slice(path: str | os.PathLike) -> tuple[np.ndarray, bool]:
+    """One windowed 2D slice (PNG/JPG, as the Kaggle export) as 8-bit grey levels, the one reader of 2D slices for
+    conversion and inference; returns the grey image and whether the file holds it as stored (one 8-bit channel).
+
+    Raises:
+        ValueError: an empty or unreadable file, a colour image whose channels differ, or pixels that are not
+            8-bit (a 16-bit PNG holds raw values, not a windowed slice), each naming the file.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"{path}: no such file.")
+    if path.is_file() and path.stat().st_size == 0:
+        raise ValueError(f"{path}: empty (0 bytes); copy the slice again.")
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED) if path.is_file() else None
+    if raw is None:
+        raise ValueError(f"{path}: cannot be read as an image (damaged, or not a PNG/JPG).")
+    grey = grey_of(raw, path)
+    if grey.dtype != np.uint8:
+        raise ValueError(f"{path}: expected an 8-bit windowed slice (grey levels 0..255, as the Kaggle export), got "
+                         f"{grey.dtype} pixels; window it to 8 bits, or convert the scan it came from.")
+    return grey, raw.ndim == 2
+
+
 def read_slice_sets(slices_dirs: list[str]) -> list[dict]:
     """The manifest rows of every slice set; a volume id found in two sets is refused by name."""
-    rows, where = [], {}
-    for slices_dir in slices_dirs:
+    rows, where, seen = [], {}, {}
+    for k, slices_dir in enumerate(slices_dirs):
+        first = seen.setdefault(Path(slices_dir).resolve(), k)
+        if first != k:
+            raise ValueError(f"--input {slices_dir}: given twice (also as {slices_dirs[first]}); give each slice set "
+                             "once.")
         for row in read_manifest(slices_dir):
             first = where.setdefault(row["volume_id"], slices_dir)
             if first != slices_dir:

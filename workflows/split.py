@@ -29,7 +29,7 @@ import sys
 import json
 from pathlib import Path
 
-from workflows.command_line import TARGETS, add_output, interruptible
+from workflows.command_line import TARGETS, add_output, interruptible, USER_ERRORS, error_line
 
 
 def _ids(text: str | None) -> list[str] | None:
@@ -78,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
                           args.chunk_size, args.seed, args.val_balanced, _ids(args.val_volumes), _ids(args.test_volumes),
                           conversions, read_groups(args.groups) if args.groups else None)
         write_split(plan, args.output, given)
-    except (ValueError, FileNotFoundError) as err:
-        parser.exit(2, f"error: {err}\n")
+    except USER_ERRORS as err:
+        parser.exit(2, error_line(err))
     for message in plan.messages:
         print(message)
     c = plan.counts
@@ -99,8 +99,8 @@ def _import_reference(parser: argparse.ArgumentParser, args: argparse.Namespace)
         parser.error("--from-reference needs --images-root KAGGLE_DIR (the folder its paths point into)")
     try:
         report = import_reference_lists(args.from_reference, args.images_root, args.output)
-    except (ValueError, FileNotFoundError) as err:
-        parser.exit(2, f"error: {err}\n")
+    except USER_ERRORS as err:
+        parser.exit(2, error_line(err))
     leak = report["leak"]
     print(f"imported {len(report['chunks'])} chunk(s) of {', '.join(map(str, report['chunks']))} slices and "
           f"{report['validation_slices']} validation slices into {args.output}")

@@ -60,10 +60,12 @@ def patient_groups(rows: list[dict], groups: dict[str, str] | None = None) -> di
 def read_groups(path: str | os.PathLike) -> dict[str, str]:
     """``--groups FILE``: a CSV with columns ``volume_id,patient_id`` or a JSON object {volume id: patient id}."""
     path = Path(path)
+    if path.exists() and not path.is_file():  # a pipe would block the read forever
+        raise ValueError(f"--groups {path}: not a regular file (a folder, pipe or device); give a CSV or JSON file.")
     try:
         text = path.read_text()
-    except OSError as err:
-        raise ValueError(f"--groups {path}: cannot be read ({err.strerror}).") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"--groups {path}: cannot be read ({getattr(err, 'strerror', None) or 'not text'}).") from None
     if path.suffix.lower() == ".json":
         try:
             groups = json.loads(text)
@@ -76,7 +78,17 @@ def read_groups(path: str | os.PathLike) -> dict[str, str]:
     if not reader.fieldnames or not {"volume_id", "patient_id"} <= set(reader.fieldnames):
         raise ValueError(f"--groups {path}: a CSV needs the columns volume_id,patient_id (found "
                          f"{','.join(reader.fieldnames or [])}).")
-    return {row["volume_id"].strip(): row["patient_id"].strip() for row in reader}
+    groups: dict[str, str] = {}
+    for row in reader:
+        volume, patient = (row.get("volume_id") or "").strip(), (row.get("patient_id") or "").strip()
+        if not volume or not patient:
+            raise ValueError(f"--groups {path}: line {reader.line_num} has no {'volume_id' if not volume else 'patient_id'}"
+                             " (a short or empty row); give both on every line.")
+        if groups.setdefault(volume, patient) != patient:
+            raise ValueError(f"--groups {path}: volume {volume} is given two patients ({groups[volume]} and {patient}, "
+                             f"line {reader.line_num}); keep one.")
+        groups[volume] = patient
+    return groups
 
 
 def split_volumes(

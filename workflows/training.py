@@ -44,17 +44,16 @@ from torch.utils.data import Sampler
 from transforms import TARGET_CHANNELS
 from workflows.atomic import write_bytes_atomic, write_json_atomic
 from workflows import distributed
-from workflows.bundle import flag, network_size, whole_number
+from workflows.settings import flag
 from workflows.locking import folder_lock
 from workflows.grey_levels import read_grey_levels
 from workflows.memory import peak_memory_mib
-from workflows.model_file import save_model_file
-from workflows.precision import PRECISIONS
+from workflows.model_file import read_torch_file, save_model_file
 from workflows.splitting import slices_dirs_of
 
 __all__ = [
-    "read_split", "check_training_settings", "target_of", "ResumableSampler", "ChunkRun", "SamplerEpochHandler", "ProgressCheckpointHandler",
-    "ChunkCheckpointHandler", "LossProgressBar", "ChunkedTraining", "ChunkRefused", "CompactCacheDataset", "AugmentedDataset",
+    "read_split", "check_training_settings", "check_output_folder", "target_of", "ResumableSampler", "ChunkRun", "SamplerEpochHandler", "ProgressCheckpointHandler",
+    "ChunkCheckpointHandler", "EndsInOneLine", "LossProgressBar", "ChunkedTraining", "ChunkRefused", "CompactCacheDataset", "AugmentedDataset",
 ]
 
 logger = logging.getLogger("liver_ct.training")
@@ -74,61 +73,61 @@ def read_split(dataset_dir: str | os.PathLike) -> dict:
     return json.loads(path.read_text())
 
 
-def check_training_settings(dataset_dir: str | os.PathLike, chunk=None, spatial_size=256, batch_size=2,
-                            epochs_per_chunk=2, checkpoint_every=100, learning_rate=1e-4,
-                            val_datalist: str = "val.json", augment=True, precision="fp32", compile=False,
-                            pin_memory=False) -> None:
-    """Refuse, before anything is built or trained, settings and lists a training cannot use: a chunk that is not a
-    whole number, sizes and counts out of range, a lists folder without a readable ``split.json``, list files that
-    are missing or malformed, and slices the lists name that are gone or are not regular files.
+def check_training_settings(dataset_dir: str | os.PathLike, val_datalist: str = "val.json",
+                            full_val_datalist: str | None = "val.json") -> None:
+    """Refuse, before anything is built or trained, lists a training cannot use (the settings' types are checked
+    by :func:`workflows.settings.check_settings` before): a lists folder without a readable ``split.json``, list
+    files that are missing, malformed or empty (a chunk without slices), and slices the lists name that are gone or
+    are not regular files. Every file the run reads is checked here, so no chunk trains before a missing one is
+    found.
 
     Raises:
-        ValueError / FileNotFoundError: one line naming the setting or file, the value, and the way out.
+        ValueError / FileNotFoundError: one line naming the file, what is wrong, and the way out.
     """
-    if chunk is not None:
-        whole_number("chunk", chunk, 0)
-    flag(augment, "augment")
-    flag(pin_memory, "pin_memory")
-    if str(precision) not in PRECISIONS:
-        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
-    if str(compile).strip().lower() != "auto":
-        try:
-            flag(compile, "compile")
-        except ValueError:
-            raise ValueError(f"--compile must be true, false or auto, got {compile!r}.") from None
-    network_size(spatial_size)
-    whole_number("batch_size", batch_size, 1)
-    whole_number("epochs_per_chunk", epochs_per_chunk, 1)
-    whole_number("checkpoint_every", checkpoint_every, 1)
-    try:
-        rate = float(learning_rate)
-    except (TypeError, ValueError):
-        rate = -1.0
-    if not rate > 0:
-        raise ValueError(f"--learning_rate must be a positive number, got {learning_rate!r}.")
     dataset_dir = Path(dataset_dir)
     try:
         split = read_split(dataset_dir)
-        names = [*split["chunks"], val_datalist]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
+        chunks = [str(name) for name in split["chunks"]]
+        split["target"]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as err:
         raise ValueError(f"{dataset_dir / 'split.json'}: not a split made by workflows.split ({type(err).__name__}: "
                          f"{err}); make the lists again with `python -m workflows.split`.") from None
-    for name in names:
+    if not chunks:
+        raise ValueError(f"{dataset_dir / 'split.json'}: lists no chunk to train; make the lists again with "
+                         "`python -m workflows.split`.")
+    may_be_empty = {val_datalist, full_val_datalist} - set(chunks)
+    for name in dict.fromkeys([*chunks, val_datalist, *([full_val_datalist] if full_val_datalist else [])]):
         path = dataset_dir / name
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: listed in {dataset_dir / 'split.json'} but missing; make the lists "
-                                    "again with `python -m workflows.split`.")
+            raise FileNotFoundError(f"{path}: listed in {dataset_dir / 'split.json'} (or named by a setting) but "
+                                    "missing; make the lists again with `python -m workflows.split`.")
         try:
             entries = next(iter(json.loads(path.read_text()).values()))
             files = [dataset_dir / entry[key] for entry in entries for key in ("image", "label")]
-        except (json.JSONDecodeError, StopIteration, AttributeError, KeyError, TypeError) as err:
+        except (json.JSONDecodeError, UnicodeDecodeError, StopIteration, AttributeError, KeyError, TypeError) as err:
             raise ValueError(f"{path}: not a datalist made by workflows.split ({type(err).__name__}); make the lists "
                              "again with `python -m workflows.split`.") from None
+        if not entries and name not in may_be_empty:
+            raise ValueError(f"{path}: lists no slice, so the chunk has nothing to train; make the lists again with "
+                             "`python -m workflows.split`.")
         for file in files:
             if not file.is_file():  # gone since the split, or a pipe or device that would hang the loader
                 what = "is missing" if not file.exists() else "is not a regular file"
                 raise FileNotFoundError(f"{file}: named in {path} but {what} (slices moved or deleted after the "
                                         "split?); convert and split again, or restore it.")
+
+
+def check_output_folder(path: str | os.PathLike, name: str) -> None:
+    """Refuse, before anything is built, a folder a run cannot write into (``--ckpt_dir``): TensorBoard's writer
+    would otherwise fail inside the engine's set-up with a traceback. Nothing is created here: the folder, or the
+    nearest folder above it that exists, must be a writable folder."""
+    folder = Path(path).absolute()
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"--{name} {folder}: {existing} is a file, not a folder; choose another --{name}.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--{name} {folder}: {existing} is not writable (read-only, or another user's); make it "
+                         f"writable or choose another --{name}.")
 
 
 def read_datalist(path: str | os.PathLike) -> list[dict]:
@@ -221,12 +220,12 @@ def _save(path: Path, payload: dict) -> None:
 def _load(path: Path) -> dict:
     """A checkpoint this training wrote; anything else (a truncated or foreign file) is refused by name."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... on a file it cannot read
-        raise ChunkRefused(f"{path}: cannot be read as a checkpoint ({type(err).__name__}: "
-                           f"{str(err).splitlines()[0] if str(err) else ''}); move it out of --ckpt_dir to train "
+        state = read_torch_file(path, "checkpoint")
+    except ValueError as err:
+        reason = str(err).removeprefix(f"{path}: ").split(";")[0]
+        raise ChunkRefused(f"{path}: cannot be read as a checkpoint ({reason}); move it out of --ckpt_dir to train "
                            "that chunk again from the checkpoint before it.") from None
-    if not isinstance(state, dict) or not {"model", "optimizer", "chunk"} <= set(state):
+    if not {"model", "optimizer", "chunk"} <= set(state):
         raise ChunkRefused(f"{path}: not a checkpoint of this chunked training (no model, optimizer and chunk "
                            "state); move it out of --ckpt_dir.")
     return state
@@ -263,6 +262,7 @@ class ChunkRun:
         self.chunk = 0
         self.chunk_started = time.time()
         self.resumed_at: int | None = None  # the iteration the chunk in progress resumed at, if it did
+        self.data_hash: str | None = None  # data_identity of the chunk in progress
         self._chunk_lengths: list[int] | None = None
 
     @property
@@ -310,6 +310,17 @@ class ChunkRun:
     def chunk_data(self, k: int) -> list[dict]:
         return load_decathlon_datalist(self.dataset_dir / self.split["chunks"][k], data_list_key="training")
 
+    def data_identity(self, k: int) -> str:
+        """A hash of what chunk ``k`` trains on: its list and the bytes of every slice and mask it names (read
+        once more right before they are cached: a resume on slices rewritten since is refused, not drifted)."""
+        digest = hashlib.sha1((self.dataset_dir / self.split["chunks"][k]).read_bytes())
+        for entry in self.chunk_data(k):
+            for key in ("image", "label"):
+                with open(entry[key], "rb") as handle:
+                    for block in iter(lambda: handle.read(1 << 20), b""):
+                        digest.update(block)
+        return digest.hexdigest()[:16]
+
     # -- global steps ---------------------------------------------------------------------------------------------
     def iterations_per_epoch(self, k: int) -> int:
         if self._chunk_lengths is None:
@@ -344,22 +355,54 @@ class ChunkRun:
             "optimizer": engine.optimizer.state_dict(),
             "trainer": dict(engine.state_dict()),
             "chunk": {"index": self.chunk, "done": chunk_done, "n_chunks": self.n_chunks,
-                      "epochs_per_chunk": self.epochs_per_chunk, "seed": self.seed},
+                      "epochs_per_chunk": self.epochs_per_chunk, "seed": self.seed, "data": self.data_hash},
+            "optimizer_settings": _configured(engine.optimizer.defaults),
             "config": self.config_summary,
             "threads": torch.get_num_threads(),
             "torch_rng": torch.get_rng_state(),
         }
         if self.lr_scheduler is not None:
             state["lr_scheduler"] = self.lr_scheduler.state_dict()
+            state["lr_scheduler_settings"] = self.scheduler_settings()
         return state
 
-    def restore(self, engine: SupervisedTrainer, state: dict, source: Path) -> None:
+    def scheduler_settings(self) -> dict:
+        """The scheduler's settings as configured (``step_size``, ``gamma``, ...), not its progress."""
+        if self.lr_scheduler is None:
+            return {}
+        progress = {"base_lrs", "last_epoch", "verbose", "optimizer"}
+        return _configured({k: v for k, v in self.lr_scheduler.state_dict().items()
+                            if not k.startswith("_") and k not in progress})
+
+    def restore(self, engine: SupervisedTrainer, state: dict, source: Path, same_chunk: bool = False) -> None:
+        """Load ``state`` into the trainer. ``same_chunk``: a resume part-way through the chunk ``state`` was saved
+        in, which must see what the interrupted run saw: another seed, other epochs, other optimizer or scheduler
+        settings, or slices changed on disk are refused by name. Starting the next chunk, a changed seed, optimizer
+        or scheduler setting (``--learning_rate``) is applied from this chunk on, and said."""
         recorded = state.get("config", {})
         differing = {k: (recorded.get(k), v) for k, v in self.config_summary.items() if k in recorded and recorded[k] != v}
         if differing:
             shown = ", ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in differing.items())
             raise ChunkRefused(f"{source} was made with other settings ({shown}); use the same settings and lists "
                                "(a new split needs a new training: another --ckpt_dir).")
+        chunk = state.get("chunk", {})
+        optimizer_now, scheduler_now = _configured(engine.optimizer.defaults), self.scheduler_settings()
+        changes = {f"--seed": (chunk.get("seed"), self.seed)} if chunk.get("seed") is not None else {}
+        changes.update({f"--optimizer#{k}": (v, optimizer_now.get(k))
+                        for k, v in state.get("optimizer_settings", {}).items()})
+        changes.update({f"--lr_scheduler#{k}": (v, scheduler_now.get(k))
+                        for k, v in state.get("lr_scheduler_settings", {}).items()})
+        if same_chunk:
+            changes["--epochs_per_chunk"] = (chunk.get("epochs_per_chunk", self.epochs_per_chunk), self.epochs_per_chunk)
+            changes["the chunk's slices (their bytes)"] = (chunk.get("data", self.data_hash), self.data_hash)
+        changes = {name: (old, new) for name, (old, new) in changes.items() if old != new}
+        if same_chunk and changes:
+            shown = ", ".join(f"{name} {old!r} then, {new!r} now" if name.startswith("--") else f"{name} changed"
+                              for name, (old, new) in changes.items())
+            raise ChunkRefused(f"{source}: chunk {self.chunk} was started with other settings or data ({shown}); a "
+                               "resume must see what the interrupted run saw. Rerun with the settings it was started "
+                               f"with, or move {source.name} out of --ckpt_dir to train chunk {self.chunk} again from "
+                               "its start with the new ones.")
         threads = state.get("threads")
         if threads is not None and threads != torch.get_num_threads():
             logger.warning(f"{source} was trained with {threads} thread(s), this run uses {torch.get_num_threads()}: "
@@ -370,6 +413,23 @@ class ChunkRun:
         if self.lr_scheduler is not None and "lr_scheduler" in state:
             self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         torch.set_rng_state(state["torch_rng"])
+        self._apply_changes(engine, changes)
+
+    def _apply_changes(self, engine: SupervisedTrainer, changes: dict) -> None:
+        """Settings given for this chunk that differ from the checkpoint's: the restored optimizer and scheduler
+        would carry the old ones on, so the new ones are set here, and said."""
+        for name, (old, new) in changes.items():
+            key = name.rpartition("#")[2]
+            if name.startswith("--optimizer#"):
+                for group in engine.optimizer.param_groups:
+                    group[key] = tuple(new) if isinstance(group.get(key), tuple) else new
+                if key == "lr" and self.lr_scheduler is not None:  # the schedule continues from the new rate
+                    self.lr_scheduler.base_lrs = [new] * len(engine.optimizer.param_groups)
+                    self.lr_scheduler._last_lr = [new] * len(engine.optimizer.param_groups)
+            elif name.startswith("--lr_scheduler#"):
+                setattr(self.lr_scheduler, key, new)
+            shown = "--learning_rate" if name == "--optimizer#lr" else name
+            logger.info(f"chunk {self.chunk}: {shown} {old!r} in the checkpoint, {new!r} now: applied from this chunk on")
 
     # -- the log ----------------------------------------------------------------------------------------------------
     def read_log(self) -> list[dict]:
@@ -392,6 +452,18 @@ class ChunkRun:
                     save_model_file(self.ckpt_dir / name, states[k]["model"], self.model_settings)
             write_json_atomic(self.log_path, log)
         return log
+
+
+def _configured(settings: dict) -> dict:
+    """The plain values of an optimizer's or scheduler's settings (tuples as lists), as a checkpoint records them."""
+    plain = {}
+    for key, value in settings.items():
+        if isinstance(value, tuple):
+            value = list(value)
+        if value is None or isinstance(value, (bool, int, float, str)) or (
+                isinstance(value, list) and all(isinstance(v, (bool, int, float, str)) for v in value)):
+            plain[key] = value
+    return plain
 
 
 def _loss_of(output) -> float:
@@ -577,6 +649,18 @@ class ChunkCheckpointHandler:
         return {"full_val_datalist": self.full_datalist, "full_val_metric": value}
 
 
+class EndsInOneLine:
+    """The first handler of an engine's ``EXCEPTION_RAISED`` event (Ignite calls only the first): the error goes on
+    to the bundle's one-line report (a full disk, Ctrl-C) instead of MONAI's ``StatsHandler`` logging its
+    traceback first. A bug still ends in its traceback, from Python itself."""
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EXCEPTION_RAISED, self)
+
+    def __call__(self, engine: Engine, error: BaseException) -> None:
+        raise error
+
+
 class LossProgressBar:
     """Ignite's progress bar with the loss, per epoch; ``enabled=false`` (or ``"false"`` from the command line)
     leaves it out."""
@@ -657,6 +741,7 @@ class ChunkedTraining:
         run = self.chunk_run
         run.chunk, run.chunk_started = k, time.time()
         data = run.chunk_data(k)
+        run.data_hash = run.data_identity(k)
         self.dataset.set_data([])  # drop the previous chunk's cache before filling the next one
         gc.collect()
         peak_memory_mib(reset=True)
@@ -667,7 +752,7 @@ class ChunkedTraining:
         iteration, resumed = 0, False
         progress = _load(run.progress_checkpoint) if run.progress_checkpoint.exists() else None
         if progress is not None and progress["chunk"]["index"] == k:
-            run.restore(self.trainer, progress, run.progress_checkpoint)
+            run.restore(self.trainer, progress, run.progress_checkpoint, same_chunk=True)
             iteration, resumed = int(progress["trainer"]["iteration"]), True
             logger.info(f"chunk {k}: resuming at iteration {iteration} of {total} from {run.progress_checkpoint}")
         elif k > 0:

@@ -25,17 +25,17 @@ def _initialize(lists, ckpt_dir, **overrides):
     ({"chunk": "abc"}, r"--chunk must be a whole number >= 0, got 'abc'"),
     ({"chunk": 0.5}, r"--chunk must be a whole number >= 0, got 0.5"),
     ({"chunk": -1}, r"--chunk must be a whole number >= 0, got -1"),
-    ({"spatial_size": -5}, r"--spatial_size must be a whole number >= 8, got -5"),
+    ({"spatial_size": -5}, r"--spatial_size must be a whole number from 8 to 1024, got -5"),
     ({"spatial_size": 60}, r"--spatial_size must be a multiple of 8"),
-    ({"batch_size": 0}, r"--batch_size must be a whole number >= 1, got 0"),
-    ({"epochs_per_chunk": 0}, r"--epochs_per_chunk must be a whole number >= 1"),
+    ({"batch_size": 0}, r"--batch_size must be a whole number from 1 to 4096, got 0"),
+    ({"epochs_per_chunk": 0}, r"--epochs_per_chunk must be a whole number from 1"),
     ({"checkpoint_every": "often"}, r"--checkpoint_every must be a whole number >= 1, got 'often'"),
-    ({"augment": "maybe"}, r"--augment must be true or false, got 'maybe'"),
+    ({"augment": "maybe"}, r"--augment must be true or false \(or 1 or 0\), got 'maybe'"),
     ({"precision": "fp16"}, r"--precision must be one of auto, fp32, bf16, got 'fp16'"),
     ({"compile": "maybe"}, r"--compile must be true, false or auto, got 'maybe'"),
-    ({"pin_memory": "maybe"}, r"--pin_memory must be true or false, got 'maybe'"),
-    ({"learning_rate": -0.1}, r"--learning_rate must be a positive number"),
-    ({"val_datalist": "nope.json"}, r"nope.json: listed in .*split.json but missing"),
+    ({"pin_memory": "maybe"}, r"--pin_memory must be true or false \(or 1 or 0\), got 'maybe'"),
+    ({"learning_rate": -0.1}, r"--learning_rate must be a number > 0"),
+    ({"val_datalist": "nope.json"}, r"nope.json: listed in .*split.json \(or named by a setting\) but missing; make the lists again[^;]*$"),
 ])
 def test_bad_overrides_are_one_line(lists, tmp_path, overrides, message):
     with pytest.raises(BundleCommandError, match=message) as error:
@@ -53,7 +53,7 @@ def _copy_lists(lists, tmp_path):
 @pytest.mark.parametrize("damage, message", [
     ("split.json garbage", r"split.json: not a split made by workflows.split"),
     ("split.json gone", r"split.json not found: --dataset_dir must be a lists folder"),
-    ("chunk list gone", r"chunk_1.json: listed in .*split.json but missing"),
+    ("chunk list gone", r"chunk_1.json: listed in .*split.json \(or named by a setting\) but missing"),
     ("chunk list garbage", r"chunk_0.json: not a datalist made by workflows.split"),
     ("slice deleted", r"named in .*chunk_0.json but is missing \(slices moved or deleted after the split\?\)"),
     ("slice is a pipe", r"named in .*chunk_0.json but is not a regular file"),
@@ -119,8 +119,8 @@ def test_a_full_disk_mid_chunk_is_one_line_and_keeps_what_was_written(lists, tmp
     original = training.write_bytes_atomic
     monkeypatch.setattr(training, "write_bytes_atomic", full_after_first)
     workflow = _initialize(lists, tmp_path / "models", chunk=0, checkpoint_every=1)
-    with pytest.raises(BundleCommandError, match=r"No space left on device.*every file written before is whole and "
-                                                 r"kept.*rerun the same command") as error:
+    with pytest.raises(BundleCommandError, match=r"\.pt: no space left on device; every file written before is "
+                                                 r"whole and kept: free some space, then rerun the same command") as error:
         workflow.run()
     assert "\n" not in str(error.value)
     assert [p.name for p in written] == ["checkpoint_progress.pt"] and written[0].stat().st_size > 0

@@ -49,7 +49,9 @@ def test_config_workflow_trains_every_chunk_with_checkpoints_and_log(lists, tmp_
     assert n_chunks == 3
     for k in range(n_chunks):
         state = _weights(tmp_path / f"checkpoint_chunk_{k}.pt")  # plain tensors and values: weights_only loads it
-        assert state["chunk"] == {"index": k, "done": True, "n_chunks": 3, "epochs_per_chunk": 1, "seed": 0}
+        assert state["chunk"] == {"index": k, "done": True, "n_chunks": 3, "epochs_per_chunk": 1, "seed": 0,
+                                  "data": state["chunk"]["data"]} and len(state["chunk"]["data"]) == 16
+        assert state["optimizer_settings"]["lr"] == 1e-4 and state["lr_scheduler_settings"]["gamma"] == 1.0
         assert {"model", "optimizer", "trainer", "lr_scheduler"} <= set(state)
     assert not (tmp_path / "checkpoint_progress.pt").exists()
     log = json.loads((tmp_path / "training_log.json").read_text())

@@ -247,11 +247,11 @@ def test_deidentified_outputs_carry_no_name_of_the_patient(weights, tmp_path, ca
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"spatial_size": -5}, r"--spatial_size must be a whole number >= 8, got -5"),
+    ({"spatial_size": -5}, r"--spatial_size must be a whole number from 8 to 1024, got -5"),
     ({"spatial_size": 30}, r"--spatial_size must be a multiple of 8"),
-    ({"target": "spleen"}, r"--target must be liver, tumor or both, got 'spleen'"),
-    ({"sw_batch_size": 0}, r"--sw_batch_size must be a whole number >= 1"),
-    ({"min_tumour_mm3": "big"}, r"--min_tumour_mm3 must be a volume >= 0"),
+    ({"target": "spleen"}, r"--target must be one of liver, tumor, both, got 'spleen'"),
+    ({"sw_batch_size": 0}, r"--sw_batch_size must be a whole number from 1"),
+    ({"min_tumour_mm3": "big"}, r"--min_tumour_mm3 must be a number >= 0 \(mm³\)"),
     ({"precision": "fp16"}, r"--precision must be one of auto, fp32, bf16"),
     ({"channels_last": "maybe"}, r"--channels_last must be true or false"),
     ({"shard": "3/2"}, r"--shard must be I/N"),
