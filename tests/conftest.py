@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from workflows.synthetic_cases import generate_case
+from workflows.data.synthetic_cases import generate_case
 
 REAL_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "real"
 

@@ -21,8 +21,8 @@ from pydicom.uid import generate_uid
 from networks import ThreeLevelUNet
 from workflows.convert import main as convert_main
 from workflows.infer import main as infer_main
-from workflows.synthetic_cases import generate_case
-from workflows.synthetic_dicom import write_ct_series
+from workflows.data.synthetic_cases import generate_case
+from workflows.data.synthetic_dicom import write_ct_series
 
 CASE = generate_case(0, seed=2, size=16, slices=6)
 CHANNELS = ["4", "8", "16", "32"]

@@ -25,12 +25,12 @@ from monai.bundle import ConfigWorkflow
 from networks import ThreeLevelUNet
 from workflows.bundle import BundleCommandError, config_file
 from workflows.convert import main as _convert
-from workflows.dicom_seg import write_dicom_seg
+from workflows.inference.dicom_seg import write_dicom_seg
 from workflows.explore import main as _explore
 from workflows.infer import main as _infer_main
 from workflows.split import main as _split
-from workflows.synthetic_cases import generate_case
-from workflows.synthetic_dicom import write_ct_series
+from workflows.data.synthetic_cases import generate_case
+from workflows.data.synthetic_dicom import write_ct_series
 from transforms import LoadScan
 
 from .bundles.conftest import TINY, TRAIN
@@ -447,7 +447,7 @@ def test_training_checks_every_file_it_needs_before_it_starts(damage, words, lis
 
 
 def test_ctrl_c_mid_chunk_is_one_line_and_status_130(lists, tmp_path, monkeypatch, capfd):
-    import workflows.training as training
+    import workflows.engine.training as training
 
     def interrupt(self, engine):
         raise KeyboardInterrupt
@@ -463,7 +463,7 @@ def test_ctrl_c_mid_chunk_is_one_line_and_status_130(lists, tmp_path, monkeypatc
 def test_a_full_disk_is_one_line_naming_the_path_without_a_logged_traceback(lists, tmp_path, monkeypatch, capfd):
     import errno
 
-    import workflows.training as training
+    import workflows.engine.training as training
 
     def full(path, data):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))

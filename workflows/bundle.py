@@ -42,7 +42,7 @@ def one_line_errors(run: Callable[[], Any]) -> Any:
     except ValueError as err:
         raise BundleCommandError(err) from None
     except OSError as err:  # a missing file, a full or read-only disk: every file is written whole or not at all
-        from workflows.atomic import os_error_line
+        from workflows.machine.atomic import os_error_line
 
         raise BundleCommandError(OSError(os_error_line(err))) from None
     except KeyboardInterrupt:
@@ -55,7 +55,7 @@ def quiet_input_echo(deidentify) -> None:
     is left out: it prints ``--input``, whose folder and file names may name the patient."""
     import logging
 
-    from workflows.settings import flag
+    from workflows.machine.settings import flag
 
     logging.getLogger("monai.bundle.scripts").setLevel(logging.WARNING if flag(deidentify, "deidentify") else logging.NOTSET)
 

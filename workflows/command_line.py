@@ -53,9 +53,9 @@ USER_ERRORS = (ValueError, OSError)
 
 def error_line(err: BaseException) -> str:
     """``error: ...`` for a user error: the message's first line; a file operation's failure as the path, what
-    happened and the way out for that cause (:func:`workflows.atomic.os_error_line`)."""
+    happened and the way out for that cause (:func:`workflows.machine.atomic.os_error_line`)."""
     if isinstance(err, OSError):
-        from workflows.atomic import os_error_line
+        from workflows.machine.atomic import os_error_line
 
         return f"error: {os_error_line(err)}\n"
     text = str(err).strip().splitlines()

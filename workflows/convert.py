@@ -58,9 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # the library (torch, MONAI: seconds of imports) only after --help and argument errors
     from transforms import parse_label_map, window_range
-    from workflows.conversion import ConvertSettings, convert
-    from workflows.shards import parse_shard
-    from workflows.threads import set_threads
+    from workflows.data.conversion import ConvertSettings, convert
+    from workflows.machine.shards import parse_shard
+    from workflows.machine.threads import set_threads
 
     try:
         set_threads(args.threads, max(1, args.workers))

@@ -36,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slice-metrics", help="metrics.json of the bundle's evaluating workflow, shown beside")
     add_threads(parser)
     args = parser.parse_args(argv)
-    from workflows.threads import set_threads
-    from workflows.volume_evaluation import evaluate_volumes  # after --help
+    from workflows.machine.threads import set_threads
+    from workflows.engine.volume_evaluation import evaluate_volumes  # after --help
 
     set_threads(args.threads)
     pred = Path(args.pred)

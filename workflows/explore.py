@@ -24,8 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the samples shown (default 0)")
     add_threads(parser)
     args = parser.parse_args(argv)
-    from workflows.exploration import explore  # matplotlib, torch: after --help
-    from workflows.threads import set_threads
+    from workflows.data.exploration import explore  # matplotlib, torch: after --help
+    from workflows.machine.threads import set_threads
 
     set_threads(args.threads)
     try:

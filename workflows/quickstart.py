@@ -76,13 +76,13 @@ def main(argv: list[str] | None = None) -> int:
     from monai.bundle import run as run_bundle
 
     from workflows.bundle import config_file
-    from workflows.conversion import convert
-    from workflows.exploration import explore
-    from workflows.slice_set import read_manifest
-    from workflows.splitting import plan_split, write_split
-    from workflows.synthetic_cases import generate_case, generate_dataset
-    from workflows.threads import set_threads
-    from workflows.volume_evaluation import evaluate_volumes
+    from workflows.data.conversion import convert
+    from workflows.data.exploration import explore
+    from workflows.data.slice_set import read_manifest
+    from workflows.data.splitting import plan_split, write_split
+    from workflows.data.synthetic_cases import generate_case, generate_dataset
+    from workflows.machine.threads import set_threads
+    from workflows.engine.volume_evaluation import evaluate_volumes
 
     threads = set_threads(args.threads)
     out = Path(args.output).resolve()

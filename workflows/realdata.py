@@ -71,7 +71,7 @@ def _mask_values(masks_dir: Path, probe: int = 40) -> set[int]:
 def find_real_sources(data: Path) -> tuple[list[dict], dict[str, str]]:
     """The labelled sources directly under ``data`` (``{"name", "path", "kind", "label_map"}``) and, per folder
     left out, the reason."""
-    from workflows.discovery import find_volume_sources
+    from workflows.data.discovery import find_volume_sources
 
     sources, notes = [], {}
     for folder in sorted(p for p in data.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -95,7 +95,7 @@ def _training_speed(overrides: dict, out_channels: int = 2, iterations: int = 4)
     import torch
 
     from networks import BCEDiceLoss, ThreeLevelUNet
-    from workflows.precision import AutocastInferer
+    from workflows.machine.precision import AutocastInferer
 
     size, batch = overrides["spatial_size"], overrides["batch_size"]
     network = ThreeLevelUNet(spatial_dims=2, in_channels=1, out_channels=out_channels,
@@ -139,15 +139,15 @@ def main(argv: list[str] | None = None) -> int:
 def _recipe(args: argparse.Namespace, argv: list[str] | None, data: Path, out: Path) -> int:
     from monai.bundle import run as run_bundle
 
-    from workflows.atomic import write_json_atomic
+    from workflows.machine.atomic import write_json_atomic
     from workflows.bundle import config_file
-    from workflows.conversion import ConvertSettings, convert
-    from workflows.grey_levels import disagreeing_sources, read_grey_levels, source_groups
-    from workflows.pictures import save_figure
-    from workflows.slice_set import read_slice_sets
-    from workflows.splitting import plan_split, write_split
-    from workflows.threads import set_threads
-    from workflows.volume_evaluation import evaluate_volumes
+    from workflows.data.conversion import ConvertSettings, convert
+    from workflows.data.grey_levels import disagreeing_sources, read_grey_levels, source_groups
+    from workflows.data.pictures import save_figure
+    from workflows.data.slice_set import read_slice_sets
+    from workflows.data.splitting import plan_split, write_split
+    from workflows.machine.threads import set_threads
+    from workflows.engine.volume_evaluation import evaluate_volumes
 
     started, cpu_started = time.time(), time.process_time()
     threads = set_threads(args.threads)

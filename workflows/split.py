@@ -61,14 +61,14 @@ def main(argv: list[str] | None = None) -> int:
                                                                "val*.txt) lists instead of splitting; needs --images-root")
     parser.add_argument("--images-root", help="the Kaggle folder (train_images/, train_masks/) those lists name")
     args = parser.parse_args(argv)
-    from workflows.splitting import plan_split, read_groups, write_split  # after --help
+    from workflows.data.splitting import plan_split, read_groups, write_split  # after --help
 
     if args.from_reference:
         return _import_reference(parser, args)
     given = (args.input or []) + ([args.slices_dir] if args.slices_dir else [])
     if not given or (args.input and args.slices_dir):
         parser.error("give the input as --input PATH (repeated for several slice sets)")
-    from workflows.slice_set import read_slice_sets
+    from workflows.data.slice_set import read_slice_sets
 
     try:
         rows = read_slice_sets(given)
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _import_reference(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    from workflows.reference_lists import import_reference_lists
+    from workflows.data.reference_lists import import_reference_lists
 
     if not args.images_root:
         parser.error("--from-reference needs --images-root KAGGLE_DIR (the folder its paths point into)")

@@ -5,7 +5,7 @@
 LiTS ships them, and with ``--dicom`` each volume also as a CT series in ``DIR/dicom/volume-<i>/`` with its
 label beside it (``DIR/dicom/segmentation-<i>.nii.gz``).
 
-See :mod:`workflows.synthetic_cases` for what a case holds.
+See :mod:`workflows.data.synthetic_cases` for what a case holds.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=None, help="slices per case (default: from a 0.7-5 mm thickness)")
     parser.add_argument("--dicom", action="store_true", help="also write each volume as a DICOM CT series")
     args = parser.parse_args(argv)
-    from workflows.synthetic_cases import generate_dataset  # after --help
+    from workflows.data.synthetic_cases import generate_dataset  # after --help
     if args.cases < 1 or args.size < 16 or args.size % 8 or (args.slices is not None and args.slices < 1):
         parser.error(f"need --cases >= 1, --size a multiple of 8 >= 16, --slices >= 1; got "
                      f"--cases {args.cases} --size {args.size} --slices {args.slices}")

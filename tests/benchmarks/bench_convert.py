@@ -6,7 +6,7 @@
 
 Each full run converts as its own `python -m workflows.convert` process, as a user runs it; the figures come from
 its own summary line. ``--quick`` converts one labelled 512x512x120 volume in this process with
-``workflows.conversion.convert`` (one worker) and with the minimal loop (load image and label, reorient to the
+``workflows.data.conversion.convert`` (one worker) and with the minimal loop (load image and label, reorient to the
 canonical orientation, window to 8 bits, write each slice and mask as PNG with OpenCV's default settings, as the
 conversion does), alternating ``--pairs`` times, and ends
 with ``speedup=<median ratio of the loop's time to the conversion's>`` (1.0: as fast as the loop). Not a test: it
@@ -49,8 +49,8 @@ def plain_loop(image_path: Path, label_path: Path, out: Path) -> int:
 def quick(work: Path, pairs: int) -> int:
     import statistics
 
-    from workflows.conversion import convert
-    from workflows.synthetic_cases import generate_dataset
+    from workflows.data.conversion import convert
+    from workflows.data.synthetic_cases import generate_dataset
 
     raw = work / "quick_raw"
     if not (raw / "volume-0.nii.gz").exists():

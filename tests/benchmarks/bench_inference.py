@@ -25,9 +25,9 @@ import torch
 
 from networks import BCEDiceLoss, ThreeLevelUNet
 from workflows.bundle import run_workflow
-from workflows.precision import choose_precision
-from workflows.synthetic_cases import generate_case
-from workflows.volume_metrics import dice_score
+from workflows.machine.precision import choose_precision
+from workflows.data.synthetic_cases import generate_case
+from workflows.engine.volume_metrics import dice_score
 
 
 def _weights(path: Path, steps: int = 30) -> None:

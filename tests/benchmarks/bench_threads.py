@@ -4,7 +4,7 @@
 
 Each run starts two processes at once, each timing training steps of the ThreeLevelUNet (channels 16-32-64-128,
 128x128, batch 2): first with torch's default (every process takes every core: oversubscribed), then with the
-project's budget (``workflows.threads.set_threads(0, processes=2)``: the cores divided by the two processes). The
+project's budget (``workflows.machine.threads.set_threads(0, processes=2)``: the cores divided by the two processes). The
 two settings alternate, ``--pairs`` times; it prints the median seconds per step of each and ends with
 ``speedup=<median ratio default / budget>``. Not a test: it prints figures.
 """
@@ -21,7 +21,7 @@ STEP = """
 import sys, time, torch
 budget = sys.argv[1] == "budget"
 if budget:
-    from workflows.threads import set_threads
+    from workflows.machine.threads import set_threads
     set_threads(0, processes=2)
 from networks import BCEDiceLoss, ThreeLevelUNet
 torch.manual_seed(0)

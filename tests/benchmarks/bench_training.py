@@ -30,10 +30,10 @@ from monai.utils import set_determinism
 REPO = Path(__file__).resolve().parents[2]
 
 from networks import BCEDiceLoss, ThreeLevelUNet  # noqa: E402
-from workflows.conversion import convert  # noqa: E402
-from workflows.slice_set import read_manifest  # noqa: E402
-from workflows.splitting import plan_split, write_split  # noqa: E402
-from workflows.synthetic_cases import generate_dataset  # noqa: E402
+from workflows.data.conversion import convert  # noqa: E402
+from workflows.data.slice_set import read_manifest  # noqa: E402
+from workflows.data.splitting import plan_split, write_split  # noqa: E402
+from workflows.data.synthetic_cases import generate_dataset  # noqa: E402
 
 TRAIN = str(REPO / "bundles" / "liver_tumor_ct_segmentation" / "configs" / "train.json")
 
@@ -99,7 +99,7 @@ def precision_pairs(pairs: int = 3, steps: int = 3, compile_setting: str = "fals
     import copy
     import statistics
 
-    from workflows.precision import AutocastInferer, choose_precision, compile_network
+    from workflows.machine.precision import AutocastInferer, choose_precision, compile_network
 
     torch.manual_seed(0)
     x, y = torch.rand(2, 1, 256, 256), (torch.rand(2, 1, 256, 256) > 0.5).float()

@@ -32,7 +32,7 @@ def training(device, pairs: int, steps: int, batch: int) -> None:
     import torch
 
     from networks import BCEDiceLoss, ThreeLevelUNet
-    from workflows.precision import AutocastInferer, choose_precision
+    from workflows.machine.precision import AutocastInferer, choose_precision
 
     torch.manual_seed(0)
     x = torch.rand(batch, 1, 256, 256, device=device)
@@ -73,8 +73,8 @@ def inference(device, pairs: int, slices: int, work: Path) -> None:
 
     from networks import ThreeLevelUNet
     from workflows.bundle import run_workflow
-    from workflows.synthetic_cases import generate_case
-    from workflows.volume_metrics import overlap_metrics
+    from workflows.data.synthetic_cases import generate_case
+    from workflows.engine.volume_metrics import overlap_metrics
 
     case = generate_case(0, seed=5, size=512, slices=slices)
     nib.save(case.stored_image(case.hu), work / "scan.nii.gz")

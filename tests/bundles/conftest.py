@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from workflows.conversion import convert
-from workflows.slice_set import read_manifest
-from workflows.splitting import plan_split, write_split
-from workflows.synthetic_cases import generate_dataset
+from workflows.data.conversion import convert
+from workflows.data.slice_set import read_manifest
+from workflows.data.splitting import plan_split, write_split
+from workflows.data.synthetic_cases import generate_dataset
 
 BUNDLE = Path(__file__).resolve().parents[2] / "bundles" / "liver_tumor_ct_segmentation"
 TRAIN = str(BUNDLE / "configs" / "train.json")

@@ -7,8 +7,8 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from workflows.threads import available_cores, set_threads
-from workflows.training import AugmentedDataset
+from workflows.machine.threads import available_cores, set_threads
+from workflows.engine.training import AugmentedDataset
 
 from .conftest import TRAIN
 
@@ -115,7 +115,7 @@ def test_bf16_training_keeps_plain_fp32_checkpoints(lists, tmp_path):
 
 def test_the_autocast_inferer_in_fp32_is_the_plain_forward():
     from networks import ThreeLevelUNet
-    from workflows.precision import AutocastInferer
+    from workflows.machine.precision import AutocastInferer
     torch.manual_seed(0)
     network = ThreeLevelUNet(channels=[4, 8, 16, 32]).eval()
     x = torch.rand(2, 1, 32, 32)

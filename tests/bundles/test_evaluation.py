@@ -6,7 +6,7 @@ import pytest
 from monai.bundle import ConfigWorkflow
 
 from workflows.bundle import BundleCommandError
-from workflows.slice_evaluation import REFERENCE_RESULT, slice_counts, summarise
+from workflows.engine.slice_evaluation import REFERENCE_RESULT, slice_counts, summarise
 
 from .conftest import EVALUATE, TINY, TRAIN, make_lists
 

@@ -9,8 +9,8 @@ import torch
 from monai.bundle import ConfigWorkflow, ckpt_export
 
 from workflows.bundle import config_file, run_workflow
-from workflows.model_file import model_settings
-from workflows.synthetic_cases import generate_case
+from workflows.engine.model_file import model_settings
+from workflows.data.synthetic_cases import generate_case
 
 from .conftest import EVALUATE, TINY, TRAIN
 
@@ -102,7 +102,7 @@ def test_bf16_channels_last_inference_agrees_with_fp32_within_the_stated_toleran
 
 
 def test_auto_precision_takes_bf16_only_where_the_cpu_computes_it(monkeypatch):
-    from workflows import precision
+    from workflows.machine import precision
     monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset({"avx2", "fma"}))
     assert precision.choose_precision("auto") == "fp32"
     monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
@@ -117,7 +117,7 @@ def _compiled(network):
 
 def test_compile_auto_compiles_fp32_training_on_a_cpu_only(monkeypatch, caplog):
     from networks import ThreeLevelUNet
-    from workflows import precision
+    from workflows.machine import precision
     monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset({"avx2", "fma"}))  # no native bf16: fp32
     assert _compiled(precision.compile_network(ThreeLevelUNet(channels=(4, 8, 16, 32)), "auto", "auto"))
     monkeypatch.setattr(precision, "_cpu_flags", lambda: frozenset({"avx512_bf16"}))  # bf16 autocast: eager
@@ -137,7 +137,7 @@ def test_a_compiled_network_trains_like_the_eager_one_and_saves_plain_keys():
     import copy
 
     from networks import BCEDiceLoss, ThreeLevelUNet
-    from workflows.precision import compile_network
+    from workflows.machine.precision import compile_network
 
     torch.manual_seed(0)
     eager = ThreeLevelUNet(channels=(4, 8, 16, 32))

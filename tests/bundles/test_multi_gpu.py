@@ -14,10 +14,10 @@ import nibabel as nib
 import pytest
 import torch
 
-from workflows import distributed
+from workflows.engine import distributed
 from workflows.bundle import run_workflow
-from workflows.synthetic_cases import generate_case
-from workflows.training import ResumableSampler
+from workflows.data.synthetic_cases import generate_case
+from workflows.engine.training import ResumableSampler
 
 from .conftest import BUNDLE, EVALUATE, TINY, TRAIN, make_lists
 

@@ -9,9 +9,9 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow, verify_net_in_out
 
 from workflows.bundle import config_file
-from workflows.conversion import convert
-from workflows.synthetic_cases import generate_case
-from workflows.synthetic_dicom import write_ct_series
+from workflows.data.conversion import convert
+from workflows.data.synthetic_cases import generate_case
+from workflows.data.synthetic_dicom import write_ct_series
 
 from .conftest import BUNDLE
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from monai.bundle import ConfigWorkflow
 
-import workflows.training as training
+import workflows.engine.training as training
 from workflows.bundle import BundleCommandError
 
 from .conftest import BUNDLE, TINY, TRAIN

@@ -9,7 +9,7 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from workflows.bundle import BundleCommandError, config_file
-from workflows.settings import SETTINGS
+from workflows.machine.settings import SETTINGS
 
 from .conftest import TINY, TRAIN
 

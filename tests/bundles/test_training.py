@@ -9,7 +9,7 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from workflows.bundle import BundleCommandError
-from workflows.training import ResumableSampler
+from workflows.engine.training import ResumableSampler
 
 from .conftest import BUNDLE, EVALUATE, TINY, TRAIN, make_lists
 
@@ -215,8 +215,8 @@ def test_mlflow_keeps_one_run_across_chunks_with_global_steps(lists, tmp_path):
 def test_continuing_on_another_split_is_refused_with_the_way_out(tmp_path):
     lists = make_lists(tmp_path / "data", chunk_size=8, positives=12, negatives=12, seed=0)
     _run(lists, tmp_path / "models", chunk=0)
-    from workflows.slice_set import read_manifest
-    from workflows.splitting import plan_split, write_split
+    from workflows.data.slice_set import read_manifest
+    from workflows.data.splitting import plan_split, write_split
 
     rows = read_manifest(tmp_path / "data" / "slices")  # a re-split into the same lists folder, another seed
     write_split(plan_split(rows, target="liver", positives=12, negatives=12, chunk_size=8, val_fraction=0.2, seed=5,

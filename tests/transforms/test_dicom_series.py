@@ -10,8 +10,8 @@ from pydicom.uid import generate_uid
 
 from transforms import InvalidScanError, LoadScan
 from transforms.dicom_series import dicom_series
-from workflows.synthetic_cases import generate_case
-from workflows.synthetic_dicom import write_ct_series
+from workflows.data.synthetic_cases import generate_case
+from workflows.data.synthetic_dicom import write_ct_series
 
 
 @pytest.fixture(scope="module")

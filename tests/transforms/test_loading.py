@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from transforms import InvalidScanError, LoadScan, LoadScand, ValidateScand, to_canonical
-from workflows.synthetic_dicom import write_ct_series
+from workflows.data.synthetic_dicom import write_ct_series
 
 
 @pytest.fixture(scope="module")

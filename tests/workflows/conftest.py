@@ -1,8 +1,8 @@
 
 import pytest
 
-from workflows.conversion import convert
-from workflows.synthetic_cases import generate_case, generate_dataset, write_case
+from workflows.data.conversion import convert
+from workflows.data.synthetic_cases import generate_case, generate_dataset, write_case
 
 
 def make_raw_set(folder, cases=6, seed=11, size=32, slices=10, dicom_case=5):

@@ -5,8 +5,8 @@ from monai.data import CacheDataset
 from monai.transforms import Compose, EnsureChannelFirstd, EnsureTyped, LoadImaged
 
 import transforms
-from workflows.slice_set import LoadMaskd
-from workflows.training import CompactCacheDataset
+from workflows.data.slice_set import LoadMaskd
+from workflows.engine.training import CompactCacheDataset
 
 
 def _preprocessing(spatial_size):

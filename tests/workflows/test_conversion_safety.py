@@ -8,9 +8,9 @@ import time
 
 import pytest
 
-from workflows.conversion import convert
-from workflows.locking import LOCK_NAME, FolderInUse, folder_lock, machine_tag
-from workflows.synthetic_cases import generate_dataset
+from workflows.data.conversion import convert
+from workflows.machine.locking import LOCK_NAME, FolderInUse, folder_lock, machine_tag
+from workflows.data.synthetic_cases import generate_dataset
 
 
 @pytest.fixture()
@@ -153,7 +153,7 @@ def test_a_named_pipe_given_as_a_scan_is_refused_not_read(tmp_path):
 def test_a_full_disk_fails_the_volume_in_one_line_and_keeps_the_finished_ones(raw, tmp_path, monkeypatch):
     import errno
 
-    import workflows.conversion as conversion
+    import workflows.data.conversion as conversion
 
     original = conversion.write_bytes_atomic
 

@@ -10,10 +10,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from workflows.conversion import ConvertSettings, convert
-from workflows.discovery import find_volume_sources
+from workflows.data.conversion import ConvertSettings, convert
+from workflows.data.discovery import find_volume_sources
 from workflows.convert import main
-from workflows.slice_set import parse_slice_name, read_manifest, read_mask
+from workflows.data.slice_set import parse_slice_name, read_manifest, read_mask
 
 from .conftest import make_raw_set
 
@@ -50,7 +50,7 @@ def test_manifest_rows_match_every_volume_and_masks_hold_lits_labels(raw_set, sl
 
 
 def test_slices_are_canonical_whatever_the_storage(raw_set, slice_set):
-    from workflows.synthetic_cases import generate_case
+    from workflows.data.synthetic_cases import generate_case
 
     case = generate_case(1, 11, 32, 10)  # stored PLI: transposed and upside down on disk
     rows = [r for r in read_manifest(slice_set) if r["volume_id"] == "1"]

@@ -5,9 +5,9 @@ import torch
 from monai.data import MetaTensor
 
 from transforms import LoadScan, to_canonical
-from workflows.dicom_seg import read_dicom_seg, write_dicom_seg
-from workflows.synthetic_cases import generate_case
-from workflows.synthetic_dicom import write_ct_series
+from workflows.inference.dicom_seg import read_dicom_seg, write_dicom_seg
+from workflows.data.synthetic_cases import generate_case
+from workflows.data.synthetic_dicom import write_ct_series
 
 
 def test_real_seg_from_another_tool_lands_on_the_liver(real_data):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from workflows.evaluate import main
-from workflows.volume_evaluation import pair_files
-from workflows.synthetic_cases import generate_case
+from workflows.engine.volume_evaluation import pair_files
+from workflows.data.synthetic_cases import generate_case
 
 
 @pytest.fixture(scope="module")

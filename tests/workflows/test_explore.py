@@ -2,9 +2,9 @@ import json
 
 import cv2
 
-from workflows.exploration import explore
+from workflows.data.exploration import explore
 from workflows.explore import main
-from workflows.slice_set import read_manifest
+from workflows.data.slice_set import read_manifest
 
 
 def test_report_counts_match_the_manifest_and_pictures_exist(slice_set, tmp_path):
@@ -26,7 +26,7 @@ def test_report_counts_match_the_manifest_and_pictures_exist(slice_set, tmp_path
 
 
 def test_two_d_set_without_tumour_labels_says_unknown(real_data, tmp_path, capsys):
-    from workflows.conversion import convert
+    from workflows.data.conversion import convert
 
     convert(real_data / "chaos_ct_p1", tmp_path / "slices", progress=False)
     assert main(["--input", str(tmp_path / "slices"), "--output", str(tmp_path / "report"), "--max-images", "20"]) == 0
@@ -49,7 +49,7 @@ def _set_with_liver_grey(root, grey):
 
 
 def test_sources_in_different_windows_are_warned_about_loudly(tmp_path, capsys):
-    from workflows.conversion import convert
+    from workflows.data.conversion import convert
     from workflows.explore import main
     _set_with_liver_grey(tmp_path / "raw" / "abdomen_like", 160)
     _set_with_liver_grey(tmp_path / "raw" / "other_window", 240)
@@ -64,8 +64,8 @@ def test_sources_in_different_windows_are_warned_about_loudly(tmp_path, capsys):
 
 
 def test_sources_that_agree_raise_no_warning(tmp_path, capsys):
-    from workflows.conversion import convert
-    from workflows.exploration import explore
+    from workflows.data.conversion import convert
+    from workflows.data.exploration import explore
     _set_with_liver_grey(tmp_path / "raw" / "a", 160)
     _set_with_liver_grey(tmp_path / "raw" / "b", 170)
     convert(tmp_path / "raw", tmp_path / "slices")

@@ -1,6 +1,6 @@
 import numpy as np
 
-from workflows.grey_levels import GreyLevels, disagreeing_sources, source_groups
+from workflows.data.grey_levels import GreyLevels, disagreeing_sources, source_groups
 
 
 def test_histograms_count_liver_and_body_outside_it():

@@ -12,9 +12,9 @@ from networks import ThreeLevelUNet
 from transforms import LoadScan, to_canonical
 from workflows.bundle import run_workflow
 from workflows.infer import main as infer_main
-from workflows.synthetic_cases import generate_case
-from workflows.synthetic_dicom import write_ct_series
-from workflows.volume_metrics import overlap_metrics
+from workflows.data.synthetic_cases import generate_case
+from workflows.data.synthetic_dicom import write_ct_series
+from workflows.engine.volume_metrics import overlap_metrics
 
 CHANNELS = (4, 8, 16, 32)
 INFERENCE = str(Path(__file__).resolve().parents[2] / "bundles" / "liver_tumor_ct_segmentation" / "configs" / "inference.json")
@@ -77,7 +77,7 @@ def test_dicom_series_gets_a_mask_on_its_grid(weights, tmp_path):
     assert seg.shape == series.shape and torch.allclose(seg.affine, series.affine, atol=1e-3)
     assert np.array_equal(to_canonical(seg)[0].numpy(), _canonical_prediction(weights, tmp_path))
     # the DICOM SEG beside it says the same, frame by frame
-    from workflows.dicom_seg import read_dicom_seg
+    from workflows.inference.dicom_seg import read_dicom_seg
 
     from_seg = read_dicom_seg(tmp_path / "out" / "series_seg.dcm", series.affine, tuple(series.shape[1:]))
     assert np.array_equal(from_seg, seg[0].numpy().astype(np.uint8))

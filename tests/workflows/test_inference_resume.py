@@ -10,7 +10,7 @@ import torch
 from networks import ThreeLevelUNet
 from workflows.bundle import run_workflow
 from workflows.infer import main as infer_main
-from workflows.synthetic_cases import generate_case
+from workflows.data.synthetic_cases import generate_case
 
 CHANNELS = [4, 8, 16, 32]
 

@@ -13,12 +13,12 @@ from monai.transforms import Orientation
 
 from transforms import LoadScan
 from transforms.slicing import RAS_LABELS
-from workflows.conversion import ConvertSettings, convert
-from workflows.dicom_seg import write_dicom_seg
-from workflows.discovery import find_volume_sources
-from workflows.slice_set import read_mask
-from workflows.synthetic_cases import generate_case
-from workflows.synthetic_dicom import write_ct_series
+from workflows.data.conversion import ConvertSettings, convert
+from workflows.inference.dicom_seg import write_dicom_seg
+from workflows.data.discovery import find_volume_sources
+from workflows.data.slice_set import read_mask
+from workflows.data.synthetic_cases import generate_case
+from workflows.data.synthetic_dicom import write_ct_series
 
 
 def _rows(folder):

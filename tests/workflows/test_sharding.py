@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from workflows.conversion import convert, shard_of
-from workflows.shards import parse_shard
-from workflows.discovery import find_volume_sources
-from workflows.synthetic_cases import generate_dataset
+from workflows.data.conversion import convert, shard_of
+from workflows.machine.shards import parse_shard
+from workflows.data.discovery import find_volume_sources
+from workflows.data.synthetic_cases import generate_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -4,9 +4,9 @@ import json
 import pytest
 from monai.data import load_decathlon_datalist
 
-from workflows.slice_set import read_manifest
+from workflows.data.slice_set import read_manifest
 from workflows.split import main
-from workflows.splitting import check_disjoint, plan_split, read_groups, slices_dirs_of, write_split
+from workflows.data.splitting import check_disjoint, plan_split, read_groups, slices_dirs_of, write_split
 
 
 def _hash_tree(folder):
@@ -85,7 +85,7 @@ def test_several_slice_sets_split_together_and_a_volume_twice_is_refused(slice_s
     import cv2
     import numpy as np
 
-    from workflows.conversion import convert
+    from workflows.data.conversion import convert
     two_d = tmp_path / "set"
     for folder in ("images", "masks"):
         (two_d / folder).mkdir(parents=True)

@@ -12,7 +12,7 @@ import torch
 
 from transforms import LoadScan, axial_axis, to_canonical
 from workflows.synthetic import main
-from workflows.synthetic_cases import SLICE_THICKNESSES_MM, STORED_ORIENTATIONS, generate_case, generate_dataset
+from workflows.data.synthetic_cases import SLICE_THICKNESSES_MM, STORED_ORIENTATIONS, generate_case, generate_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 

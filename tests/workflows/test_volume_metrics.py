@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from workflows.volume_metrics import case_metrics, lesion_detection, overlap_metrics, surface_metrics
+from workflows.engine.volume_metrics import case_metrics, lesion_detection, overlap_metrics, surface_metrics
 
 SPACING = (0.8, 0.8, 2.0)
 

@@ -21,11 +21,11 @@ from monai.data import MetaTensor  # noqa: E402
 from transforms import LoadScan, check_label_grid, check_lits_labels, is_nifti, nifti_stem, to_canonical  # noqa: E402
 from transforms.dicom_seg import is_dicom_seg  # noqa: E402
 from transforms.loading import LoadLabeld  # noqa: E402
-from workflows.discovery import seg_labels_of  # noqa: E402
-from workflows.atomic import write_csv_atomic, write_json_atomic  # noqa: E402
-from workflows.pictures import save_figure  # noqa: E402
-from workflows.slice_set import volume_sort_key  # noqa: E402
-from workflows.volume_metrics import case_metrics, flatten_case, summarise_cases  # noqa: E402
+from workflows.data.discovery import seg_labels_of  # noqa: E402
+from workflows.machine.atomic import write_csv_atomic, write_json_atomic  # noqa: E402
+from workflows.data.pictures import save_figure  # noqa: E402
+from workflows.data.slice_set import volume_sort_key  # noqa: E402
+from workflows.engine.volume_metrics import case_metrics, flatten_case, summarise_cases  # noqa: E402
 
 __all__ = ["pair_files", "load_truth", "evaluate_volumes"]
 

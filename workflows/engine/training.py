@@ -42,14 +42,14 @@ from monai.engines import SupervisedEvaluator, SupervisedTrainer
 from torch.utils.data import Sampler
 
 from transforms import TARGET_CHANNELS
-from workflows.atomic import write_bytes_atomic, write_json_atomic
-from workflows import distributed
-from workflows.settings import flag
-from workflows.locking import folder_lock
-from workflows.grey_levels import read_grey_levels
-from workflows.memory import peak_memory_mib
-from workflows.model_file import read_torch_file, save_model_file
-from workflows.splitting import slices_dirs_of
+from workflows.machine.atomic import write_bytes_atomic, write_json_atomic
+from workflows.engine import distributed
+from workflows.machine.settings import flag
+from workflows.machine.locking import folder_lock
+from workflows.data.grey_levels import read_grey_levels
+from workflows.machine.memory import peak_memory_mib
+from workflows.engine.model_file import read_torch_file, save_model_file
+from workflows.data.splitting import slices_dirs_of
 
 __all__ = [
     "read_split", "check_training_settings", "check_output_folder", "target_of", "ResumableSampler", "ChunkRun", "SamplerEpochHandler", "ProgressCheckpointHandler",
@@ -76,7 +76,7 @@ def read_split(dataset_dir: str | os.PathLike) -> dict:
 def check_training_settings(dataset_dir: str | os.PathLike, val_datalist: str = "val.json",
                             full_val_datalist: str | None = "val.json") -> None:
     """Refuse, before anything is built or trained, lists a training cannot use (the settings' types are checked
-    by :func:`workflows.settings.check_settings` before): a lists folder without a readable ``split.json``, list
+    by :func:`workflows.machine.settings.check_settings` before): a lists folder without a readable ``split.json``, list
     files that are missing, malformed or empty (a chunk without slices), and slices the lists name that are gone or
     are not regular files. Every file the run reads is checked here, so no chunk trains before a missing one is
     found.
@@ -173,7 +173,7 @@ class ResumableSampler(Sampler[int]):
     through an epoch, so a run resumed from iteration i sees exactly the batches an uninterrupted run saw.
 
     The length follows the dataset's current length (datasets are refilled chunk by chunk). Trained by several
-    processes (:mod:`workflows.distributed`), each rank takes every world-size-th index of the epoch's order from its
+    processes (:mod:`workflows.engine.distributed`), each rank takes every world-size-th index of the epoch's order from its
     rank on (the order padded from its start to a multiple of the ranks, as PyTorch's ``DistributedSampler``
     does), so the ranks share each epoch without overlap and a resume skips within each rank's share.
     """
@@ -267,7 +267,7 @@ class ChunkRun:
 
     @property
     def model_settings(self) -> dict:
-        """What ``model.pt`` records beside the weights (:mod:`workflows.model_file`): the network's widths, input
+        """What ``model.pt`` records beside the weights (:mod:`workflows.engine.model_file`): the network's widths, input
         size and target, and the HU window its slices were converted with (``None`` when they came from 8-bit 2D
         sets only: their window is unknown), and the thread count."""
         window, window_hu = None, None

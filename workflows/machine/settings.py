@@ -144,7 +144,7 @@ def _precision(value):
 
 
 def _shard(value):
-    from workflows.shards import parse_shard
+    from workflows.machine.shards import parse_shard
 
     return parse_shard(value)
 

@@ -20,7 +20,7 @@ import torch
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
-from workflows.atomic import csv_text, write_text_atomic
+from workflows.machine.atomic import csv_text, write_text_atomic
 
 __all__ = [
     "MANIFEST_COLUMNS", "MANIFEST_NAME", "IMAGE_SUFFIXES", "slice_name", "parse_slice_name", "volume_sort_key",

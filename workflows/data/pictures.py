@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from transforms import liver_mask, tumour_mask  # noqa: E402
-from workflows.atomic import write_bytes_atomic  # noqa: E402
+from workflows.machine.atomic import write_bytes_atomic  # noqa: E402
 
 __all__ = ["LIVER_RGB", "TUMOUR_RGB", "overlay", "save_figure", "montage"]
 

@@ -11,15 +11,11 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from pydicom.dataset import FileMetaDataset
 from pydicom.dataset import Dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-if TYPE_CHECKING:
-    from workflows.synthetic_cases import SyntheticCase
 
 __all__ = ["write_ct_series"]
 
@@ -30,8 +26,9 @@ def _ds(value: float) -> str:
     return f"{value:.6g}"
 
 
-def write_ct_series(case: SyntheticCase, series_dir: str | os.PathLike, modality: str = "CT") -> Path:
-    """Write ``case`` as one DICOM file per slice into ``series_dir`` (replaced atomically as a whole).
+def write_ct_series(case, series_dir: str | os.PathLike, modality: str = "CT") -> Path:
+    """Write ``case`` (a :class:`workflows.data.synthetic_cases.SyntheticCase`) as one DICOM file per slice into
+    ``series_dir`` (replaced atomically as a whole).
 
     ``modality`` other than ``"CT"`` exists to make invalid input for tests of the loader.
     """

@@ -15,7 +15,7 @@ import numpy as np
 
 from transforms import TARGET_CHANNELS
 
-from workflows.atomic import write_json_atomic
+from workflows.machine.atomic import write_json_atomic
 
 __all__ = ["SPLITS", "TARGETS", "SplitPlan", "patient_groups", "read_groups", "split_volumes", "check_disjoint",
            "plan_split", "write_split", "slices_dirs_of"]

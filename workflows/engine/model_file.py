@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from workflows.atomic import write_bytes_atomic
+from workflows.machine.atomic import write_bytes_atomic
 
 __all__ = ["DEFAULT_SETTINGS", "SETTING_FLAGS", "read_torch_file", "model_settings", "check_model_settings",
            "save_model_file"]

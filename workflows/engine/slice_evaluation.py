@@ -34,14 +34,14 @@ from monai.engines import SupervisedEvaluator  # noqa: E402
 
 from networks import load_reference_state_dict  # noqa: E402
 from transforms import TARGET_CHANNELS, target_to_lits  # noqa: E402
-from workflows import distributed  # noqa: E402
-from workflows.atomic import write_csv_atomic, write_json_atomic  # noqa: E402
-from workflows.model_file import read_torch_file  # noqa: E402
-from workflows.pictures import overlay, save_figure  # noqa: E402
-from workflows.slice_set import MANIFEST_NAME, read_manifest, volume_sort_key  # noqa: E402
-from workflows.splitting import slices_dirs_of  # noqa: E402
-from workflows.training import read_datalist  # noqa: E402
-from workflows.volume_metrics import case_metrics, dice_score, flatten_case, iou_score, summarise_cases  # noqa: E402
+from workflows.engine import distributed  # noqa: E402
+from workflows.machine.atomic import write_csv_atomic, write_json_atomic  # noqa: E402
+from workflows.engine.model_file import read_torch_file  # noqa: E402
+from workflows.data.pictures import overlay, save_figure  # noqa: E402
+from workflows.data.slice_set import MANIFEST_NAME, read_manifest, volume_sort_key  # noqa: E402
+from workflows.data.splitting import slices_dirs_of  # noqa: E402
+from workflows.engine.training import read_datalist  # noqa: E402
+from workflows.engine.volume_metrics import case_metrics, dice_score, flatten_case, iou_score, summarise_cases  # noqa: E402
 
 __all__ = ["REFERENCE_RESULT", "slice_counts", "summarise", "SliceEvaluation"]
 

@@ -13,7 +13,7 @@ import pydicom
 
 from transforms import is_dicom_series_folder, is_nifti, nifti_stem
 from transforms.dicom_seg import is_dicom_seg, referenced_series_uid
-from workflows.slice_set import Slice2D, find_2d_sets
+from workflows.data.slice_set import Slice2D, find_2d_sets
 
 __all__ = ["LABEL_LIKE", "OUTPUT_LIKE", "IMAGE_SUFFIXES_2D", "is_image_2d", "ScanList", "find_scans", "output_names", "planned_outputs", "VolumeSource", "find_volume_sources",
            "seg_labels_of", "describe_sources"]

@@ -28,13 +28,13 @@ from transforms import (
     LITS_LABELS, TARGET_CHANNELS, AxialSlicesd, InvalidScanError, canonical_grey, liver_mask,
     tumour_mask, unwrap_transform_error, window_range,
 )
-from workflows.atomic import remove_stale_temporaries, write_bytes_atomic, write_json_atomic
-from workflows.discovery import VolumeSource, describe_sources, find_volume_sources
-from workflows.grey_levels import GREY_LEVELS_NAME, GreyLevels, disagreeing_sources, source_groups
-from workflows.locking import LOCK_PREFIX, folder_lock
-from workflows.memory import peak_memory_mib
-from workflows.shards import share, shard_lock
-from workflows.slice_set import (
+from workflows.machine.atomic import remove_stale_temporaries, write_bytes_atomic, write_json_atomic
+from workflows.data.discovery import VolumeSource, describe_sources, find_volume_sources
+from workflows.data.grey_levels import GREY_LEVELS_NAME, GreyLevels, disagreeing_sources, source_groups
+from workflows.machine.locking import LOCK_PREFIX, folder_lock
+from workflows.machine.memory import peak_memory_mib
+from workflows.machine.shards import share, shard_lock
+from workflows.data.slice_set import (
     MANIFEST_NAME, manifest_rows_to_csv, read_grey_slice, read_mask, slice_name, volume_sort_key, write_manifest,
 )
 
@@ -310,7 +310,7 @@ def _check_unchanged(output: Path, source: VolumeSource) -> None:
 
 
 def shard_of(sources: list[VolumeSource], shard: tuple[int, int] | None) -> list[VolumeSource]:
-    """The volumes of share ``I`` of ``N`` (:func:`workflows.shards.share`, in volume-id order)."""
+    """The volumes of share ``I`` of ``N`` (:func:`workflows.machine.shards.share`, in volume-id order)."""
     return share(sources, shard, key=lambda s: volume_sort_key(s.volume_id))
 
 

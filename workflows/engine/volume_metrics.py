@@ -107,7 +107,7 @@ def case_metrics(pred_label: np.ndarray, true_label: np.ndarray, spacing: Sequen
 
 
 def flatten_case(volume_id: str, metrics: dict) -> dict:
-    """One CSV row from :func:`workflows.volume_metrics.case_metrics`."""
+    """One CSV row from :func:`workflows.engine.volume_metrics.case_metrics`."""
     row = {"volume_id": volume_id}
     for structure in ("liver", "tumour"):
         for key in ("dice", "voe", "rvd", "assd_mm", "hd95_mm", "pred_voxels", "true_voxels", "tp"):

@@ -24,7 +24,8 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from transforms import CANONICAL_AXCODES, tumour_mask
-from workflows.atomic import write_bytes_atomic
+from workflows.data.synthetic_dicom import write_ct_series
+from workflows.machine.atomic import write_bytes_atomic
 
 __all__ = ["STORED_ORIENTATIONS", "SyntheticCase", "generate_case", "write_case", "generate_dataset"]
 
@@ -279,8 +280,6 @@ def write_case(case: SyntheticCase, out_dir: str | os.PathLike, dicom: bool = Fa
         write_bytes_atomic(path, _nifti_gz_bytes(case.stored_image(array)))
         written.append(path)
     if dicom:  # the series, with its label beside it as convert expects (dicom/volume-<i>/ + segmentation-<i>)
-        from workflows.synthetic_dicom import write_ct_series
-
         written.append(write_ct_series(case, out_dir / "dicom" / f"volume-{case.index}"))
         written.append(write_bytes_atomic(out_dir / "dicom" / written[1].name, written[1].read_bytes()))
     return written

@@ -43,20 +43,20 @@ from monai.transforms import Compose, Invertd, MapTransform  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from networks import ThreeLevelUNet, load_reference_state_dict  # noqa: E402
-from workflows.precision import InferenceNetwork  # noqa: E402
+from workflows.machine.precision import InferenceNetwork  # noqa: E402
 from transforms import (  # noqa: E402
     TARGET_CHANNELS, InvalidScanError, is_nifti, liver_mask, nifti_stem, target_to_lits, to_canonical, tumour_mask,
     unwrap_transform_error,
 )
-from workflows.atomic import write_bytes_atomic, write_csv_atomic, write_json_atomic  # noqa: E402
-from workflows.dicom_seg import write_dicom_seg  # noqa: E402
-from workflows.model_file import read_torch_file  # noqa: E402
-from workflows.discovery import ScanList, find_scans, is_image_2d, output_names, planned_outputs  # noqa: E402
-from workflows.settings import flag  # noqa: E402
-from workflows.locking import folder_lock  # noqa: E402
-from workflows.shards import parse_shard, share, shard_lock  # noqa: E402
-from workflows.pictures import montage, overlay, save_figure  # noqa: E402
-from workflows.slice_set import read_grey_slice  # noqa: E402
+from workflows.machine.atomic import write_bytes_atomic, write_csv_atomic, write_json_atomic  # noqa: E402
+from workflows.inference.dicom_seg import write_dicom_seg  # noqa: E402
+from workflows.engine.model_file import read_torch_file  # noqa: E402
+from workflows.data.discovery import ScanList, find_scans, is_image_2d, output_names, planned_outputs  # noqa: E402
+from workflows.machine.settings import flag  # noqa: E402
+from workflows.machine.locking import folder_lock  # noqa: E402
+from workflows.machine.shards import parse_shard, share, shard_lock  # noqa: E402
+from workflows.data.pictures import montage, overlay, save_figure  # noqa: E402
+from workflows.data.slice_set import read_grey_slice  # noqa: E402
 
 __all__ = ["load_weights", "ScanDataset", "SomeScansFailed", "CurrentScan", "SaveScanMaskd", "ScanInference"]
 
@@ -89,7 +89,7 @@ def load_weights(network: ThreeLevelUNet, path: str | os.PathLike) -> ThreeLevel
 
 
 class ScanDataset(torch.utils.data.Dataset):
-    """The scans under ``input`` (:func:`workflows.discovery.find_scans`), each item
+    """The scans under ``input`` (:func:`workflows.data.discovery.find_scans`), each item
     ``transform({"image": path, "name": output name})``. The bundle's ``dataset``; 2D images are listed too and
     segmented apart (they have no volume grid)."""
 
@@ -257,7 +257,7 @@ class ScanInference:
         scan: the evaluator's :class:`CurrentScan`.
         network_input: the preprocessing's last step, used alone for 2D images (grey levels already).
         target: what the model segments.
-        shard: ``"I/N"``: segment share I of N of the scans (:mod:`workflows.shards`); ``None``: all.
+        shard: ``"I/N"``: segment share I of N of the scans (:mod:`workflows.machine.shards`); ``None``: all.
         overwrite: segment again the scans a run before finished (default: skip them).
     """
 

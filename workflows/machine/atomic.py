@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from workflows.locking import machine_tag, process_running
+from workflows.machine.locking import machine_tag, process_running
 
 __all__ = ["TMP_PREFIX", "os_error_line", "write_bytes_atomic", "write_text_atomic", "write_json_atomic", "csv_text", "write_csv_atomic",
            "remove_stale_temporaries"]

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from workflows.locking import LOCK_NAME, LOCK_PREFIX
+from workflows.machine.locking import LOCK_NAME, LOCK_PREFIX
 
 __all__ = ["parse_shard", "share", "shard_lock"]
 
@@ -42,7 +42,7 @@ def share(items: Sequence[T], shard: tuple[int, int] | None, key: Callable[[T], 
 
 
 def shard_lock(shard: tuple[int, int] | None, what: str) -> tuple[str, str]:
-    """The lock file name and the run's description for :func:`workflows.locking.folder_lock`: the shards of one job
+    """The lock file name and the run's description for :func:`workflows.machine.locking.folder_lock`: the shards of one job
     share the output folder, each holding its own lock (``.liver-ct.shard-2-of-4.lock``)."""
     if shard is None:
         return LOCK_NAME, what

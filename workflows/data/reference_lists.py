@@ -10,8 +10,8 @@ import re
 from collections import defaultdict
 from pathlib import Path
 
-from workflows.atomic import write_json_atomic
-from workflows.slice_set import parse_slice_name, read_mask
+from workflows.machine.atomic import write_json_atomic
+from workflows.data.slice_set import parse_slice_name, read_mask
 
 __all__ = ["import_reference_lists"]
 

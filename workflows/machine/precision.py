@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from monai.inferers import SimpleInferer
 
-from workflows.settings import flag
+from workflows.machine.settings import flag
 
 __all__ = ["PRECISIONS", "native_bf16", "choose_precision", "compile_network", "InferenceNetwork", "AutocastInferer"]
 

@@ -18,10 +18,10 @@ from scipy import ndimage  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from transforms import liver_mask, tumour_mask  # noqa: E402
-from workflows.atomic import write_csv_atomic, write_json_atomic, write_text_atomic  # noqa: E402
-from workflows.grey_levels import LIVER_GREY_MARGIN, disagreeing_sources, read_grey_levels, source_groups  # noqa: E402
-from workflows.pictures import overlay, save_figure  # noqa: E402
-from workflows.slice_set import read_grey_slice, read_manifest, read_mask  # noqa: E402
+from workflows.machine.atomic import write_csv_atomic, write_json_atomic, write_text_atomic  # noqa: E402
+from workflows.data.grey_levels import LIVER_GREY_MARGIN, disagreeing_sources, read_grey_levels, source_groups  # noqa: E402
+from workflows.data.pictures import overlay, save_figure  # noqa: E402
+from workflows.data.slice_set import read_grey_slice, read_manifest, read_mask  # noqa: E402
 
 __all__ = ["explore"]
 
