@@ -284,7 +284,7 @@ def test_deidentified_inference_names_no_file_anywhere_it_writes(weights, tmp_pa
     code = _infer("--input", str(scans), "--model", str(weights), "--output", str(out), "--deidentify")
     printed = capsys.readouterr()
     assert code == 1
-    written = "".join(p.read_text(errors="replace") for p in out.rglob("*") if p.is_file() and p.suffix in (".json", ".csv"))
+    written = "".join(p.read_text(errors="replace") for p in out.rglob("*") if p.is_file() and p.suffix in (".json", ".csv", ".html"))
     names = [p.name for p in out.rglob("*")]
     for text in (written, printed.out, printed.err, " ".join(names)):
         assert "DOE" not in text and "MRN" not in text, text[:2000]

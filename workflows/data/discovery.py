@@ -28,8 +28,8 @@ def is_image_2d(path: str | os.PathLike) -> bool:
 
 
 #: What inference writes (``<name>_seg.nii.gz``, ``<name>_overlay.png``, ...): never read back as a scan.
-OUTPUT_LIKE = re.compile(r"(_seg\.nii(\.gz)?|_seg\.dcm|_overlay\.png|_mask\.png|_prediction\.png|^summary\.(csv|json)"
-                         r"|^\.rows)$", re.IGNORECASE)
+OUTPUT_LIKE = re.compile(r"(_seg\.nii(\.gz)?|_seg\.dcm|_overlay\.png|_coronal\.png|_mask\.png|_prediction\.png"
+                         r"|^summary\.(csv|json)|^report\.html|^\.rows)$", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,8 @@ def planned_outputs(scan: Path, name: str) -> list[str]:
     """The files inference writes for ``scan`` under its output ``name`` (the one list of them)."""
     if is_image_2d(scan):
         return [f"{name}_mask.png", f"{name}_prediction.png"]
-    return [f"{name}_seg.nii.gz", f"{name}_overlay.png", *([f"{name}_seg.dcm"] if scan.is_dir() else [])]
+    return [f"{name}_seg.nii.gz", f"{name}_overlay.png", f"{name}_coronal.png",
+            *([f"{name}_seg.dcm"] if scan.is_dir() else [])]
 
 
 @dataclass(frozen=True)

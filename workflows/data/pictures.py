@@ -54,3 +54,16 @@ def montage(grey: np.ndarray, label: np.ndarray, path: str | os.PathLike, title:
         ax.axis("off")
     fig.suptitle(f"{title}: liver green, tumour red", fontsize=9)
     return save_figure(fig, path, dpi=90)
+
+
+def coronal(grey: np.ndarray, label: np.ndarray, spacing, path: str | os.PathLike, title: str) -> Path:
+    """One coronal view of a canonical volume ``(rows, cols, slices)``, through the row with the most liver (the
+    middle row when the label is empty), superior at the top, drawn at the true aspect of ``spacing`` (mm)."""
+    area = liver_mask(label).sum(axis=(1, 2))
+    row = int(np.argmax(area)) if area.any() else label.shape[0] // 2
+    picture = overlay(np.ascontiguousarray(grey[row].T[::-1]), np.ascontiguousarray(label[row].T[::-1]))
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    ax.imshow(picture, aspect=float(spacing[2]) / float(spacing[1]))
+    ax.set_title(f"{title}: coronal, row {row}", fontsize=8)
+    ax.axis("off")
+    return save_figure(fig, path, dpi=90)

@@ -24,7 +24,7 @@ __all__ = ["DEFAULT_SETTINGS", "SETTING_FLAGS", "read_torch_file", "model_settin
 
 #: what a model without recorded settings is taken to be: the reference network, liver, abdomen window
 DEFAULT_SETTINGS = {"target": "liver", "spatial_size": 256, "channels": [64, 128, 256, 512], "window": "abdomen",
-                    "window_hu": None}
+                    "window_hu": None, "slice_thickness_mm": None}
 #: the command-line flag that sets each recorded setting
 SETTING_FLAGS = {"target": "--target", "spatial_size": "--spatial_size", "channels": "--network_def#channels",
                  "window": "--window", "window_hu": "--window_hu"}

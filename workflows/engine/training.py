@@ -47,6 +47,7 @@ from workflows.engine import distributed
 from workflows.machine.settings import flag
 from workflows.machine.locking import folder_lock
 from workflows.data.grey_levels import read_grey_levels
+from workflows.data.slice_set import MANIFEST_NAME, read_manifest
 from workflows.machine.memory import peak_memory_mib
 from workflows.engine.model_file import read_torch_file, save_model_file
 from workflows.data.splitting import slices_dirs_of
@@ -270,7 +271,11 @@ class ChunkRun:
         """What ``model.pt`` records beside the weights (:mod:`workflows.engine.model_file`): the network's widths, input
         size and target, and the HU window its slices were converted with (``None`` when they came from 8-bit 2D
         sets only: their window is unknown), and the thread count."""
-        window, window_hu = None, None
+        window, window_hu, thickness = None, None, []
+        for slices_dir in slices_dirs_of(self.dataset_dir, self.split):
+            if (slices_dir / MANIFEST_NAME).is_file():  # the thickest slices trained on: inference flags thicker ones
+                thickness += [r["slice_thickness_mm"] for r in read_manifest(slices_dir)
+                              if math.isfinite(r["slice_thickness_mm"])]
         for slices_dir in slices_dirs_of(self.dataset_dir, self.split):
             settings_file = slices_dir / "convert.json"
             volumes = read_grey_levels(slices_dir)
@@ -282,7 +287,8 @@ class ChunkRun:
         summary = self.config_summary
         return {"target": summary.get("target"), "spatial_size": summary.get("spatial_size"),
                 "channels": summary.get("channels"), "window": window, "window_hu": window_hu,
-                "threads": torch.get_num_threads(), "split": summary.get("split")}
+                "threads": torch.get_num_threads(), "split": summary.get("split"),
+                "slice_thickness_mm": round(max(thickness), 3) if thickness else None}
 
     # -- files ----------------------------------------------------------------------------------------------------
     def chunk_checkpoint(self, k: int) -> Path:

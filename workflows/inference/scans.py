@@ -55,7 +55,9 @@ from workflows.data.discovery import ScanList, find_scans, is_image_2d, output_n
 from workflows.machine.settings import flag  # noqa: E402
 from workflows.machine.locking import folder_lock  # noqa: E402
 from workflows.machine.shards import parse_shard, share, shard_lock  # noqa: E402
-from workflows.data.pictures import montage, overlay, save_figure  # noqa: E402
+from workflows.data.pictures import coronal, montage, overlay, save_figure  # noqa: E402
+from workflows.inference.quality import lesion_table, quality_flags  # noqa: E402
+from workflows.inference.report import write_report  # noqa: E402
 from workflows.data.slice_set import read_grey_slice  # noqa: E402
 
 __all__ = ["load_weights", "ScanDataset", "SomeScansFailed", "CurrentScan", "SaveScanMaskd", "ScanInference"]
@@ -186,18 +188,20 @@ class SaveScanMaskd(MapTransform):
     """
 
     def __init__(self, keys, output_dir: str, target: str = "liver", image_key: str = "image", deidentify: bool = False,
-                 allow_missing_keys: bool = False) -> None:
+                 trained_slice_mm: float | None = None, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.output_dir, self.target, self.image_key = Path(output_dir), target, image_key
+        self.trained_slice_mm = trained_slice_mm
         self.deidentify = flag(deidentify, "deidentify")
 
     def __call__(self, data: Mapping[Hashable, MetaTensor]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
-            d["row"] = self._write(d[key], d.get(self.image_key), d.get("name"))
+            d["row"] = self._write(d[key], d.get(self.image_key), d.get("name"), d.get("qc"))
         return d
 
-    def _write(self, pred: MetaTensor, image: MetaTensor | None, name: str | None) -> dict:
+    def _write(self, pred: MetaTensor, image: MetaTensor | None, name: str | None, qc: dict | None = None) -> dict:
+        qc = dict(qc or {})
         scan = Path(pred.meta["filename_or_obj"])
         array = pred[0].detach().cpu().numpy().astype(np.uint8)
         affine = pred.affine.detach().cpu()
@@ -237,11 +241,22 @@ class SaveScanMaskd(MapTransform):
             except ValueError as err:  # the NIfTI mask stands; say why there is no SEG
                 logger.warning(f"no DICOM SEG for {scan}: {err}")
                 row["dicom_seg"] = f"not written: {err}"
-        if image is not None:  # pictures in the radiological view, whatever the stored orientation
+        canonical = to_canonical(MetaTensor(torch.as_tensor(array)[None], affine=affine))
+        label = canonical[0].numpy()  # the radiological view, whatever the stored orientation
+        canonical_spacing = torch.linalg.norm(canonical.affine[:3, :3].float(), dim=0).tolist()
+        flags = quality_flags(label, canonical_spacing, qc, self.trained_slice_mm, self.target)
+        row["flags"] = "; ".join(flags)
+        row.update(qc)
+        row["slice_mm"] = round(float(canonical_spacing[2]), 3)
+        lesions = lesion_table(label, canonical_spacing)
+        row["lesions"] = len(lesions)
+        row["largest_lesion_mm"] = lesions[0]["longest_axial_mm"] if lesions else None
+        row["lesion_table"] = lesions
+        if image is not None:
             grey = to_canonical(MetaTensor(torch.as_tensor(image.detach().cpu().float()).as_subclass(torch.Tensor), affine=affine))[0].numpy()
-            label = to_canonical(MetaTensor(torch.as_tensor(array)[None], affine=affine))[0].numpy()
-            montage(np.clip(np.floor(grey * 255 + 0.5), 0, 255).astype(np.uint8), label,
-                    self.output_dir / f"{name}_overlay.png", name)
+            grey = np.clip(np.floor(grey * 255 + 0.5), 0, 255).astype(np.uint8)
+            montage(grey, label, self.output_dir / f"{name}_overlay.png", name)
+            coronal(grey, label, canonical_spacing, self.output_dir / f"{name}_coronal.png", name)
         return row
 
 
@@ -325,15 +340,15 @@ class ScanInference:
         rows = self.output_dir / ".rows"
         if not rows.is_dir():
             return set()
-        owned = {"summary.json", "summary.csv"}
+        owned = {"summary.json", "summary.csv", "report.html"}
         for record in rows.glob("*.json"):
             try:
                 outputs = json.loads(record.read_text()).get("outputs")
             except (OSError, ValueError, AttributeError):
                 continue
             if outputs is None:
-                outputs = [f"{record.stem}{end}" for end in ("_seg.nii.gz", "_overlay.png", "_seg.dcm", "_mask.png",
-                                                             "_prediction.png")]
+                outputs = [f"{record.stem}{end}" for end in ("_seg.nii.gz", "_overlay.png", "_coronal.png", "_seg.dcm",
+                                                             "_mask.png", "_prediction.png")]
             owned.update(outputs)
         return owned
 
@@ -342,7 +357,7 @@ class ScanInference:
         it would write (the user's own ``ct_seg.nii.gz`` beside ``ct.nii.gz``, their ``summary.csv``)."""
         owned = self._owned_outputs()
         planned = [(name, scan) for scan in scans for name in planned_outputs(scan, self.dataset.names[scan])]
-        for name, scan in [*planned, ("summary.json", None), ("summary.csv", None)]:
+        for name, scan in [*planned, ("summary.json", None), ("summary.csv", None), ("report.html", None)]:
             path = self.output_dir / name
             if (path.exists() or path.is_symlink()) and name not in owned:
                 what = f"an output for {self.dataset.shown(scan)}" if scan is not None else "the run's summary"
@@ -397,7 +412,9 @@ class ScanInference:
             if scan in known:
                 rows.append(known[scan])
         write_json_atomic(self.output_dir / "summary.json", rows)
-        write_csv_atomic(self.output_dir / "summary.csv", rows)
+        columns = [c for c in dict.fromkeys(key for row in rows for key in row) if c != "lesion_table"]
+        write_csv_atomic(self.output_dir / "summary.csv", rows, columns)
+        write_report(self.output_dir, rows, self.dataset.deidentify)
         return rows
 
     def segment_volume(self, index: int) -> dict:
