@@ -35,5 +35,8 @@ class BCEDiceLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if logits.shape != target.shape:
             raise ValueError(f"logits {tuple(logits.shape)} and target {tuple(target.shape)} must have the same shape.")
-        target = target.to(logits.dtype)
-        return self.lambda_bce * self.bce(logits, target) + self.lambda_dice * self.dice(logits, target)
+        # in fp32 whatever the network ran in: bf16 logits (autocast) keep 8 bits of mantissa, and the sigmoid, the
+        # BCE and the Dice sums over a whole batch lose small structures (a tumour of a few hundred pixels) in them
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            logits, target = logits.float(), target.float()
+            return self.lambda_bce * self.bce(logits, target) + self.lambda_dice * self.dice(logits, target)
