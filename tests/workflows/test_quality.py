@@ -18,7 +18,7 @@ from workflows.inference.report import write_report
 SPACING = (2.5, 2.5, 4.0)  # mm: 25 mm³ a voxel
 
 
-def _probs(liver_boxes=(), tumour_boxes=(), shape=(64, 64, 40), inside=0.95, target="liver"):
+def _probs(liver_boxes=(), tumour_boxes=(), shape=(64, 64, 40), inside=0.98, target="liver"):
     channels = 2 if target == "both" else 1
     probs = np.full((channels, *shape), 0.02, np.float32)
     for box in liver_boxes:
@@ -40,7 +40,7 @@ LIVER = (slice(7, 57), slice(7, 57), slice(5, 35))  # 75,000 voxels: 1,875 mL
 
 def test_a_clean_case_raises_no_flag():
     flags, qc = _flags(_probs([LIVER]))
-    assert flags == [] and qc == {"liver_confidence": 0.95, "liver_parts": 1}
+    assert flags == [] and qc == {"liver_confidence": 0.98, "liver_parts": 1, "liver_parts_ml": "1875"}
 
 
 @pytest.mark.parametrize("probs, kwargs, words", [
@@ -53,7 +53,7 @@ def test_a_clean_case_raises_no_flag():
      "2 disconnected liver parts before clean-up"),
     (_probs([LIVER], [(slice(60, 63), slice(60, 63), slice(1, 3))], target="both"), {"target": "both"},
      "0.45 mL of tumour outside the liver before clean-up"),
-    (_probs([LIVER], inside=0.6), {}, "low confidence: mean liver probability 0.60 < 0.85"),
+    (_probs([LIVER], inside=0.6), {}, "low confidence: mean liver probability 0.60 < 0.95"),
 ], ids=["no liver", "small liver", "first slice", "last slice", "thick slices", "two parts", "tumour outside",
         "low confidence"])
 def test_each_flag_is_raised_by_the_case_made_for_it(probs, kwargs, words):
