@@ -2,6 +2,7 @@
 the lesion table's RECIST-style diameter, and report.html opening in a real browser with its pictures."""
 
 import re
+from pathlib import Path
 import shutil
 import subprocess
 
@@ -122,3 +123,43 @@ def test_the_report_renders_with_its_pictures_in_headless_chromium(tmp_path):
     assert green > 2000, green
     dom = subprocess.run([*args[:-2], "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120).stdout
     assert dom.index("cut_off_scan") < dom.index("clean_scan")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (Debian: apt-get install chromium)")
+def test_a_tiny_inference_runs_report_renders_with_its_pictures_and_the_flagged_scan_first(tmp_path):
+    import json
+
+    import cv2
+    import nibabel as nib
+
+    from networks import ThreeLevelUNet
+    from workflows.bundle import run_workflow
+    from workflows.data.synthetic_cases import generate_case
+    from workflows.engine.model_file import save_model_file
+
+    torch.manual_seed(0)
+    case = generate_case(0, seed=6, size=32, slices=12)  # 15.9 mm slices (a 32-pixel generated scan)
+    model = save_model_file(tmp_path / "model.pt", ThreeLevelUNet(channels=(4, 8, 16, 32)).state_dict(),
+                            {"target": "liver", "spatial_size": 32, "channels": [4, 8, 16, 32], "window": "abdomen",
+                             "window_hu": None, "slice_thickness_mm": 16.0})
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    nib.save(case.stored_image(case.hu), scans / "a_clean.nii.gz")
+    thick = case.affine.copy()
+    thick[:3, 2] *= 2  # 31.8 mm slices: thicker than the model was trained on
+    nib.save(nib.Nifti1Image(case.hu, thick), scans / "b_thick.nii.gz")
+    out = tmp_path / "out"
+    run_workflow("inference", ["inference"], "infer", input=str(scans), output_dir=str(out), ckpt_file=str(model))
+    flags = {Path(r["scan"]).name: r["flags"] for r in json.loads((out / "summary.json").read_text())}
+    assert "slices 31.8 mm thick" in flags["b_thick.nii.gz"] and "thick" not in flags["a_clean.nii.gz"]
+    shot = tmp_path / "screenshot.png"
+    args = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,1400"]
+    subprocess.run([*args, f"--screenshot={shot}", (out / "report.html").as_uri()], capture_output=True, timeout=120,
+                   check=True)
+    image = cv2.imread(str(shot))
+    assert np.count_nonzero(image.max(axis=2) < 40) > 40_000  # the CT pictures' dark air: only loaded images hold it
+    dom = subprocess.run([*args, "--dump-dom", (out / "report.html").as_uri()], capture_output=True, text=True,
+                         timeout=120).stdout
+    assert 0 < dom.index("b_thick") < dom.index("a_clean")  # the flagged scan first, though listed second
