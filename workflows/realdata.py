@@ -1,7 +1,7 @@
 """The real-data recipe: from real CT that nobody here wrote to a liver + tumour model scored on held-out patients,
 in one command on a laptop CPU.
 
-``python -m workflows.realdata --data ../shared/data/real --output DIR [--minutes 30] [--threads N]``
+``python -m workflows.realdata --data ../shared/data/real --output DIR [--minutes 30 | --epochs N] [--threads N]``
 
 1. finds the labelled sources under DATA: DICOM studies whose series carry DICOM SEG objects made by another tool
    (liver and tumour), and 2D slice sets (``images/`` + ``masks/``), reading each 2D set's mask values to choose its
@@ -11,12 +11,14 @@ in one command on a laptop CPU.
    model their tumours would count as absent;
 3. splits by patient (``DIR/lists``): the held-out patients (:data:`RECIPE["test"]`, one of them a DICOM HCC
    patient) are the test list, one 2D patient validates, the rest train (every slice, tumour slices first);
-4. measures this machine's training speed and trains liver + tumour (``both``) through the bundle for as many
-   epochs as fit in ``--minutes`` (a narrow network at 256x256, augmentation on);
+4. trains liver + tumour (``both``) through the bundle (a narrow network at 256x256, augmentation on) for as many
+   epochs as fit in ``--minutes`` on this machine (a short probe measures its training speed), or for exactly
+   ``--epochs N`` (the same model on any machine, however busy);
 5. scores the test list with the bundle's ``evaluating`` workflow, segments each held-out DICOM series with the
    bundle's ``inference`` workflow (mask on the scan's grid, DICOM SEG, overlay) and scores it against its SEG
    with the LiTS metrics;
-6. writes ``DIR/models/model.pt`` (it carries its settings), ``DIR/summary.json`` and pictures.
+6. writes ``DIR/models/model.pt`` (it carries its settings), ``DIR/summary.json`` (with the epochs, the CPU model,
+   the threads and the training images/s measured) and pictures.
 
 Rerunning carries on: converted volumes, trained epochs (progress checkpoints) and finished files are kept.
 """
@@ -121,15 +123,28 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workflows.realdata", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="folder of real sources (../shared/data/real)")
     add_output(parser, "working folder", required=True)
-    parser.add_argument("--minutes", type=float, default=30.0, help="training budget in minutes (default 30)")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, help="training budget in minutes, planned on this machine (default 30)")
+    budget.add_argument("--epochs", type=int, help="train exactly this many epochs (a plan that does not depend on "
+                                                   "the machine's speed or load)")
     add_threads(parser)
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and the training (0)")
     args = parser.parse_args(argv)
     data = Path(args.data)
     if not data.is_dir():
         parser.exit(2, f"error: --data {data}: no such folder (the real samples live in ../shared/data/real).\n")
-    if args.minutes <= 0:
+    if args.minutes is not None and args.minutes <= 0:
         parser.exit(2, f"error: --minutes must be positive, got {args.minutes}.\n")
+    if args.epochs is not None and args.epochs < 1:
+        parser.exit(2, f"error: --epochs must be a whole number >= 1, got {args.epochs}.\n")
+    plan_file = Path(args.output) / "models" / "recipe.json"
+    if args.epochs is not None and plan_file.is_file():  # a rerun carries on with the plan it started with
+        planned = json.loads(plan_file.read_text()).get("epochs")
+        if planned != args.epochs:
+            parser.exit(2, f"error: --epochs {args.epochs}: {args.output} was started with {planned} epoch(s) "
+                           f"({plan_file}); rerun with --epochs {planned} to carry on, or choose another --output.\n")
+    if args.minutes is None and args.epochs is None:
+        args.minutes = 30.0
     try:
         return _recipe(args, argv, data, Path(args.output).resolve())
     except USER_ERRORS as err:  # a user's data or folder: one line, no traceback
@@ -146,6 +161,7 @@ def _recipe(args: argparse.Namespace, argv: list[str] | None, data: Path, out: P
     from workflows.data.pictures import save_figure
     from workflows.data.slice_set import read_slice_sets
     from workflows.data.splitting import plan_split, write_split
+    from workflows.machine.precision import cpu_model
     from workflows.machine.threads import set_threads
     from workflows.engine.volume_evaluation import evaluate_volumes
 
@@ -217,9 +233,12 @@ def _recipe(args: argparse.Namespace, argv: list[str] | None, data: Path, out: P
     print("\n== 4/6 training liver + tumour through the bundle")
     overrides = {"dataset_dir": str(out / "lists"), "ckpt_dir": str(out / "models"), "seed": args.seed,
                  "threads": threads, **RECIPE["overrides"]}
-    speed = _training_speed(RECIPE["overrides"])
     slices = used["positive"] + used["negative"]
-    epochs = int(max(1, min(RECIPE["max_epochs"], args.minutes * 60 * 0.9 * speed // max(1, slices))))
+    if args.epochs is not None:
+        speed, epochs = None, args.epochs
+    else:
+        speed = _training_speed(RECIPE["overrides"])
+        epochs = int(max(1, min(RECIPE["max_epochs"], args.minutes * 60 * 0.9 * speed // max(1, slices))))
     plan_file = out / "models" / "recipe.json"
     if plan_file.exists():  # a rerun carries on with the plan it started with (checkpoints record the epochs)
         epochs = int(json.loads(plan_file.read_text())["epochs"])
@@ -227,8 +246,12 @@ def _recipe(args: argparse.Namespace, argv: list[str] | None, data: Path, out: P
         plan_file.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(plan_file, {"epochs": epochs, "images_per_second": speed})
     overrides["epochs_per_chunk"] = epochs
-    print(f"measured {speed:.1f} training images/s at {RECIPE['overrides']['spatial_size']}x"
-          f"{RECIPE['overrides']['spatial_size']}: {epochs} epoch(s) of {slices} slices fit in {args.minutes:g} minutes")
+    if speed is None:
+        print(f"{epochs} epoch(s) of {slices} slices (--epochs)")
+    else:
+        print(f"measured {speed:.1f} training images/s at {RECIPE['overrides']['spatial_size']}x"
+              f"{RECIPE['overrides']['spatial_size']}: {epochs} epoch(s) of {slices} slices fit in {args.minutes:g} "
+              "minutes")
     train_started = time.time()
     run_bundle("training", config_file=config_file("train"), progress=False, **overrides)
     train_minutes = (time.time() - train_started) / 60
@@ -269,7 +292,9 @@ def _recipe(args: argparse.Namespace, argv: list[str] | None, data: Path, out: P
               f"lesion recall {_f(scores.get('lesion_recall'))} ({scores['where']})")
     summary = {
         "command": "python -m workflows.realdata " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "threads": threads, "training_images_per_second": round(speed, 2), "epochs": epochs,
+        "threads": threads, "cpu_model": cpu_model(), "plan": "--epochs" if args.epochs is not None else "--minutes",
+        "probe_images_per_second": round(speed, 2) if speed is not None else None, "epochs": epochs,
+        "training_images_per_second": round(epochs * slices / max(1e-9, train_minutes * 60), 2),
         "training_minutes": round(train_minutes, 1), "wall_minutes": round((time.time() - started) / 60, 1),
         "cpu_minutes": round((time.process_time() - cpu_started) / 60, 1),
         "sources": [s["name"] for s in sources], "left_out": {**left_out, **notes_by_folder},

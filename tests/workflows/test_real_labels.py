@@ -212,10 +212,19 @@ def test_the_recipe_runs_end_to_end_on_a_small_study_and_2d_set(tmp_path, capsys
             mask[10:14, 10:14] = 255 if k % 2 else 127
             cv2.imwrite(str(data / "set" / "images" / f"{case}_{k}.png"), image)
             cv2.imwrite(str(data / "set" / "masks" / f"{case}_{k}.png"), mask)
-    assert main(["--data", str(data), "--output", str(tmp_path / "out"), "--minutes", "0.01"]) == 0
+    assert main(["--data", str(data), "--output", str(tmp_path / "out"), "--epochs", "2"]) == 0
     printed = capsys.readouterr().out
     assert "set: 2D set (label map 127:1,255:2)" in printed and "study: DICOM study with SEG" in printed
+    assert "2 epoch(s) of" in printed and "measured" not in printed  # --epochs fixes the plan: no speed probe
     summary = __import__("json").loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["held_out"] and all(0 <= s["liver_dice"] <= 1 for s in summary["held_out"].values())
+    assert summary["epochs"] == 2 and summary["plan"] == "--epochs" and summary["threads"] >= 1
+    assert summary["cpu_model"] and summary["training_images_per_second"] > 0
+    log = __import__("json").loads((tmp_path / "out" / "models" / "training_log.json").read_text())
+    assert [e["epochs"] for e in log] == [2]
+    with pytest.raises(SystemExit) as refused:  # the same folder with another plan: refused before anything runs
+        main(["--data", str(data), "--output", str(tmp_path / "out"), "--epochs", "3"])
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and "--epochs 3: " in err and "was started with 2 epoch(s)" in err
     settings = torch.load(tmp_path / "out" / "models" / "model.pt", weights_only=True)["settings"]
     assert settings["target"] == "both" and settings["channels"] == [16, 32, 64, 128]

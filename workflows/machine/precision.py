@@ -18,7 +18,7 @@ from monai.inferers import SimpleInferer
 
 from workflows.machine.settings import flag
 
-__all__ = ["PRECISIONS", "native_bf16", "choose_precision", "compile_network", "InferenceNetwork", "AutocastInferer"]
+__all__ = ["PRECISIONS", "cpu_model", "native_bf16", "choose_precision", "compile_network", "InferenceNetwork", "AutocastInferer"]
 
 logger = logging.getLogger("liver_ct.precision")
 
@@ -33,6 +33,20 @@ def _cpu_flags() -> frozenset[str]:
         return frozenset()
     line = next((l for l in text.splitlines() if l.startswith("flags")), "")
     return frozenset(line.split(":", 1)[-1].split())
+
+
+def cpu_model() -> str:
+    """The CPU's model name as the system reports it (``/proc/cpuinfo``), with the flags that decide precision
+    (AVX-512 BF16, AMX): figures name the machine they were measured on."""
+    import platform
+
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        name = next((l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("model name")), "")
+    except OSError:
+        name = ""
+    extras = [flag for flag in ("avx512_bf16", "amx_bf16") if flag in _cpu_flags()]
+    return (name or platform.processor() or platform.machine()) + (f" ({', '.join(extras)})" if extras else "")
 
 
 def native_bf16(device: torch.device | str = "cpu") -> bool:
