@@ -15,7 +15,7 @@ from transforms import is_dicom_series_folder, is_nifti, nifti_stem
 from transforms.dicom_seg import is_dicom_seg, referenced_series_uid
 from workflows.data.slice_set import Slice2D, find_2d_sets
 
-__all__ = ["LABEL_LIKE", "OUTPUT_LIKE", "IMAGE_SUFFIXES_2D", "is_image_2d", "ScanList", "find_scans", "output_names", "planned_outputs", "VolumeSource", "find_volume_sources",
+__all__ = ["LABEL_LIKE", "OUTPUT_LIKE", "IMAGE_SUFFIXES_2D", "is_image_2d", "ScanList", "find_scans", "output_names", "planned_outputs", "VOLUME_OUTPUTS", "SERIES_OUTPUTS", "IMAGE_OUTPUTS", "VolumeSource", "find_volume_sources",
            "seg_labels_of", "describe_sources"]
 
 #: File names that mark a label map (``segmentation-3.nii.gz``, ``ct_seg.nii.gz``, ``mask.png``), not a scan.
@@ -106,12 +106,17 @@ def output_names(scans: list[Path]) -> dict[Path, str]:
     return names
 
 
+#: The endings of the files inference writes per scan: a volume's mask, pictures and DICOM SEG; a 2D image's mask
+#: and picture (the one list of them).
+VOLUME_OUTPUTS = ("_seg.nii.gz", "_overlay.png", "_coronal.png")
+SERIES_OUTPUTS = ("_seg.dcm",)
+IMAGE_OUTPUTS = ("_mask.png", "_prediction.png")
+
+
 def planned_outputs(scan: Path, name: str) -> list[str]:
-    """The files inference writes for ``scan`` under its output ``name`` (the one list of them)."""
-    if is_image_2d(scan):
-        return [f"{name}_mask.png", f"{name}_prediction.png"]
-    return [f"{name}_seg.nii.gz", f"{name}_overlay.png", f"{name}_coronal.png",
-            *([f"{name}_seg.dcm"] if scan.is_dir() else [])]
+    """The files inference writes for ``scan`` under its output ``name``."""
+    endings = IMAGE_OUTPUTS if is_image_2d(scan) else VOLUME_OUTPUTS + (SERIES_OUTPUTS if scan.is_dir() else ())
+    return [f"{name}{ending}" for ending in endings]
 
 
 @dataclass(frozen=True)

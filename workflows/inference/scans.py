@@ -51,7 +51,9 @@ from transforms import (  # noqa: E402
 from workflows.machine.atomic import write_bytes_atomic, write_csv_atomic, write_json_atomic  # noqa: E402
 from workflows.inference.dicom_seg import write_dicom_seg  # noqa: E402
 from workflows.engine.model_file import read_torch_file  # noqa: E402
-from workflows.data.discovery import ScanList, find_scans, is_image_2d, output_names, planned_outputs  # noqa: E402
+from workflows.data.discovery import (  # noqa: E402
+    IMAGE_OUTPUTS, SERIES_OUTPUTS, VOLUME_OUTPUTS, ScanList, find_scans, is_image_2d, output_names, planned_outputs,
+)
 from workflows.machine.settings import flag  # noqa: E402
 from workflows.machine.locking import folder_lock  # noqa: E402
 from workflows.machine.shards import parse_shard, share, shard_lock  # noqa: E402
@@ -347,8 +349,7 @@ class ScanInference:
             except (OSError, ValueError, AttributeError):
                 continue
             if outputs is None:
-                outputs = [f"{record.stem}{end}" for end in ("_seg.nii.gz", "_overlay.png", "_coronal.png", "_seg.dcm",
-                                                             "_mask.png", "_prediction.png")]
+                outputs = [record.stem + end for end in VOLUME_OUTPUTS + SERIES_OUTPUTS + IMAGE_OUTPUTS]
             owned.update(outputs)
         return owned
 

@@ -16,13 +16,12 @@ from pathlib import Path
 import torch
 from monai.inferers import SimpleInferer
 
-from workflows.machine.settings import flag
+from workflows.machine.settings import PRECISIONS, compile_setting, flag
 
 __all__ = ["PRECISIONS", "cpu_model", "native_bf16", "choose_precision", "compile_network", "InferenceNetwork", "AutocastInferer"]
 
 logger = logging.getLogger("liver_ct.precision")
 
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @lru_cache(maxsize=None)
@@ -77,10 +76,9 @@ def compile_network(network: torch.nn.Module, setting: bool | str = False, preci
     fp32 on a CPU: with bf16 autocast, compiling gained nothing measurable). The first steps pay the compilation
     (about 28 s at full width on 2 cores). Without a C++ compiler it says so in one line and stays eager."""
     device = torch.device(device)
-    if str(setting).strip().lower() == "auto":
+    wanted = compile_setting(setting)
+    if wanted == "auto":
         wanted = device.type == "cpu" and choose_precision(precision, device) == "fp32"
-    else:
-        wanted = flag(setting, "compile")
     if not wanted:
         logger.info("training network not compiled (eager)")
         return network

@@ -13,9 +13,11 @@ import math
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["flag", "whole_number", "number", "choice", "network_size", "widths", "device", "SETTINGS",
-           "check_settings", "MAX_SPATIAL_SIZE"]
+__all__ = ["flag", "whole_number", "number", "choice", "network_size", "widths", "device", "compile_setting",
+           "PRECISIONS", "SETTINGS", "check_settings", "MAX_SPATIAL_SIZE"]
 
+#: ``--precision``: ``auto`` (bf16 where the device computes it natively, else fp32), ``fp32`` or ``bf16``
+PRECISIONS = ("auto", "fp32", "bf16")
 #: The largest network input side: CT slices are 512 (a few 1024) pixels across; larger asks for gigabytes per slice.
 MAX_SPATIAL_SIZE = 1024
 
@@ -130,7 +132,8 @@ def _window_hu(value):
     return [low, high]
 
 
-def _compile(value):
+def compile_setting(value) -> bool | str:
+    """``--compile``: true, false (:func:`flag`'s spellings) or ``auto``."""
     if isinstance(value, str) and value.strip().lower() == "auto":
         return "auto"
     try:
@@ -140,7 +143,7 @@ def _compile(value):
 
 
 def _precision(value):
-    return choice("precision", value, ("auto", "fp32", "bf16"))
+    return choice("precision", value, PRECISIONS)
 
 
 def _shard(value):
@@ -185,7 +188,7 @@ SETTINGS: dict[str, Callable[[Any], Any]] = {
     "val_interval": lambda v: whole_number("val_interval", v, 1),
     "augment": lambda v: flag(v, "augment"),
     "progress": lambda v: flag(v, "progress"),
-    "compile": _compile,
+    "compile": compile_setting,
     "tensorboard": lambda v: flag(v, "tensorboard"),
     "mlflow": lambda v: flag(v, "mlflow"),
     "evaluation_samples": lambda v: whole_number("evaluation_samples", v, 0, 10_000),
