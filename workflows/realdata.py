@@ -1,7 +1,8 @@
 """The real-data recipe: from real CT that nobody here wrote to a liver + tumour model scored on held-out patients,
 in one command on a laptop CPU.
 
-``python -m workflows.realdata --data ../shared/data/real --output DIR [--minutes 30 | --epochs N] [--threads N]``
+``python -m workflows.realdata --data ../shared/data/real --output DIR [--minutes 30 | --epochs N] [--threads N]
+[--stages 2] [--context 1]``
 
 1. finds the labelled sources under DATA: DICOM studies whose series carry DICOM SEG objects made by another tool
    (liver and tumour), and 2D slice sets (``images/`` + ``masks/``), reading each 2D set's mask values to choose its
@@ -11,12 +12,15 @@ in one command on a laptop CPU.
    model their tumours would count as absent;
 3. splits by patient (``DIR/lists``): the held-out patients (:data:`RECIPE["test"]`, one of them a DICOM HCC
    patient) are the test list, one 2D patient validates, the rest train (every slice, tumour slices first);
-4. trains liver + tumour (``both``) through the bundle (a narrow network at 256x256, augmentation on) for as many
-   epochs as fit in ``--minutes`` on this machine (a short probe measures its training speed), or for exactly
-   ``--epochs N`` (the same model on any machine, however busy);
-5. scores the test list with the bundle's ``evaluating`` workflow, segments each held-out DICOM series with the
-   bundle's ``inference`` workflow (mask on the scan's grid, DICOM SEG, overlay) and scores it against its SEG
-   with the LiTS metrics;
+4. trains through the bundle (a narrow network at 256x256, augmentation on, ``--context`` neighbouring slices on
+   each side as channels): liver + tumour on whole slices (``--stage whole``), then, with ``--stages 2`` (the
+   default), the tumour on crops around the liver (``--stage liver_crop``), the two in one model file; for as many
+   epochs as fit in ``--minutes`` on this machine, half the time each stage (a short probe measures each stage's
+   training speed), or for exactly ``--epochs N`` per stage (the same model on any machine, however busy);
+5. scores the test list's slices with the bundle's ``evaluating`` workflow (the reference's slice metrics, whole-slice
+   stage), and segments every held-out patient with the bundle's ``inference`` workflow, as a user would: a DICOM
+   series as it is (mask on the scan's grid, DICOM SEG, overlay), a 2D patient as the volume its slices stack into
+   (``held_out/<id>/input``); each is scored against its labels with the LiTS metrics;
 6. writes ``DIR/models/model.pt`` (it carries its settings), ``DIR/summary.json`` (with the epochs, the CPU model,
    the threads and the training images/s measured) and pictures.
 
@@ -26,7 +30,6 @@ Rerunning carries on: converted volumes, trained epochs (progress checkpoints) a
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
@@ -46,6 +49,7 @@ RECIPE = {
     "val": ["liver_png_2d-6"],
     "groups": {"original_rgb": "liver_png_2d-0", "liver_png_2d-0": "liver_png_2d-0"},
     "overrides": {
+        "context": 1,
         "spatial_size": 256,
         "network_def#channels": [16, 32, 64, 128],
         "batch_size": 4,
@@ -57,6 +61,8 @@ RECIPE = {
         "precision": "fp32",
     },
     "max_epochs": 40,
+    # the tumour stage: the same network on crops around the liver, jittered (shift and scale) in training
+    "tumour_stage": {"stage": "liver_crop", "crop_margin_mm": 15.0},
 }
 
 
@@ -100,10 +106,11 @@ def _training_speed(overrides: dict, out_channels: int = 2, iterations: int = 4)
     from workflows.machine.precision import AutocastInferer
 
     size, batch = overrides["spatial_size"], overrides["batch_size"]
-    network = ThreeLevelUNet(spatial_dims=2, in_channels=1, out_channels=out_channels,
+    in_channels = 2 * int(overrides.get("context", 0)) + 1
+    network = ThreeLevelUNet(spatial_dims=2, in_channels=in_channels, out_channels=out_channels,
                              channels=overrides["network_def#channels"])
     optimizer, loss = torch.optim.Adam(network.parameters(), 1e-3), BCEDiceLoss()
-    x, y = torch.rand(batch, 1, size, size), (torch.rand(batch, out_channels, size, size) > 0.5).float()
+    x, y = torch.rand(batch, in_channels, size, size), (torch.rand(batch, out_channels, size, size) > 0.5).float()
     inferer = AutocastInferer(overrides["precision"])
     for step in range(iterations + 1):
         if step == 1:
@@ -128,6 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     budget.add_argument("--epochs", type=int, help="train exactly this many epochs (a plan that does not depend on "
                                                    "the machine's speed or load)")
     add_threads(parser)
+    parser.add_argument("--stages", type=int, choices=(1, 2), default=2,
+                        help="2 (default): whole slices, then the tumour on crops around the liver; 1: whole slices only "
+                             "(the reference's set-up)")
+    parser.add_argument("--context", type=int, default=RECIPE["overrides"]["context"],
+                        help="neighbouring slices on each side given to the network as channels (default "
+                             f"{RECIPE['overrides']['context']}; 0: one slice, as the reference)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and the training (0)")
     args = parser.parse_args(argv)
     data = Path(args.data)
@@ -137,12 +150,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"error: --minutes must be positive, got {args.minutes}.\n")
     if args.epochs is not None and args.epochs < 1:
         parser.exit(2, f"error: --epochs must be a whole number >= 1, got {args.epochs}.\n")
+    if not 0 <= args.context <= 8:
+        parser.exit(2, f"error: --context must be 0..8 neighbouring slices on each side, got {args.context}.\n")
     plan_file = Path(args.output) / "models" / "recipe.json"
-    if args.epochs is not None and plan_file.is_file():  # a rerun carries on with the plan it started with
-        planned = json.loads(plan_file.read_text()).get("epochs")
-        if planned != args.epochs:
-            parser.exit(2, f"error: --epochs {args.epochs}: {args.output} was started with {planned} epoch(s) "
-                           f"({plan_file}); rerun with --epochs {planned} to carry on, or choose another --output.\n")
+    if plan_file.is_file():  # a rerun carries on with the plan it started with
+        planned = json.loads(plan_file.read_text())
+        given = {"--epochs": args.epochs, "--stages": args.stages, "--context": args.context}
+        started = {"--epochs": planned.get("epochs"), "--stages": planned.get("stages", 1),
+                   "--context": planned.get("context", 0)}
+        for name, value in given.items():
+            if value is not None and value != started[name]:
+                parser.exit(2, f"error: {name} {value}: {args.output} was started with {name} {started[name]} "
+                               f"({plan_file}); rerun with {name} {started[name]} to carry on, or choose another "
+                               "--output.\n")
     if args.minutes is None and args.epochs is None:
         args.minutes = 30.0
     try:
@@ -163,6 +183,10 @@ def _recipe(args: argparse.Namespace, argv: list[str] | None, data: Path, out: P
     from workflows.data.splitting import plan_split, write_split
     from workflows.machine.precision import cpu_model
     from workflows.machine.threads import set_threads
+    from transforms import window_range
+    from workflows.data.liver_boxes import LiverBoxes
+    from workflows.engine.model_file import model_settings
+    from workflows.engine.training import read_datalist
     from workflows.engine.volume_evaluation import evaluate_volumes
 
     started, cpu_started = time.time(), time.process_time()
@@ -230,61 +254,69 @@ def _recipe(args: argparse.Namespace, argv: list[str] | None, data: Path, out: P
     print(f"training on {used['positive']} slices with liver ({used['with_tumour']} with tumour) and "
           f"{used['negative']} without")
 
-    print("\n== 4/6 training liver + tumour through the bundle")
-    overrides = {"dataset_dir": str(out / "lists"), "ckpt_dir": str(out / "models"), "seed": args.seed,
-                 "threads": threads, **RECIPE["overrides"]}
-    slices = used["positive"] + used["negative"]
-    if args.epochs is not None:
+    print("\n== 4/6 training through the bundle")
+    settings = {**RECIPE["overrides"], "context": args.context}
+    common = {"dataset_dir": str(out / "lists"), "seed": args.seed, "threads": threads, **settings}
+    stages = [("whole", {"ckpt_dir": str(out / "models" / "whole_slices")})]
+    if args.stages == 2:
+        stages.append(("liver_crop", {"ckpt_dir": str(out / "models" / "tumour_on_liver_crop"),
+                                      "liver_model": str(out / "models" / "whole_slices" / "model.pt"),
+                                      **RECIPE["tumour_stage"]}))
+    model = Path(stages[-1][1]["ckpt_dir"]) / "model.pt"
+    plan_file = out / "models" / "recipe.json"
+    chunk = read_datalist(out / "lists" / "chunk_0.json")
+    slices = {"whole": len(chunk), "liver_crop": len(LiverBoxes(out / "lists", "liver_crop").rows(chunk))}
+    if plan_file.exists():  # a rerun carries on with the plan it started with (checkpoints record the epochs)
+        recorded = json.loads(plan_file.read_text())
+        epochs, speed = int(recorded["epochs"]), recorded.get("images_per_second")
+    elif args.epochs is not None:
         speed, epochs = None, args.epochs
     else:
-        speed = _training_speed(RECIPE["overrides"])
-        epochs = int(max(1, min(RECIPE["max_epochs"], args.minutes * 60 * 0.9 * speed // max(1, slices))))
-    plan_file = out / "models" / "recipe.json"
-    if plan_file.exists():  # a rerun carries on with the plan it started with (checkpoints record the epochs)
-        epochs = int(json.loads(plan_file.read_text())["epochs"])
-    else:
+        speed = _training_speed(settings)
+        share = args.minutes * 60 * 0.9 / len(stages)  # the budget split evenly between the stages
+        epochs = int(max(1, min(RECIPE["max_epochs"], share * speed // max(1, max(slices.values())))))
+    if not plan_file.exists():
         plan_file.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(plan_file, {"epochs": epochs, "images_per_second": speed})
-    overrides["epochs_per_chunk"] = epochs
-    if speed is None:
-        print(f"{epochs} epoch(s) of {slices} slices (--epochs)")
-    else:
-        print(f"measured {speed:.1f} training images/s at {RECIPE['overrides']['spatial_size']}x"
-              f"{RECIPE['overrides']['spatial_size']}: {epochs} epoch(s) of {slices} slices fit in {args.minutes:g} "
-              "minutes")
-    train_started = time.time()
-    run_bundle("training", config_file=config_file("train"), progress=False, **overrides)
+        write_json_atomic(plan_file, {"epochs": epochs, "images_per_second": speed, "stages": args.stages,
+                                      "context": args.context})
+    for stage, _ in stages:
+        what = "liver + tumour on whole slices" if stage == "whole" else "the tumour on crops around the liver"
+        print(f"{stage}: {what}, {epochs} epoch(s) of {slices[stage]} slices"
+              + (f" ({speed:.1f} training images/s measured at {settings['spatial_size']}x{settings['spatial_size']}, "
+                 f"{args.minutes:g} minutes)" if speed else " (--epochs)"))
+    train_started, train_cpu = time.time(), time.process_time()
+    trained_images = 0
+    for stage, where in stages:
+        run_bundle("training", config_file=config_file("train"), progress=False,
+                   **{**common, **where, "stage": stage, "epochs_per_chunk": epochs})
+        trained_images += epochs * slices[stage]
     train_minutes = (time.time() - train_started) / 60
+    train_cpu_minutes = (time.process_time() - train_cpu) / 60
 
     print("\n== 5/6 scoring the held-out patients")
+    whole = {**common, **stages[0][1]}
     run_bundle("evaluating", config_file=[config_file("train"), config_file("evaluate")],
-               **{**overrides, "output_dir": str(out / "eval_test"), "val_datalist": "test.json"})
+               **{**whole, "output_dir": str(out / "eval_test"), "val_datalist": "test.json"})
+    slice_level = json.loads((out / "eval_test" / "metrics.json").read_text())
+    window_hu = model_settings(model)["window_hu"] or list(window_range("abdomen", None))
     patients = {}
     for volume_id in plan.volumes["test"]:
-        row = next(r for r in rows if r["volume_id"] == volume_id)
-        series = Path(row["source"])
-        if not series.is_dir():
-            continue  # 2D patients are scored by the evaluating workflow above
+        volume_rows = sorted((r for r in rows if r["volume_id"] == volume_id), key=lambda r: r["slice_index"])
         pred_dir = out / "held_out" / volume_id
-        run_bundle("inference", config_file=config_file("inference"), input=str(series), output_dir=str(pred_dir),
-                   ckpt_file=str(out / "models" / "model.pt"), threads=threads)
-        scored = evaluate_volumes(next(pred_dir.glob("*_seg.nii.gz")), series, pred_dir / "evaluation", progress=False)
+        scan = Path(volume_rows[0]["source"])
+        if scan.is_dir():  # a DICOM series, scored against its SEG objects
+            truth, where = scan, "bundle inference on the DICOM series, scored against its SEG on the scan's grid"
+        else:
+            scan, truth = stack_2d_patient(volume_rows, pred_dir / "input", window_hu)
+            where = "bundle inference on its slices stacked into a volume, scored against their masks"
+        run_bundle("inference", config_file=config_file("inference"), input=str(scan), output_dir=str(pred_dir),
+                   ckpt_file=str(model), threads=threads)
+        scored = evaluate_volumes(next(pred_dir.glob("*_seg.nii.gz")), truth, pred_dir / "evaluation", progress=False)
         patients[volume_id] = {
             "liver_dice": scored["liver"]["dice_per_case"]["mean"], "tumour_dice": scored["tumour"]["dice_per_case"]["mean"],
             "lesion_recall": scored["lesions"]["recall"], "lesion_precision": scored["lesions"]["precision"],
             "lesions_true": scored["lesions"]["true"], "liver_assd_mm": scored["liver"]["assd_mm"]["mean"],
-            "where": "bundle inference on the DICOM series, scored against its SEG on the scan's grid"}
-    slice_level = json.loads((out / "eval_test" / "metrics.json").read_text())
-    with open(out / "eval_test" / "volume_metrics.csv", newline="") as handle:
-        for case in csv.DictReader(handle):
-            if case["volume_id"] not in patients:
-                true_lesions = int(float(case.get("lesions_true_lesions") or 0))
-                patients[case["volume_id"]] = {
-                    "liver_dice": float(case["liver_dice"]),
-                    "tumour_dice": float(case["tumour_dice"]) if case.get("tumour_dice") not in (None, "") else None,
-                    "lesion_recall": int(float(case["lesions_found"])) / true_lesions if true_lesions else None,
-                    "lesions_true": true_lesions,
-                    "where": "evaluating workflow on test.json (slices stacked back, at the training size)"}
+            "where": where}
 
     print("\n== 6/6 summary")
     for volume_id, scores in patients.items():
@@ -293,20 +325,53 @@ def _recipe(args: argparse.Namespace, argv: list[str] | None, data: Path, out: P
     summary = {
         "command": "python -m workflows.realdata " + " ".join(argv if argv is not None else sys.argv[1:]),
         "threads": threads, "cpu_model": cpu_model(), "plan": "--epochs" if args.epochs is not None else "--minutes",
+        "stages": args.stages, "context": args.context,
         "probe_images_per_second": round(speed, 2) if speed is not None else None, "epochs": epochs,
-        "training_images_per_second": round(epochs * slices / max(1e-9, train_minutes * 60), 2),
-        "training_minutes": round(train_minutes, 1), "wall_minutes": round((time.time() - started) / 60, 1),
+        "slices_per_epoch": {stage: slices[stage] for stage, _ in stages},
+        "training_images_per_second": round(trained_images / max(1e-9, train_minutes * 60), 2),
+        "training_minutes": round(train_minutes, 1), "training_cpu_minutes": round(train_cpu_minutes, 1),
+        "wall_minutes": round((time.time() - started) / 60, 1),
         "cpu_minutes": round((time.process_time() - cpu_started) / 60, 1),
         "sources": [s["name"] for s in sources], "left_out": {**left_out, **notes_by_folder},
         "split": plan.volumes, "held_out": patients, "slice_level_test": slice_level["channels"],
-        "model": str(out / "models" / "model.pt"), "settings": RECIPE["overrides"],
+        "model": str(model), "settings": settings,
     }
     write_json_atomic(out / "summary.json", json.loads(json.dumps(summary, default=str)))
     _picture(patients, out / "held_out_dice.png", save_figure)
     print(f"training {train_minutes:.1f} min, whole recipe {summary['wall_minutes']} min wall, "
-          f"{summary['cpu_minutes']} CPU-min; model {out / 'models' / 'model.pt'}; summary {out / 'summary.json'}; "
+          f"{summary['cpu_minutes']} CPU-min; model {model}; summary {out / 'summary.json'}; "
           f"pictures {out / 'held_out'} (overlays) and {out / 'held_out_dice.png'}")
     return 0
+
+
+def stack_2d_patient(rows: list[dict], folder: Path, window_hu: list[float]) -> tuple[Path, Path]:
+    """A 2D patient's slices (manifest rows of one volume, in slice order) stacked into ``<id>.nii.gz`` and its label
+    map ``<id>_label.nii.gz`` in ``folder``, for inference and scoring as a volume. The grey levels become the HU that
+    the model's window (``window_hu``) turns back into the very same grey levels; the grid is the canonical
+    orientation at the spacing the set records, or :data:`~workflows.data.liver_boxes.UNKNOWN_SPACING_MM` in-plane
+    and 1 mm between slices (the metrics in mm are then nominal)."""
+    import gzip
+
+    import nibabel as nib
+
+    from workflows.data.liver_boxes import UNKNOWN_SPACING_MM
+    from workflows.data.slice_set import read_grey_slice, read_mask
+    from workflows.machine.atomic import write_bytes_atomic
+
+    grey = np.stack([read_grey_slice(r["image"])[0] for r in rows], axis=-1).astype(np.float32)
+    label = np.stack([read_mask(r["mask"]) for r in rows], axis=-1).astype(np.uint8)
+    lo, hi = window_hu
+    row_mm = rows[0]["spacing_row_mm"] if np.isfinite(rows[0]["spacing_row_mm"]) else UNKNOWN_SPACING_MM
+    col_mm = rows[0]["spacing_col_mm"] if np.isfinite(rows[0]["spacing_col_mm"]) else UNKNOWN_SPACING_MM
+    step = rows[0]["slice_thickness_mm"] if np.isfinite(rows[0]["slice_thickness_mm"]) else 1.0
+    # the canonical orientation ("PLS"): axis 0 toward posterior, axis 1 toward the patient's left, axis 2 superior
+    affine = np.array([[0, -col_mm, 0, 0], [-row_mm, 0, 0, 0], [0, 0, step, 0], [0, 0, 0, 1]], dtype=float)
+    folder.mkdir(parents=True, exist_ok=True)
+    volume_id = rows[0]["volume_id"]
+    paths = folder / f"{volume_id}.nii.gz", folder / f"{volume_id}_label.nii.gz"
+    for path, data in zip(paths, ((lo + grey * (hi - lo) / 255.0).astype(np.float32), label)):
+        write_bytes_atomic(path, gzip.compress(nib.Nifti1Image(data, affine).to_bytes(), mtime=0))
+    return paths
 
 
 def _picture(patients: dict, path: Path, save_figure) -> None:

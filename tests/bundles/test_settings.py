@@ -24,7 +24,8 @@ CONFIGS = {
 WIRING = {"_meta_", "imports", "bundle_root", "initialize", "training", "evaluating", "inference", "finalize", "network_def",
           "network", "loss", "optimizer", "lr_scheduler", "network_input", "train", "validate", "chunk_run",
           "chunked_training", "model_settings", "inference_network", "preprocessing", "inferer", "postprocessing",
-          "dataset", "scan", "handlers", "evaluator", "scan_inference", "slice_evaluation"}
+          "dataset", "scan", "handlers", "evaluator", "scan_inference", "slice_evaluation", "liver_boxes", "tumour_staged",
+          "tumour_stage"}
 #: a value each setting refuses
 BAD = {
     "dataset_dir": "", "ckpt_dir": "", "ckpt_file": "", "input": "", "output_dir": "", "tensorboard_dir": "",
@@ -35,7 +36,8 @@ BAD = {
     "tensorboard": "maybe", "mlflow": "false-ish", "evaluation_samples": -1, "sw_batch_size": 0,
     "largest_liver": "maybe", "min_tumour_mm3": "nan", "deidentify": "yes", "overwrite": "2", "shard": "3/2",
     "channels_last": "maybe", "device": "cuda:7" if not torch.cuda.is_available() else "tpu", "threads": -1,
-    "num_workers": -1, "pin_memory": "maybe", "precision": "fp16",
+    "num_workers": -1, "pin_memory": "maybe", "precision": "fp16", "context": 9, "stage": "tumour",
+    "crop_margin_mm": -1, "liver_model": "/nonexistent/model.pt",
 }
 #: the override that sets a setting where its id is not its name
 OVERRIDE_ID = {"channels": "network_def#channels"}

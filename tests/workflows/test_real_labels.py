@@ -16,7 +16,7 @@ from transforms.slicing import RAS_LABELS
 from workflows.data.conversion import ConvertSettings, convert
 from workflows.inference.dicom_seg import write_dicom_seg
 from workflows.data.discovery import find_volume_sources
-from workflows.data.slice_set import read_mask
+from workflows.data.slice_set import read_manifest, read_mask
 from workflows.data.synthetic_cases import generate_case
 from workflows.data.synthetic_dicom import write_ct_series
 
@@ -155,6 +155,37 @@ def test_real_hcc_study_converts_its_labelled_series_with_liver_and_tumour(real_
     assert {r["patient_id"] for r in rows} == {"2144"} or len({r["patient_id"] for r in rows}) == 1
 
 
+def test_real_hcc_patient_crop_holds_its_liver_and_lesion_and_its_slices_stack_with_neighbours(real_data, tmp_path):
+    """The tumour stage's box on a real HCC series (5 mm slices, 0.7-0.8 mm pixels) holds every liver and lesion
+    voxel, and zooms: the crop is well under the 512-pixel slice. Neighbours read from its slice files are the
+    series' own neighbouring slices."""
+    from workflows.data.liver_boxes import LiverBoxes
+    from workflows.data.slice_set import LoadSliced
+    from workflows.data.splitting import plan_split, write_split
+
+    convert(real_data / "hcc_tace_2144", tmp_path / "slices", progress=False)
+    rows = read_manifest(tmp_path / "slices")
+    plan = plan_split(rows, target="both", positives=10**6, negatives=10**6, seed=0, val_fraction=0.0,
+                      test_fraction=0.0, chunk_size=10**6, val_balanced=0)
+    write_split(plan, tmp_path / "lists", tmp_path / "slices")
+    boxes = LiverBoxes(tmp_path / "lists", "liver_crop")
+    x0, x1, y0, y1, z0, z1 = boxes.box(rows[0]["volume_id"])
+    assert 150 < x1 - x0 < 400  # the crop zooms the liver (slices are 512 pixels)
+    kept = boxes.rows([{"volume_id": r["volume_id"], "slice_index": r["slice_index"], "image": r["image"]} for r in rows])
+    kept_slices = {r["slice_index"] for r in kept}
+    for row in rows:
+        labels = read_mask(row["mask"])
+        if labels.any():
+            assert row["slice_index"] in kept_slices
+            xs, ys = np.nonzero(labels)
+            assert x0 <= xs.min() and xs.max() < x1 and y0 <= ys.min() and ys.max() < y1
+    middle = rows[len(rows) // 2]
+    stacked = LoadSliced(keys="image", context=1)({"image": middle["image"]})["image"]
+    by_index = {r["slice_index"]: r["image"] for r in rows}
+    for channel, k in enumerate((middle["slice_index"] - 1, middle["slice_index"], middle["slice_index"] + 1)):
+        assert np.array_equal(np.asarray(stacked[channel]), cv2.imread(by_index[k], cv2.IMREAD_GRAYSCALE))
+
+
 def test_real_2d_set_with_lesions_converts_with_its_label_map(real_data, tmp_path):
     summary = convert(real_data / "liver_png_2d", tmp_path / "out", ConvertSettings(label_map={127: 1, 255: 2}),
                       progress=False)
@@ -215,16 +246,27 @@ def test_the_recipe_runs_end_to_end_on_a_small_study_and_2d_set(tmp_path, capsys
     assert main(["--data", str(data), "--output", str(tmp_path / "out"), "--epochs", "2"]) == 0
     printed = capsys.readouterr().out
     assert "set: 2D set (label map 127:1,255:2)" in printed and "study: DICOM study with SEG" in printed
-    assert "2 epoch(s) of" in printed and "measured" not in printed  # --epochs fixes the plan: no speed probe
+    assert "whole: liver + tumour on whole slices, 2 epoch(s) of" in printed and "measured" not in printed
+    assert "liver_crop: the tumour on crops around the liver, 2 epoch(s) of" in printed  # --epochs: no speed probe
     summary = __import__("json").loads((tmp_path / "out" / "summary.json").read_text())
-    assert summary["held_out"] and all(0 <= s["liver_dice"] <= 1 for s in summary["held_out"].values())
+    held_out = summary["held_out"]
+    assert held_out and all(0 <= s["liver_dice"] <= 1 for s in held_out.values())
+    # every held-out patient is segmented by bundle inference as a volume, the 2D one from its stacked slices
+    assert {s["where"].split(" on ")[1].split(",")[0] for s in held_out.values()} <= {"the DICOM series",
+                                                                                       "its slices stacked into a volume"}
     assert summary["epochs"] == 2 and summary["plan"] == "--epochs" and summary["threads"] >= 1
+    assert summary["stages"] == 2 and summary["context"] == 1
     assert summary["cpu_model"] and summary["training_images_per_second"] > 0
-    log = __import__("json").loads((tmp_path / "out" / "models" / "training_log.json").read_text())
-    assert [e["epochs"] for e in log] == [2]
-    with pytest.raises(SystemExit) as refused:  # the same folder with another plan: refused before anything runs
-        main(["--data", str(data), "--output", str(tmp_path / "out"), "--epochs", "3"])
-    err = capsys.readouterr().err
-    assert refused.value.code == 2 and "--epochs 3: " in err and "was started with 2 epoch(s)" in err
-    settings = torch.load(tmp_path / "out" / "models" / "model.pt", weights_only=True)["settings"]
+    for stage in ("whole_slices", "tumour_on_liver_crop"):
+        log = __import__("json").loads((tmp_path / "out" / "models" / stage / "training_log.json").read_text())
+        assert [e["epochs"] for e in log] == [2]
+    for flag, value, started in (("--epochs", "3", "2"), ("--context", "0", "1"), ("--stages", "1", "2")):
+        with pytest.raises(SystemExit) as refused:  # the same folder with another plan: refused before anything runs
+            main(["--data", str(data), "--output", str(tmp_path / "out"), flag, value])
+        err = capsys.readouterr().err
+        assert refused.value.code == 2 and f"{flag} {value}: " in err and f"was started with {flag} {started}" in err
+    state = torch.load(tmp_path / "out" / "models" / "tumour_on_liver_crop" / "model.pt", weights_only=True)
+    settings = state["settings"]  # one file, both stages
+    assert settings["tumour_stage"]["stage"] == "liver_crop" and settings["tumour_stage"]["context"] == 1
+    assert settings["context"] == 1 and set(state) == {"model", "settings", "tumour_model"}
     assert settings["target"] == "both" and settings["channels"] == [16, 32, 64, 128]

@@ -8,7 +8,6 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-import cv2
 import matplotlib
 
 matplotlib.use("Agg")

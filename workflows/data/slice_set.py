@@ -12,11 +12,13 @@ import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.transforms import MapTransform
 
@@ -25,7 +27,8 @@ from workflows.machine.atomic import csv_text, write_text_atomic
 __all__ = [
     "MANIFEST_COLUMNS", "MANIFEST_NAME", "IMAGE_SUFFIXES", "slice_name", "parse_slice_name", "volume_sort_key",
     "manifest_rows_to_csv",
-    "read_manifest", "read_slice_sets", "write_manifest", "grey_of", "read_grey_slice", "read_mask", "LoadMaskd", "Slice2D", "find_2d_sets",
+    "read_manifest", "read_slice_sets", "write_manifest", "grey_of", "read_grey_slice", "read_mask", "LoadMaskd", "LoadSliced",
+    "context_files", "Slice2D", "find_2d_sets",
 ]
 
 MANIFEST_NAME = "manifest.csv"
@@ -45,9 +48,9 @@ def slice_name(volume_id: str, slice_index: int) -> str:
 
 
 def parse_slice_name(name: str) -> tuple[str, int] | None:
-    """``"volume-12_slice_40.jpg"`` -> ``("12", 40)``; ``None`` for other names."""
-    match = _SLICE_NAME.match(Path(name).name.split(".")[0])
-    return (match["volume"], int(match["slice"])) if match else None
+    """``"volume-12_slice_40.jpg"`` -> ``("12", 40)``; ``None`` for other names. Volume ids may hold dots."""
+    parsed = _slice_file(Path(name).name)
+    return parsed[:2] if parsed else None
 
 
 def manifest_rows_to_csv(rows: Iterable[dict]) -> str:
@@ -211,6 +214,80 @@ class LoadMaskd(MapTransform):
             path = d[key]
             d[key] = MetaTensor(torch.as_tensor(read_mask(path)[None], dtype=torch.float32),
                                 meta={"filename_or_obj": str(path)})
+        return d
+
+
+@lru_cache(maxsize=64)
+def _slice_indices(folder: str, mtime_ns: int) -> dict[tuple[str, str], list[int]]:
+    """Per (volume id, suffix): the sorted slice indices of the slice files in ``folder`` (listed once per folder
+    version)."""
+    found: dict[tuple[str, str], list[int]] = {}
+    for name in os.listdir(folder):
+        parsed = _slice_file(name)
+        if parsed is not None:
+            found.setdefault((parsed[0], parsed[2]), []).append(parsed[1])
+    return {key: sorted(indices) for key, indices in found.items()}
+
+
+def _slice_file(name: str) -> tuple[str, int, str] | None:
+    """``"volume-a.5mm_slice_3.png"`` -> ``("a.5mm", 3, ".png")`` (volume ids may hold dots: DICOM series names)."""
+    suffix = Path(name).suffix
+    match = _SLICE_NAME.match(name[: len(name) - len(suffix)])
+    return (match["volume"], int(match["slice"]), suffix) if match else None
+
+
+def context_files(path: str | os.PathLike, context: int) -> list[Path]:
+    """The slice files stacked for the slice at ``path`` with ``context`` neighbours on each side, found by volume id
+    and slice index (``volume-<id>_slice_<k>``, the converted sets' and the Kaggle export's names) in its folder:
+    ``k - context .. k + context``; past the volume's first or last slice the end slice repeats
+    (:func:`transforms.context.context_indices`' rule), and a missing slice inside the volume is replaced by the
+    nearest one towards ``k``. A file not named that way has no neighbours: it repeats itself.
+    """
+    path = Path(path)
+    parsed = _slice_file(path.name)
+    if context == 0 or parsed is None:
+        return [path] * (2 * context + 1)
+    volume, index, suffix = parsed
+    indices = _slice_indices(str(path.parent), path.parent.stat().st_mtime_ns).get((volume, suffix), [index])
+    present, first, last = set(indices), indices[0], indices[-1]
+    files = []
+    for offset in range(-context, context + 1):
+        wanted = min(max(index + offset, first), last)
+        step = -1 if wanted > index else 1
+        while wanted not in present and wanted != index:
+            wanted += step
+        files.append(path.parent / f"{slice_name(volume, wanted)}{suffix}")
+    return files
+
+
+class LoadSliced(MapTransform):
+    """Load a slice file (PNG/JPG, MONAI's ``PILReader``, rows x columns) as ``(2k + 1, rows, columns)`` grey levels:
+    the slice with its ``context`` neighbours on each side (:func:`context_files`), the middle channel the slice
+    itself; ``context=0`` is MONAI's ``LoadImaged`` + ``EnsureChannelFirstd`` of the one slice. The image half of the
+    bundle's slice loading."""
+
+    def __init__(self, keys: KeysCollection, context: int = 0, allow_missing_keys: bool = False) -> None:
+        from monai.transforms import Compose, EnsureChannelFirst, LoadImage
+
+        from transforms.context import check_context
+
+        super().__init__(keys, allow_missing_keys)
+        self.context = check_context(context)
+        self.load = Compose([LoadImage(reader="PILReader", reverse_indexing=False, image_only=True),
+                             EnsureChannelFirst(channel_dim="no_channel")])
+
+    def __call__(self, data):
+        d = dict(data)
+        for key in self.key_iterator(d):
+            centre = self.load(d[key])
+            if self.context:
+                loaded = {str(Path(d[key])): centre}  # an end slice repeated is read once
+                for path in context_files(d[key], self.context):
+                    if str(path) not in loaded:
+                        loaded[str(path)] = self.load(str(path))
+                stack = [torch.as_tensor(loaded[str(p)]) for p in context_files(d[key], self.context)]
+                centre = MetaTensor(torch.cat(stack), meta=centre.meta)
+            d[key] = centre
         return d
 
 

@@ -5,6 +5,10 @@ copied flags, and a flag that contradicts the file is refused by name.
 A model file is ``{"model": state_dict, "settings": {...}}``, loadable with ``torch.load(..., weights_only=True)``;
 ``python -m monai.bundle ckpt_export ... --key_in_ckpt model`` exports it. A plain state_dict (the reference
 project's weights, or a model.pt from before release 0.3) has no settings: the bundle's defaults apply.
+
+A two-stage (cascade) model file holds the liver stage as above and the tumour stage beside it:
+``{"model": liver_state_dict, "settings": {..., "tumour_stage": {its settings}}, "tumour_model": state_dict}``;
+everything that reads one stage reads the first, and inference runs the second on crops around the liver.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ __all__ = ["DEFAULT_SETTINGS", "SETTING_FLAGS", "read_torch_file", "model_settin
 
 #: what a model without recorded settings is taken to be: the reference network, liver, abdomen window
 DEFAULT_SETTINGS = {"target": "liver", "spatial_size": 256, "channels": [64, 128, 256, 512], "window": "abdomen",
-                    "window_hu": None, "slice_thickness_mm": None}
+                    "window_hu": None, "slice_thickness_mm": None, "context": 0, "tumour_stage": None}
 #: the command-line flag that sets each recorded setting
 SETTING_FLAGS = {"target": "--target", "spatial_size": "--spatial_size", "channels": "--network_def#channels",
                  "window": "--window", "window_hu": "--window_hu"}
@@ -106,8 +110,17 @@ def check_model_settings(ckpt_file: str | os.PathLike, **given) -> None:
                              f"{name} {recorded[name]!r}; leave the flag out (the model file's settings are used).")
 
 
-def save_model_file(path: str | os.PathLike, state_dict: dict, settings: dict) -> Path:
-    """Write ``{"model": state_dict, "settings": settings}`` atomically."""
+def save_model_file(path: str | os.PathLike, state_dict: dict, settings: dict, liver_model: str | None = None) -> Path:
+    """Write ``{"model": state_dict, "settings": settings}`` atomically; with ``liver_model`` (a model file of the
+    whole-slice stage), ``state_dict`` and ``settings`` are the tumour stage's and the file written holds both
+    stages (see the module)."""
+    payload = {"model": state_dict, "settings": settings}
+    if liver_model is not None:
+        liver = read_torch_file(liver_model, "liver stage model file")
+        liver_settings = dict(liver.get("settings") or {})
+        liver_settings["tumour_stage"] = settings
+        payload = {"model": liver["model"] if isinstance(liver.get("model"), dict) else liver,
+                   "settings": liver_settings, "tumour_model": state_dict}
     buffer = io.BytesIO()
-    torch.save({"model": state_dict, "settings": settings}, buffer)
+    torch.save(payload, buffer)
     return write_bytes_atomic(path, buffer.getvalue())

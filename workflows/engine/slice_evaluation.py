@@ -28,7 +28,6 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
-import torch  # noqa: E402
 from ignite.engine import Events  # noqa: E402
 from monai.engines import SupervisedEvaluator  # noqa: E402
 

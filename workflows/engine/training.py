@@ -155,9 +155,33 @@ def chunk_validation_list(dataset_dir: str | os.PathLike) -> str:
     return "val_balanced.json" if entries else "val.json"
 
 
-def target_of(dataset_dir: str | os.PathLike) -> str:
-    """The target the lists in ``dataset_dir`` were built for (``liver``, ``tumor`` or ``both``)."""
-    return read_split(dataset_dir)["target"]
+def target_of(dataset_dir: str | os.PathLike, stage: str = "whole") -> str:
+    """The target the lists in ``dataset_dir`` were built for (``liver``, ``tumor`` or ``both``); the tumour stage
+    (``stage="liver_crop"``) trains ``tumor`` on lists that label it."""
+    target = read_split(dataset_dir)["target"]
+    if stage != "liver_crop":
+        return target
+    if target == "liver":
+        raise ValueError(f"--stage liver_crop trains the tumour, and the lists in {dataset_dir} were split for the "
+                         "liver only; split again with --target both (`python -m workflows.split ... --target both`).")
+    return "tumor"
+
+
+def check_stage(stage: str, liver_model: str | None) -> None:
+    """The tumour stage (``liver_crop``) needs the liver stage's model file, so the model it writes holds both and
+    inference needs nothing else; a whole-slice stage takes none."""
+    if stage == "liver_crop" and liver_model is None:
+        raise ValueError("--stage liver_crop needs --liver_model MODEL.pt, the whole-slice model whose liver it crops "
+                         "around (train it first with --stage whole, the default).")
+    if stage != "liver_crop" and liver_model is not None:
+        raise ValueError(f"--liver_model {liver_model} is for --stage liver_crop; leave it out, or add --stage "
+                         "liver_crop.")
+    if liver_model is not None:
+        settings = read_torch_file(liver_model, "liver stage model file").get("settings") or {}
+        if settings.get("target") != "both":
+            raise ValueError(f"--liver_model {liver_model}: trained for {settings.get('target') or 'the liver'!r}; the "
+                             "tumour stage replaces the tumour of a whole-slice model of liver and tumour: give one "
+                             "trained on lists split with --target both.")
 
 
 def out_channels_of(dataset_dir: str | os.PathLike) -> int:
@@ -249,13 +273,15 @@ class ChunkRun:
     """
 
     def __init__(self, dataset_dir: str, ckpt_dir: str, epochs_per_chunk: int = 2, batch_size: int = 2, seed: int = 0,
-                 config_summary: dict | None = None, lr_scheduler=None) -> None:
+                 config_summary: dict | None = None, lr_scheduler=None, liver_boxes=None,
+                 liver_model: str | None = None) -> None:
         if int(epochs_per_chunk) < 1:
             raise ValueError(f"`epochs_per_chunk` must be a positive integer, got {epochs_per_chunk!r}.")
         self.dataset_dir, self.ckpt_dir = Path(dataset_dir), Path(ckpt_dir)
         self.epochs_per_chunk, self.batch_size, self.seed = int(epochs_per_chunk), int(batch_size), int(seed)
         self.config_summary = dict(config_summary or {})
         self.lr_scheduler = lr_scheduler
+        self.liver_boxes, self.liver_model = liver_boxes, liver_model
         self.split = read_split(self.dataset_dir)
         self.n_chunks = len(self.split["chunks"])
         # the split's identity: resuming on other lists would carry validation patients into training
@@ -286,7 +312,9 @@ class ChunkRun:
             break
         summary = self.config_summary
         return {"target": summary.get("target"), "spatial_size": summary.get("spatial_size"),
-                "channels": summary.get("channels"), "window": window, "window_hu": window_hu,
+                "channels": summary.get("channels"), "context": summary.get("context", 0),
+                "stage": summary.get("stage", "whole"), "crop_margin_mm": summary.get("crop_margin_mm"),
+                "window": window, "window_hu": window_hu,
                 "threads": torch.get_num_threads(), "split": summary.get("split"),
                 "slice_thickness_mm": round(max(thickness), 3) if thickness else None}
 
@@ -313,8 +341,17 @@ class ChunkRun:
             digest.update((self.dataset_dir / name).read_bytes())
         return digest.hexdigest()[:12]
 
+    def rows(self, datalist: list[dict]) -> list[dict]:
+        """A datalist's rows for the stage trained (:class:`workflows.data.liver_boxes.LiverBoxes`: the tumour stage
+        keeps the slices in the liver's box, with the box)."""
+        return self.liver_boxes.rows(datalist) if self.liver_boxes is not None else datalist
+
     def chunk_data(self, k: int) -> list[dict]:
-        return load_decathlon_datalist(self.dataset_dir / self.split["chunks"][k], data_list_key="training")
+        return self.rows(load_decathlon_datalist(self.dataset_dir / self.split["chunks"][k], data_list_key="training"))
+
+    def save_model(self, path: Path, state_dict: dict) -> Path:
+        """``model.pt`` (or ``best_model.pt``) with its settings; the tumour stage's holds the liver stage too."""
+        return save_model_file(path, state_dict, self.model_settings, self.liver_model)
 
     def data_identity(self, k: int) -> str:
         """A hash of what chunk ``k`` trains on: its list and the bytes of every slice and mask it names (read
@@ -393,7 +430,7 @@ class ChunkRun:
                                "(a new split needs a new training: another --ckpt_dir).")
         chunk = state.get("chunk", {})
         optimizer_now, scheduler_now = _configured(engine.optimizer.defaults), self.scheduler_settings()
-        changes = {f"--seed": (chunk.get("seed"), self.seed)} if chunk.get("seed") is not None else {}
+        changes = {"--seed": (chunk.get("seed"), self.seed)} if chunk.get("seed") is not None else {}
         changes.update({f"--optimizer#{k}": (v, optimizer_now.get(k))
                         for k, v in state.get("optimizer_settings", {}).items()})
         changes.update({f"--lr_scheduler#{k}": (v, scheduler_now.get(k))
@@ -455,7 +492,7 @@ class ChunkRun:
         if distributed.is_main():  # one writer when several processes train
             for name, k in (("model.pt", done[-1] if done else None), ("best_model.pt", best)):
                 if k is not None:
-                    save_model_file(self.ckpt_dir / name, states[k]["model"], self.model_settings)
+                    self.save_model(self.ckpt_dir / name, states[k]["model"])
             write_json_atomic(self.log_path, log)
         return log
 
@@ -618,9 +655,9 @@ class ChunkCheckpointHandler:
             state = run.state(engine, chunk_done=True)
             state["log"] = {key: value for key, value in entry.items() if value is not None}
             _save(run.chunk_checkpoint(k), state)  # chunk k is done from here on
-            save_model_file(run.ckpt_dir / "model.pt", state["model"], run.model_settings)
+            run.save_model(run.ckpt_dir / "model.pt", state["model"])
             if entry["best"]:
-                save_model_file(run.ckpt_dir / "best_model.pt", state["model"], run.model_settings)
+                run.save_model(run.ckpt_dir / "best_model.pt", state["model"])
             run.progress_checkpoint.unlink(missing_ok=True)
             write_json_atomic(run.log_path, log + [entry])
         distributed.barrier()  # no rank starts the next chunk before its checkpoint is on disk
@@ -637,7 +674,7 @@ class ChunkCheckpointHandler:
         if self.validator is None or not self.full_datalist:
             return {}
         dataset = self.validator.data_loader.dataset
-        full = read_datalist(self.run.dataset_dir / self.full_datalist)
+        full = self.run.rows(read_datalist(self.run.dataset_dir / self.full_datalist))
         if not hasattr(dataset, "data") or [e["image"] for e in full] == [e["image"] for e in dataset.data]:
             return {}
         loader = DataLoader(Dataset(full, transform=dataset.transform), batch_size=self.validator.data_loader.batch_size)

@@ -61,6 +61,7 @@ from workflows.data.pictures import coronal, montage, overlay, save_figure  # no
 from workflows.inference.quality import lesion_table, quality_flags  # noqa: E402
 from workflows.inference.report import write_report  # noqa: E402
 from workflows.data.slice_set import read_grey_slice  # noqa: E402
+from workflows.data.liver_boxes import UNKNOWN_SPACING_MM  # noqa: E402
 
 __all__ = ["load_weights", "ScanDataset", "SomeScansFailed", "CurrentScan", "SaveScanMaskd", "ScanInference"]
 
@@ -274,19 +275,23 @@ class ScanInference:
         scan: the evaluator's :class:`CurrentScan`.
         network_input: the preprocessing's last step, used alone for 2D images (grey levels already).
         target: what the model segments.
+        context: neighbouring slices on each side the network takes (a 2D image repeats itself as its neighbours).
+        tumour_staged: the model file's tumour stage (:class:`workflows.inference.cascade.TumourStaged`), applied
+            to 2D images here (the postprocessing applies it to volumes); ``None`` or disabled: one stage.
         shard: ``"I/N"``: segment share I of N of the scans (:mod:`workflows.machine.shards`); ``None``: all.
         overwrite: segment again the scans a run before finished (default: skip them).
     """
 
     def __init__(self, network: torch.nn.Module, ckpt_file: str, output_dir: str, evaluator: SupervisedEvaluator,
                  dataset: ScanDataset, scan: CurrentScan, network_input: Compose, target: str = "liver",
-                 shard: str | None = None, overwrite: bool | str = False) -> None:
+                 context: int = 0, tumour_staged=None, shard: str | None = None, overwrite: bool | str = False) -> None:
         if target not in TARGET_CHANNELS:
             raise ValueError(f"`target` must be one of {list(TARGET_CHANNELS)}, got {target!r}.")
         self.shard, self.overwrite = parse_shard(shard), flag(overwrite, "overwrite")
         self.network, self.ckpt_file, self.output_dir = network, ckpt_file, Path(output_dir)
         self.evaluator, self.dataset, self.scan = evaluator, dataset, scan
         self.network_input, self.target = network_input, target
+        self.context, self.tumour_staged = int(context), tumour_staged
         self.invert_2d = Invertd(keys="pred", transform=network_input, orig_keys="image", nearest_interp=False)
 
     def run(self) -> list[dict]:
@@ -430,10 +435,13 @@ class ScanInference:
             raise InvalidScanError(str(err)) from None
         item = self.network_input({"image": MetaTensor(torch.as_tensor(grey, dtype=torch.float32)[None])})
         network = self.evaluator.network
+        image = item["image"][None].repeat(1, 2 * self.context + 1, 1, 1)  # no neighbours: the image repeats
         with torch.no_grad():
-            logits = network(item["image"][None].to(self.evaluator.state.device))[0].cpu()
+            logits = network(image.to(self.evaluator.state.device))[0].cpu()
         item["pred"] = MetaTensor(logits, meta=item["image"].meta)
         logits = self.invert_2d(item)["pred"]
+        if self.tumour_staged is not None and self.tumour_staged.enabled:  # no spacing in a 2D image: LiTS's median
+            logits = self.tumour_staged.replace_tumour_2d(torch.as_tensor(logits), grey, [UNKNOWN_SPACING_MM] * 2)
         label = target_to_lits(torch.sigmoid(torch.as_tensor(logits)).numpy(), self.target)
         name = self.dataset.names[path]
         mask_path = self.output_dir / f"{name}_mask.png"

@@ -178,6 +178,10 @@ SETTINGS: dict[str, Callable[[Any], Any]] = {
     "channels": widths,
     "window": _optional(_window),
     "window_hu": _optional(_window_hu),
+    "context": lambda v: whole_number("context", v, 0, 8),
+    "stage": lambda v: choice("stage", v, ("whole", "liver_crop")),
+    "crop_margin_mm": lambda v: number("crop_margin_mm", v, 0.0, 200.0, unit=" (mm)"),
+    "liver_model": _optional(_text("liver_model")),
     # training
     "chunk": _optional(lambda v: whole_number("chunk", v, 0)),
     "seed": lambda v: whole_number("seed", v, 0, 2**32 - 1),

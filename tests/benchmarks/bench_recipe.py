@@ -1,0 +1,112 @@
+"""Time to accuracy: the real-data recipe at a few CPU budgets, for the reference set-up (one stage, one slice) and
+the recipe's default (a tumour stage on crops around the liver, one neighbouring slice on each side), scored on the
+held-out patients (a script that prints figures, not a test).
+
+``python -m tests.benchmarks.bench_recipe --data ../shared/data/real --output DIR [--minutes 10 20 40]
+[--setups reference default] [--threads 2]``
+
+Each (set-up, budget) is one ``python -m workflows.realdata --minutes B`` run in ``DIR/<set-up>_<B>min`` (the
+slices are converted once and copied to the others); a run already finished is read back, so the benchmark carries
+on where it stopped. Both set-ups train in fp32. Prints one row per run (epochs, training CPU-minutes, held-out liver
+and tumour Dice per patient, lesion recall) and writes ``DIR/recipe_time_to_accuracy.json`` and
+``DIR/recipe_time_to_accuracy.png`` (held-out Dice against training CPU-minutes, one line per set-up and structure).
+Measure alone: another job on the same cores slows the speed probe, and with it the epochs a budget buys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+SETUPS = {
+    "reference": ["--stages", "1", "--context", "0"],
+    "default": [],  # the recipe's defaults: two stages, context 1
+}
+
+
+def _run(data: Path, out: Path, minutes: float, flags: list[str], threads: int, slices: Path | None) -> dict:
+    summary = out / "summary.json"
+    if summary.is_file():
+        return json.loads(summary.read_text())
+    if slices is not None and not (out / "slices").exists():
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(slices, out / "slices")  # converted once: the same slices for every run
+    command = [sys.executable, "-m", "workflows.realdata", "--data", str(data), "--output", str(out),
+               "--minutes", f"{minutes:g}", "--threads", str(threads), *flags]
+    print("$ " + " ".join(command[1:]), flush=True)
+    with open(out.parent / f"{out.name}.log", "w") as log:
+        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(command[1:])} failed (exit {done.returncode}); see {out.parent / (out.name + '.log')}")
+    return json.loads(summary.read_text())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.bench_recipe", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", default="../shared/data/real", help="the real samples (../shared/data/real)")
+    parser.add_argument("--output", required=True, help="working folder (one sub-folder per run)")
+    parser.add_argument("--minutes", type=float, nargs="+", default=[10, 20, 40], help="budgets (default 10 20 40)")
+    parser.add_argument("--setups", nargs="+", choices=list(SETUPS), default=list(SETUPS))
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    results, slices = [], None
+    for minutes in args.minutes:
+        for setup in args.setups:
+            run_dir = out / f"{setup}_{minutes:g}min"
+            summary = _run(Path(args.data), run_dir, minutes, SETUPS[setup], args.threads, slices)
+            slices = slices or run_dir / "slices"
+            row = {"setup": setup, "minutes": minutes, "epochs": summary["epochs"],
+                   "training_cpu_minutes": summary.get("training_cpu_minutes"),
+                   "training_minutes": summary["training_minutes"], "cpu_model": summary["cpu_model"],
+                   "threads": summary["threads"], "held_out": summary["held_out"]}
+            results.append(row)
+            scores = "; ".join(f"{pid}: liver {s['liver_dice']:.3f} tumour "
+                               f"{'n/a' if s['tumour_dice'] is None else format(s['tumour_dice'], '.3f')} lesion recall "
+                               f"{'n/a' if s.get('lesion_recall') is None else format(s['lesion_recall'], '.2f')}"
+                               for pid, s in summary["held_out"].items())
+            print(f"{setup:9s} {minutes:>4g} min: {summary['epochs']} epoch(s)/stage, training "
+                  f"{summary['training_minutes']} min wall / {summary.get('training_cpu_minutes')} CPU-min; {scores}",
+                  flush=True)
+    (out / "recipe_time_to_accuracy.json").write_text(json.dumps(results, indent=1))
+    _plot(results, out / "recipe_time_to_accuracy.png")
+    print(f"CPU: {results[0]['cpu_model']}, {results[0]['threads']} threads; results {out / 'recipe_time_to_accuracy.json'}, "
+          f"picture {out / 'recipe_time_to_accuracy.png'}")
+    return 0
+
+
+def _plot(results: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from workflows.data.pictures import save_figure
+
+    patients = sorted({pid for r in results for pid in r["held_out"]})
+    fig, axes = plt.subplots(1, len(patients), figsize=(4.6 * len(patients), 3.6), squeeze=False)
+    for ax, pid in zip(axes[0], patients):
+        for setup, style in (("reference", "--"), ("default", "-")):
+            runs = sorted((r for r in results if r["setup"] == setup and pid in r["held_out"]), key=lambda r: r["minutes"])
+            if not runs:
+                continue
+            x = [r["training_cpu_minutes"] or r["training_minutes"] for r in runs]
+            for key, colour in (("liver_dice", "tab:green"), ("tumour_dice", "tab:red")):
+                ax.plot(x, [r["held_out"][pid][key] or 0 for r in runs], style, marker="o", color=colour,
+                        label=f"{setup}: {key.split('_')[0]}")
+        ax.set_title(pid, fontsize=8)
+        ax.set_xlabel("training CPU-minutes")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("held-out Dice")
+    axes[0][0].legend(fontsize=7)
+    save_figure(fig, path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Two stages and slice context through the bundle: the same command lines train the liver on whole slices and the
+tumour on crops around it, one model file holds both, and inference and evaluation need no other flag."""
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from transforms import liver_mask, tumour_mask
+from workflows.bundle import run_workflow
+from workflows.data.liver_boxes import LiverBoxes
+from workflows.engine.training import read_datalist
+
+from .conftest import TINY, make_lists
+
+
+@pytest.fixture(scope="module")
+def both_lists(tmp_path_factory):
+    return make_lists(tmp_path_factory.mktemp("cascade"), target="both", chunk_size=40, positives=30, negatives=6)
+
+
+@pytest.fixture(scope="module")
+def cascade(both_lists, tmp_path_factory):
+    models = tmp_path_factory.mktemp("models")
+    common = {**TINY, "dataset_dir": str(both_lists), "context": 1, "epochs_per_chunk": 2}
+    run_workflow("training", ["train"], "train", ckpt_dir=str(models / "whole"), **common)
+    run_workflow("training", ["train"], "train", ckpt_dir=str(models / "tumour"), stage="liver_crop",
+                 liver_model=str(models / "whole" / "model.pt"), **common)
+    return models
+
+
+def test_one_model_file_holds_both_stages_each_with_its_settings(cascade):
+    whole = torch.load(cascade / "whole" / "model.pt", weights_only=True)
+    both = torch.load(cascade / "tumour" / "model.pt", weights_only=True)
+    assert set(both) == {"model", "settings", "tumour_model"}
+    assert all(torch.equal(both["model"][k], v) for k, v in whole["model"].items())  # the liver stage as trained
+    assert both["settings"]["target"] == "both" and both["settings"]["context"] == 1
+    tumour = both["settings"]["tumour_stage"]
+    assert tumour["target"] == "tumor" and tumour["stage"] == "liver_crop" and tumour["crop_margin_mm"] == 15.0
+    assert both["tumour_model"]["enc1.conv.0.weight"].shape[1] == 3  # 2k + 1 input channels
+    assert both["tumour_model"]["final.weight"].shape[0] == 1
+
+
+def test_the_tumour_stage_trains_on_the_slices_inside_the_liver_box(both_lists, cascade):
+    chunk = read_datalist(both_lists / "chunk_0.json")
+    rows = LiverBoxes(both_lists, "liver_crop").rows(chunk)
+    assert 0 < len(rows) <= len(chunk) and all(r["box"][4] <= r["slice_index"] < r["box"][5] for r in rows)
+    log = json.loads((cascade / "tumour" / "training_log.json").read_text())
+    assert log[0]["slices"] == len(rows)
+
+
+def test_inference_with_the_two_stage_file_needs_no_other_flag(both_lists, cascade, tmp_path):
+    scan = sorted((both_lists.parent / "raw").glob("volume-*.nii.gz"))[0]
+    rows = run_workflow("inference", ["inference"], "infer", input=str(scan), output_dir=str(tmp_path / "out"),
+                        ckpt_file=str(cascade / "tumour" / "model.pt"), largest_liver=False, min_tumour_mm3=0)[0]
+    seg = nib.load(tmp_path / "out" / f"{scan.name.split('.')[0]}_seg.nii.gz")
+    assert seg.shape == nib.load(scan).shape and np.allclose(seg.affine, nib.load(scan).affine)
+    labels = np.asarray(seg.dataobj)
+    assert not (tumour_mask(labels) & ~liver_mask(labels)).any()  # the tumour is inside the liver
+    assert rows[0]["segmentation"] and "error" not in rows[0]
+    # evaluation reads the file's whole-slice stage; the one-stage file of the same liver stage runs too
+    metrics = run_workflow("evaluating", ["train", "evaluate"], "eval", dataset_dir=str(both_lists),
+                           ckpt_file=str(cascade / "tumour" / "model.pt"), output_dir=str(tmp_path / "eval"),
+                           progress=False)
+    assert (tmp_path / "eval" / "metrics.json").is_file() and metrics
+    run_workflow("inference", ["inference"], "infer", input=str(scan), output_dir=str(tmp_path / "one"),
+                 ckpt_file=str(cascade / "whole" / "model.pt"))
+    assert (tmp_path / "one" / f"{scan.name.split('.')[0]}_seg.nii.gz").is_file()
+
+
+def test_a_2d_image_goes_through_both_stages(cascade, tmp_path):
+    import cv2
+
+    image = np.full((40, 40), 60, np.uint8)
+    image[8:32, 8:32] = 150
+    cv2.imwrite(str(tmp_path / "slice.png"), image)
+    rows = run_workflow("inference", ["inference"], "infer", input=str(tmp_path / "slice.png"),
+                        output_dir=str(tmp_path / "out"), ckpt_file=str(cascade / "tumour" / "model.pt"))[0]
+    assert rows[0]["shape"] == "40x40" and (tmp_path / "out" / "slice_mask.png").is_file()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"stage": "liver_crop"}, r"--stage liver_crop needs --liver_model"),
+    ({"liver_model": "x.pt"}, r"--liver_model x.pt is for --stage liver_crop"),
+    ({"stage": "liver_crop", "liver_model": "{liver_only}"}, r"--liver_model .*trained for 'liver'.*--target both"),
+])
+def test_a_tumour_stage_without_its_liver_stage_is_one_line(both_lists, cascade, tmp_path, overrides, message):
+    from workflows.engine.model_file import save_model_file
+
+    liver_only = save_model_file(tmp_path / "liver.pt", {}, {"target": "liver"})
+    overrides = {k: str(v).format(liver_only=liver_only) for k, v in overrides.items()}
+    with pytest.raises(ValueError, match=message):
+        run_workflow("training", ["train"], "train", dataset_dir=str(both_lists), ckpt_dir=str(tmp_path / "m"),
+                     **TINY, **overrides)
+    assert not (tmp_path / "m").exists()  # refused before anything was written
+
+
+def test_the_tumour_stage_on_lists_split_for_the_liver_is_refused(tmp_path, cascade):
+    lists = make_lists(tmp_path, target="liver")
+    with pytest.raises(ValueError, match=r"split for the liver only.*--target both"):
+        run_workflow("training", ["train"], "train", dataset_dir=str(lists), ckpt_dir=str(tmp_path / "m"),
+                     stage="liver_crop", liver_model=str(cascade / "whole" / "model.pt"), **TINY)
+
+
+def test_the_next_chunk_with_another_context_is_refused_by_name(both_lists, tmp_path):
+    lists = make_lists(tmp_path, target="both", chunk_size=12)
+    run_workflow("training", ["train"], "train", dataset_dir=str(lists), ckpt_dir=str(tmp_path / "m"), chunk=0, **TINY)
+    with pytest.raises(ValueError, match=r"context: checkpoint 0, now 1"):
+        run_workflow("training", ["train"], "train", dataset_dir=str(lists), ckpt_dir=str(tmp_path / "m"), chunk=1,
+                     context=1, **TINY)
