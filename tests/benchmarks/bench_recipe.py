@@ -3,12 +3,13 @@ the recipe's default (a tumour stage on crops around the liver, one neighbouring
 held-out patients (a script that prints figures, not a test).
 
 ``python -m tests.benchmarks.bench_recipe --data ../shared/data/real --output DIR [--minutes 10 20 40]
-[--setups reference default] [--threads 2]``
+[--epochs N ...] [--setups reference default] [--threads 2]``
 
-Each (set-up, budget) is one ``python -m workflows.realdata --minutes B`` run in ``DIR/<set-up>_<B>min`` (the
-slices are converted once and copied to the others); a run already finished is read back, so the benchmark carries
-on where it stopped. Both set-ups train in fp32. Prints one row per run (epochs, training CPU-minutes, held-out liver
-and tumour Dice per patient, lesion recall) and writes ``DIR/recipe_time_to_accuracy.json`` and
+Each (set-up, budget) is one ``python -m workflows.realdata --minutes B`` run in ``DIR/<set-up>_<B>min`` (or
+``--epochs N`` in ``DIR/<set-up>_<N>ep``: a plan that does not depend on the probe; the slices are converted once and
+copied to the others); a run already finished is read back, so the benchmark carries on where it stopped. Both
+set-ups train in fp32. Prints one row per run (epochs, training CPU-minutes, held-out liver and tumour Dice per
+patient, lesion recall) and writes ``DIR/recipe_time_to_accuracy.json`` and
 ``DIR/recipe_time_to_accuracy.png`` (held-out Dice against training CPU-minutes, one line per set-up and structure).
 Measure alone: another job on the same cores slows the speed probe, and with it the epochs a budget buys.
 """
@@ -24,11 +25,12 @@ from pathlib import Path
 
 SETUPS = {
     "reference": ["--stages", "1", "--context", "0"],
-    "default": [],  # the recipe's defaults: two stages, context 1
+    "default": [],  # the recipe's defaults: two stages, context 1, fp32
+    "default_bf16": ["--precision", "auto"],  # the same in bf16 where the CPU has it natively
 }
 
 
-def _run(data: Path, out: Path, minutes: float, flags: list[str], threads: int, slices: Path | None) -> dict:
+def _run(data: Path, out: Path, budget: list[str], flags: list[str], threads: int, slices: Path | None) -> dict:
     summary = out / "summary.json"
     if summary.is_file():
         return json.loads(summary.read_text())
@@ -36,7 +38,7 @@ def _run(data: Path, out: Path, minutes: float, flags: list[str], threads: int, 
         out.mkdir(parents=True, exist_ok=True)
         shutil.copytree(slices, out / "slices")  # converted once: the same slices for every run
     command = [sys.executable, "-m", "workflows.realdata", "--data", str(data), "--output", str(out),
-               "--minutes", f"{minutes:g}", "--threads", str(threads), *flags]
+               *budget, "--threads", str(threads), *flags]
     print("$ " + " ".join(command[1:]), flush=True)
     with open(out.parent / f"{out.name}.log", "w") as log:
         done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
@@ -49,30 +51,41 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.bench_recipe", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="../shared/data/real", help="the real samples (../shared/data/real)")
     parser.add_argument("--output", required=True, help="working folder (one sub-folder per run)")
-    parser.add_argument("--minutes", type=float, nargs="+", default=[10, 20, 40], help="budgets (default 10 20 40)")
-    parser.add_argument("--setups", nargs="+", choices=list(SETUPS), default=list(SETUPS))
+    parser.add_argument("--minutes", type=float, nargs="+", default=[], help="budgets in minutes (default 10 20 40 "
+                                                                             "when no --epochs is given)")
+    parser.add_argument("--epochs", type=int, nargs="+", default=[], help="budgets in epochs per stage")
+    parser.add_argument("--setups", nargs="+", choices=list(SETUPS), default=["reference", "default"])
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
-    results, slices = [], None
-    for minutes in args.minutes:
+    budgets = [(f"{m:g}min", ["--minutes", f"{m:g}"]) for m in args.minutes or ([] if args.epochs else [10, 20, 40])]
+    budgets += [(f"{n}ep", ["--epochs", str(n)]) for n in args.epochs]
+    slices = next((p / "slices" for p in sorted(out.iterdir()) if (p / "summary.json").is_file()), None)
+    for name, budget in budgets:
         for setup in args.setups:
-            run_dir = out / f"{setup}_{minutes:g}min"
-            summary = _run(Path(args.data), run_dir, minutes, SETUPS[setup], args.threads, slices)
+            run_dir = out / f"{setup}_{name}"
+            _run(Path(args.data), run_dir, budget, SETUPS[setup], args.threads, slices)
             slices = slices or run_dir / "slices"
-            row = {"setup": setup, "minutes": minutes, "epochs": summary["epochs"],
-                   "training_cpu_minutes": summary.get("training_cpu_minutes"),
-                   "training_minutes": summary["training_minutes"], "cpu_model": summary["cpu_model"],
-                   "threads": summary["threads"], "held_out": summary["held_out"]}
-            results.append(row)
-            scores = "; ".join(f"{pid}: liver {s['liver_dice']:.3f} tumour "
-                               f"{'n/a' if s['tumour_dice'] is None else format(s['tumour_dice'], '.3f')} lesion recall "
-                               f"{'n/a' if s.get('lesion_recall') is None else format(s['lesion_recall'], '.2f')}"
-                               for pid, s in summary["held_out"].items())
-            print(f"{setup:9s} {minutes:>4g} min: {summary['epochs']} epoch(s)/stage, training "
-                  f"{summary['training_minutes']} min wall / {summary.get('training_cpu_minutes')} CPU-min; {scores}",
-                  flush=True)
+    results = []  # every finished run in DIR, this invocation's and earlier ones'
+    for run_dir in sorted(p for p in out.iterdir() if (p / "summary.json").is_file()):
+        setup, _, name = run_dir.name.rpartition("_")
+        if setup not in SETUPS or not (name.endswith("min") or name.endswith("ep")):
+            continue
+        summary = json.loads((run_dir / "summary.json").read_text())
+        budget = f"--{'minutes' if name.endswith('min') else 'epochs'} {name.removesuffix('min').removesuffix('ep')}"
+        results.append({"setup": setup, "budget": budget, "epochs": summary["epochs"],
+                        "training_cpu_minutes": summary.get("training_cpu_minutes"),
+                        "training_minutes": summary["training_minutes"], "cpu_model": summary["cpu_model"],
+                        "threads": summary["threads"], "held_out": summary["held_out"]})
+        scores = "; ".join(f"{pid}: liver {s['liver_dice']:.3f} tumour "
+                           f"{'n/a' if s['tumour_dice'] is None else format(s['tumour_dice'], '.3f')} lesion recall "
+                           f"{'n/a' if s.get('lesion_recall') is None else format(s['lesion_recall'], '.2f')}"
+                           for pid, s in summary["held_out"].items())
+        print(f"{setup:12s} {budget:>12s}: {summary['epochs']} epoch(s)/stage, training {summary['training_minutes']} "
+              f"min wall / {summary.get('training_cpu_minutes')} CPU-min; {scores}", flush=True)
+    if not results:
+        raise SystemExit(f"no finished run in {out}")
     (out / "recipe_time_to_accuracy.json").write_text(json.dumps(results, indent=1))
     _plot(results, out / "recipe_time_to_accuracy.png")
     print(f"CPU: {results[0]['cpu_model']}, {results[0]['threads']} threads; results {out / 'recipe_time_to_accuracy.json'}, "
@@ -91,14 +104,15 @@ def _plot(results: list[dict], path: Path) -> None:
     patients = sorted({pid for r in results for pid in r["held_out"]})
     fig, axes = plt.subplots(1, len(patients), figsize=(4.6 * len(patients), 3.6), squeeze=False)
     for ax, pid in zip(axes[0], patients):
-        for setup, style in (("reference", "--"), ("default", "-")):
-            runs = sorted((r for r in results if r["setup"] == setup and pid in r["held_out"]), key=lambda r: r["minutes"])
+        for setup, style, marker in (("reference", "--", "s"), ("default", "-", "o"), ("default_bf16", ":", "^")):
+            runs = sorted((r for r in results if r["setup"] == setup and pid in r["held_out"]),
+                          key=lambda r: r["training_cpu_minutes"] or r["training_minutes"])
             if not runs:
                 continue
             x = [r["training_cpu_minutes"] or r["training_minutes"] for r in runs]
             for key, colour in (("liver_dice", "tab:green"), ("tumour_dice", "tab:red")):
-                ax.plot(x, [r["held_out"][pid][key] or 0 for r in runs], style, marker="o", color=colour,
-                        label=f"{setup}: {key.split('_')[0]}")
+                ax.plot(x, [r["held_out"][pid][key] or 0 for r in runs], style, marker=marker, markersize=7,
+                        color=colour, label=f"{setup}: {key.split('_')[0]}")
         ax.set_title(pid, fontsize=8)
         ax.set_xlabel("training CPU-minutes")
         ax.set_ylim(0, 1)

@@ -110,3 +110,16 @@ def test_the_next_chunk_with_another_context_is_refused_by_name(both_lists, tmp_
     with pytest.raises(ValueError, match=r"context: checkpoint 0, now 1"):
         run_workflow("training", ["train"], "train", dataset_dir=str(lists), ckpt_dir=str(tmp_path / "m"), chunk=1,
                      context=1, **TINY)
+
+
+def test_the_tumour_stage_starts_from_the_liver_stages_weights(cascade):
+    from networks import ThreeLevelUNet
+    from workflows.engine.training import warm_start
+
+    network = ThreeLevelUNet(in_channels=3, out_channels=1, channels=TINY["network_def#channels"])
+    liver = torch.load(cascade / "whole" / "model.pt", weights_only=True)["model"]
+    assert warm_start(network, cascade / "whole" / "model.pt") == len(network.state_dict())
+    state = network.state_dict()
+    assert torch.equal(state["enc1.conv.0.weight"], liver["enc1.conv.0.weight"])
+    assert torch.equal(state["final.weight"], liver["final.weight"][1:2])  # the tumour channel
+    assert torch.equal(state["final.bias"], liver["final.bias"][1:2])

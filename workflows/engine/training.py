@@ -167,6 +167,29 @@ def target_of(dataset_dir: str | os.PathLike, stage: str = "whole") -> str:
     return "tumor"
 
 
+def warm_start(network: torch.nn.Module, liver_model: str | os.PathLike) -> int:
+    """Start the tumour stage from the liver stage's weights (both see the same slices, zoomed or not): every tensor
+    of the same name and shape, and for the last layer (``final.*``) the liver stage's tumour channel, its second
+    output. Returns how many tensors were copied."""
+    state = read_torch_file(liver_model, "liver stage model file")
+    source = state["model"] if isinstance(state.get("model"), dict) else state
+    for wrapper in ("_orig_mod", "module"):  # torch.compile, DistributedDataParallel
+        network = getattr(network, wrapper, network)
+    own = network.state_dict()
+    copied = {}
+    for key, value in own.items():
+        theirs = source.get(key)
+        if theirs is None:
+            continue
+        if tuple(theirs.shape) == tuple(value.shape):
+            copied[key] = theirs
+        elif key.startswith("final.") and theirs.shape[0] == 2 and value.shape[0] == 1:
+            copied[key] = theirs[1:2]
+    own.update(copied)
+    network.load_state_dict(own)
+    return len(copied)
+
+
 def check_stage(stage: str, liver_model: str | None) -> None:
     """The tumour stage (``liver_crop``) needs the liver stage's model file, so the model it writes holds both and
     inference needs nothing else; a whole-slice stage takes none."""
@@ -801,6 +824,10 @@ class ChunkedTraining:
         elif k > 0:
             run.restore(self.trainer, _load(run.chunk_checkpoint(k - 1)), run.chunk_checkpoint(k - 1))
             logger.info(f"chunk {k}: starting from {run.chunk_checkpoint(k - 1)}")
+        elif run.liver_model is not None:
+            copied = warm_start(self.trainer.network, run.liver_model)
+            logger.info(f"chunk 0: the tumour stage starts from the liver stage's weights ({copied} tensors of "
+                        f"{run.liver_model}, its tumour channel for the last layer)")
         logger.info(f"chunk {k}/{run.n_chunks - 1}: {len(data)} slices, {run.epochs_per_chunk} epoch(s), "
                     f"{loader_length} iterations per epoch")
         run.resumed_at = iteration if resumed else None
