@@ -281,11 +281,12 @@ class LoadSliced(MapTransform):
         for key in self.key_iterator(d):
             centre = self.load(d[key])
             if self.context:
+                files = context_files(d[key], self.context)
                 loaded = {str(Path(d[key])): centre}  # an end slice repeated is read once
-                for path in context_files(d[key], self.context):
+                for path in files:
                     if str(path) not in loaded:
                         loaded[str(path)] = self.load(str(path))
-                stack = [torch.as_tensor(loaded[str(p)]) for p in context_files(d[key], self.context)]
+                stack = [torch.as_tensor(loaded[str(p)]) for p in files]
                 centre = MetaTensor(torch.cat(stack), meta=centre.meta)
             d[key] = centre
         return d

@@ -22,7 +22,7 @@ from monai.transforms import MapTransform, Orientation
 from monai.transforms.utils import get_largest_connected_component_mask
 
 from networks import ThreeLevelUNet, load_reference_state_dict
-from transforms import CANONICAL_AXCODES, GREY_LEVELS, ResizeSlices
+from transforms import CANONICAL_AXCODES, ResizeSlices, network_input
 from transforms.context import StackContext
 from transforms.liver_crop import DEFAULT_MARGIN_MM, crop_box, liver_box, paste_box
 from transforms.slicing import RAS_LABELS
@@ -65,6 +65,7 @@ class TumourStage:
         self.size = int(settings["spatial_size"])
         self.margin_mm = float(settings.get("crop_margin_mm") or DEFAULT_MARGIN_MM)
         self.stack = StackContext(int(settings.get("context") or 0))
+        self.network_input = network_input("image", self.size)
         self.network = InferenceNetwork(network.to(device).eval(), precision, False, device)
         self.device = torch.device(device)
         self.inferer = SliceInferer(roi_size=(self.size, self.size), sw_batch_size=int(sw_batch_size), spatial_dim=2,
@@ -80,14 +81,11 @@ class TumourStage:
             return torch.full((1, *shape), OUTSIDE_LOGIT)
         data = grey.as_tensor() if isinstance(grey, MetaTensor) else torch.as_tensor(grey)
         crop = crop_box(self.stack(data.float()), box)  # neighbours from the whole volume, then the crop
-        lo, hi = GREY_LEVELS
-        crop = ((crop - lo) / (hi - lo)).clamp(0, 1)
+        network_in = torch.as_tensor(self.network_input({"image": crop})["image"])  # training's scale and resize
         side = box[1] - box[0]
-        resize = ResizeSlices(self.size)
         with torch.no_grad():
-            out = self.inferer(resize._resize(crop, (self.size, self.size), "bilinear")[None].to(self.device),
-                               self.network)[0].float().cpu()
-        back = out if side == self.size else resize._resize(out, (side, side), "bilinear")
+            out = self.inferer(network_in[None].to(self.device), self.network)[0].float().cpu()
+        back = out if side == self.size else ResizeSlices(side)(out)
         return paste_box(back, box, shape, OUTSIDE_LOGIT)
 
 
