@@ -125,9 +125,10 @@ class ThreeLevelUNet(nn.Module):
 
 
 def load_reference_state_dict(
-    net: ThreeLevelUNet, source: str | PathLike | Mapping[str, torch.Tensor]
-) -> ThreeLevelUNet:
-    """Load the reference project's weights (e.g. ``unet_liver_final.pth``) into ``net``, strictly.
+    net: torch.nn.Module, source: str | PathLike | Mapping[str, torch.Tensor]
+) -> torch.nn.Module:
+    """Load the reference project's weights (e.g. ``unet_liver_final.pth``) into ``net``, strictly (any network of
+    :func:`networks.build_network` loads its own weights the same way).
 
     The reference's module names are ours, so no key is renamed; a ``{"model_state_dict": ...}`` or
     ``{"state_dict": ...}`` wrapper and a ``module.`` prefix (``DataParallel``) are unwrapped. Files are read with
@@ -152,11 +153,11 @@ def load_reference_state_dict(
     wrong_shape = [f"{k}: file {tuple(state[k].shape)} vs network {tuple(own[k].shape)}"
                    for k in own if k in state and state[k].shape != own[k].shape]
     if missing or unexpected or wrong_shape:
+        described = (f"ThreeLevelUNet(in_channels={net.in_channels}, out_channels={net.out_channels}, "
+                     f"channels={net.channels})" if isinstance(net, ThreeLevelUNet) else type(net).__name__)
         raise ValueError(
             f"weights from {source if not isinstance(source, Mapping) else 'the given state_dict'} do not fit "
-            f"ThreeLevelUNet(in_channels={net.in_channels}, out_channels={net.out_channels}, "
-            f"channels={net.channels}): missing {missing[:5]}, unexpected {unexpected[:5]}, "
-            f"shape mismatches {wrong_shape[:5]}."
+            f"{described}: missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatches {wrong_shape[:5]}."
         )
     net.load_state_dict(state, strict=True)
     return net

@@ -2,7 +2,7 @@
 in one command on a laptop CPU.
 
 ``python -m workflows.realdata --data ../shared/data/real --output DIR [--minutes 30 | --epochs N] [--threads N]
-[--stages 2] [--context 1]``
+[--stages 2] [--context 1] [--architecture three_level_unet]``
 
 1. finds the labelled sources under DATA: DICOM studies whose series carry DICOM SEG objects made by another tool
    (liver and tumour), and 2D slice sets (``images/`` + ``masks/``), reading each 2D set's mask values to choose its
@@ -23,7 +23,8 @@ in one command on a laptop CPU.
    series as it is (mask on the scan's grid, DICOM SEG, overlay), a 2D patient as the volume its slices stack into
    (``held_out/<id>/input``); each is scored against its labels with the LiTS metrics;
 6. writes ``DIR/models/model.pt`` (it carries its settings), ``DIR/summary.json`` (with the epochs, the CPU model,
-   the threads and the training images/s measured) and pictures.
+   the threads, the training images/s measured, the seconds of inference per held-out patient and the peak memory)
+   and pictures.
 
 Rerunning carries on: converted volumes, trained epochs (progress checkpoints) and finished files are kept.
 """
@@ -32,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -103,13 +105,13 @@ def _training_speed(overrides: dict, out_channels: int = 2, iterations: int = 12
     precision the training will use."""
     import torch
 
-    from networks import BCEDiceLoss, ThreeLevelUNet
+    from networks import BCEDiceLoss, build_network
     from workflows.machine.precision import AutocastInferer
 
     size, batch = overrides["spatial_size"], overrides["batch_size"]
     in_channels = 2 * int(overrides.get("context", 0)) + 1
-    network = ThreeLevelUNet(spatial_dims=2, in_channels=in_channels, out_channels=out_channels,
-                             channels=overrides["network_def#channels"])
+    network = build_network(overrides.get("architecture", "three_level_unet"), spatial_dims=2, in_channels=in_channels,
+                            out_channels=out_channels, channels=overrides["network_def#channels"], spatial_size=size)
     optimizer, loss = torch.optim.Adam(network.parameters(), 1e-3), BCEDiceLoss()
     x, y = torch.rand(batch, in_channels, size, size), (torch.rand(batch, out_channels, size, size) > 0.5).float()
     inferer = AutocastInferer(overrides["precision"])
@@ -145,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=("fp32", "auto"), default=RECIPE["overrides"]["precision"],
                         help="training precision: fp32 (default) or auto (bf16 where the CPU has it natively; the "
                              "probe times it)")
+    parser.add_argument("--architecture", default="three_level_unet",
+                        help="the network: three_level_unet (default, the reference's), dynunet or segresnet (MONAI's "
+                             "stock networks, networks.build_network); the model file records it")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and the training (0)")
     args = parser.parse_args(argv)
     data = Path(args.data)
@@ -154,15 +159,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"error: --minutes must be positive, got {args.minutes}.\n")
     if args.epochs is not None and args.epochs < 1:
         parser.exit(2, f"error: --epochs must be a whole number >= 1, got {args.epochs}.\n")
+    from networks import NETWORKS  # after --help, which answers without torch
+
+    if args.architecture not in NETWORKS:
+        parser.exit(2, f"error: --architecture must be one of {', '.join(NETWORKS)}, got {args.architecture!r}.\n")
     if not 0 <= args.context <= 8:
         parser.exit(2, f"error: --context must be 0..8 neighbouring slices on each side, got {args.context}.\n")
     plan_file = Path(args.output) / "models" / "recipe.json"
     if plan_file.is_file():  # a rerun carries on with the plan it started with
         planned = json.loads(plan_file.read_text())
         given = {"--epochs": args.epochs, "--stages": args.stages, "--context": args.context,
-                 "--precision": args.precision}
+                 "--precision": args.precision, "--architecture": args.architecture}
         started = {"--epochs": planned.get("epochs"), "--stages": planned.get("stages", 1),
-                   "--context": planned.get("context", 0), "--precision": planned.get("precision", "fp32")}
+                   "--context": planned.get("context", 0), "--precision": planned.get("precision", "fp32"),
+                   "--architecture": planned.get("architecture", "three_level_unet")}
         for name, value in given.items():
             if value is not None and value != started[name]:
                 parser.exit(2, f"error: {name} {value}: {args.output} was started with {name} {started[name]} "
@@ -260,7 +270,8 @@ def _recipe(args: argparse.Namespace, argv: list[str] | None, data: Path, out: P
           f"{used['negative']} without")
 
     print("\n== 4/6 training through the bundle")
-    settings = {**RECIPE["overrides"], "context": args.context, "precision": args.precision}
+    settings = {**RECIPE["overrides"], "context": args.context, "precision": args.precision,
+                "architecture": args.architecture}
     common = {"dataset_dir": str(out / "lists"), "seed": args.seed, "threads": threads, **settings}
     stages = [("whole", {"ckpt_dir": str(out / "models" / "whole_slices")})]
     if args.stages == 2:
@@ -285,7 +296,8 @@ def _recipe(args: argparse.Namespace, argv: list[str] | None, data: Path, out: P
     if not plan_file.exists():
         plan_file.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(plan_file, {"epochs": epochs, "images_per_second": speed, "stages": args.stages,
-                                      "context": args.context, "precision": args.precision})
+                                      "context": args.context, "precision": args.precision,
+                                      "architecture": args.architecture})
     for stage, _ in stages:
         what = "liver + tumour on whole slices" if stage == "whole" else "the tumour on crops around the liver"
         print(f"{stage}: {what}, {epochs} epoch(s) of {slices[stage]} slices"
@@ -316,14 +328,16 @@ def _recipe(args: argparse.Namespace, argv: list[str] | None, data: Path, out: P
         else:
             scan, truth = stack_2d_patient(volume_rows, pred_dir / "input", window_hu)
             where = "bundle inference on its slices stacked into a volume, scored against their masks"
+        inference_started = time.perf_counter()
         run_bundle("inference", config_file=config_file("inference"), input=str(scan), output_dir=str(pred_dir),
                    ckpt_file=str(model), threads=threads)
+        inference_seconds = time.perf_counter() - inference_started
         scored = evaluate_volumes(next(pred_dir.glob("*_seg.nii.gz")), truth, pred_dir / "evaluation", progress=False)
         patients[volume_id] = {
             "liver_dice": scored["liver"]["dice_per_case"]["mean"], "tumour_dice": scored["tumour"]["dice_per_case"]["mean"],
             "lesion_recall": scored["lesions"]["recall"], "lesion_precision": scored["lesions"]["precision"],
             "lesions_true": scored["lesions"]["true"], "liver_assd_mm": scored["liver"]["assd_mm"]["mean"],
-            "where": where}
+            "inference_seconds": round(inference_seconds, 1), "where": where}
 
     print("\n== 6/6 summary")
     for volume_id, scores in patients.items():
@@ -332,13 +346,14 @@ def _recipe(args: argparse.Namespace, argv: list[str] | None, data: Path, out: P
     summary = {
         "command": "python -m workflows.realdata " + " ".join(argv if argv is not None else sys.argv[1:]),
         "threads": threads, "cpu_model": cpu_model(), "plan": "--epochs" if args.epochs is not None else "--minutes",
-        "stages": args.stages, "context": args.context, "precision": args.precision,
+        "stages": args.stages, "context": args.context, "precision": args.precision, "architecture": args.architecture,
         "probe_images_per_second": round(speed, 2) if speed is not None else None, "epochs": epochs,
         "slices_per_epoch": {stage: slices[stage] for stage, _ in stages},
         "training_images_per_second": round(trained_images / max(1e-9, train_minutes * 60), 2),
         "training_minutes": round(train_minutes, 1), "training_cpu_minutes": round(train_cpu_minutes, 1),
         "wall_minutes": round((time.time() - started) / 60, 1),
         "cpu_minutes": round((time.process_time() - cpu_started) / 60, 1),
+        "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "sources": [s["name"] for s in sources], "left_out": {**left_out, **notes_by_folder},
         "split": plan.volumes, "held_out": patients, "slice_level_test": slice_level["channels"],
         "model": str(model), "settings": settings,

@@ -1,7 +1,6 @@
 """A model file written by training carries its settings: inference and evaluation use them with no copied flags,
 and a flag that contradicts the file is refused by name."""
 
-import json
 
 import nibabel as nib
 import pytest

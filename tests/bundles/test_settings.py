@@ -30,7 +30,8 @@ WIRING = {"_meta_", "imports", "bundle_root", "initialize", "training", "evaluat
 BAD = {
     "dataset_dir": "", "ckpt_dir": "", "ckpt_file": "", "input": "", "output_dir": "", "tensorboard_dir": "",
     "val_datalist": "", "full_val_datalist": "", "mlflow_tracking_uri": "", "mlflow_experiment": "",
-    "target": "kidney", "spatial_size": 8192, "channels": "[4,8]", "window": "lungs", "window_hu": "[100,-100]",
+    "architecture": "vnet", "target": "kidney", "spatial_size": 8192, "channels": "[4,8]", "window": "lungs",
+    "window_hu": "[100,-100]",
     "chunk": "abc", "seed": "abc", "epochs_per_chunk": 0, "batch_size": 0, "learning_rate": -0.1,
     "checkpoint_every": 0, "val_interval": 0, "augment": "maybe", "progress": "maybe", "compile": "maybe",
     "tensorboard": "maybe", "mlflow": "false-ish", "evaluation_samples": -1, "sw_batch_size": 0,

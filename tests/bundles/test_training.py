@@ -33,7 +33,8 @@ def test_train_json_names_the_overrides_users_rely_on():
     parser.read_config(TRAIN)
     assert parser["epochs_per_chunk"] == 2 and parser["spatial_size"] == 256 and parser["batch_size"] == 2
     assert parser["network_def#channels"] == [64, 128, 256, 512]
-    assert parser["network_def#_target_"] == "networks.ThreeLevelUNet"
+    # the reference's network by default; --architecture dynunet / segresnet swaps in MONAI's stock networks
+    assert parser["network_def#_target_"] == "networks.build_network" and parser["architecture"] == "three_level_unet"
     assert parser["learning_rate"] == 1e-4 and parser["loss#lambda_bce"] == parser["loss#lambda_dice"] == 0.5
     evaluate = ConfigParser.load_config_file(EVALUATE)
     assert "network_def" not in evaluate and "train" not in evaluate  # an overlay: only its differences

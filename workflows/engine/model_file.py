@@ -1,5 +1,5 @@
 """Model files that describe themselves: ``model.pt`` written by training holds the weights and the settings they
-were trained with (network widths, input size, target, HU window, threads), so inference and evaluation need no
+were trained with (network architecture and widths, input size, target, HU window, threads), so inference and evaluation need no
 copied flags, and a flag that contradicts the file is refused by name.
 
 A model file is ``{"model": state_dict, "settings": {...}}``, loadable with ``torch.load(..., weights_only=True)``;
@@ -27,10 +27,11 @@ __all__ = ["DEFAULT_SETTINGS", "SETTING_FLAGS", "read_torch_file", "model_settin
            "save_model_file"]
 
 #: what a model without recorded settings is taken to be: the reference network, liver, abdomen window
-DEFAULT_SETTINGS = {"target": "liver", "spatial_size": 256, "channels": [64, 128, 256, 512], "window": "abdomen",
+DEFAULT_SETTINGS = {"architecture": "three_level_unet", "target": "liver", "spatial_size": 256,
+                    "channels": [64, 128, 256, 512], "window": "abdomen",
                     "window_hu": None, "slice_thickness_mm": None, "context": 0, "tumour_stage": None}
 #: the command-line flag that sets each recorded setting
-SETTING_FLAGS = {"target": "--target", "spatial_size": "--spatial_size", "channels": "--network_def#channels",
+SETTING_FLAGS = {"architecture": "--architecture", "target": "--target", "spatial_size": "--spatial_size", "channels": "--network_def#channels",
                  "window": "--window", "window_hu": "--window_hu"}
 
 

@@ -169,8 +169,9 @@ def target_of(dataset_dir: str | os.PathLike, stage: str = "whole") -> str:
 
 def warm_start(network: torch.nn.Module, liver_model: str | os.PathLike) -> int:
     """Start the tumour stage from the liver stage's weights (both see the same slices, zoomed or not): every tensor
-    of the same name and shape, and for the last layer (``final.*``) the liver stage's tumour channel, its second
-    output. Returns how many tensors were copied."""
+    of the same name and shape, and for the output layer (two outputs there, one here: ``final.*`` of the
+    ThreeLevelUNet, the last convolution of any network) the liver stage's tumour channel, its second output.
+    Returns how many tensors were copied."""
     state = read_torch_file(liver_model, "liver stage model file")
     source = state["model"] if isinstance(state.get("model"), dict) else state
     for wrapper in ("_orig_mod", "module"):  # torch.compile, DistributedDataParallel
@@ -183,7 +184,7 @@ def warm_start(network: torch.nn.Module, liver_model: str | os.PathLike) -> int:
             continue
         if tuple(theirs.shape) == tuple(value.shape):
             copied[key] = theirs
-        elif key.startswith("final.") and theirs.shape[0] == 2 and value.shape[0] == 1:
+        elif theirs.shape[0] == 2 and value.shape[0] == 1 and tuple(theirs.shape[1:]) == tuple(value.shape[1:]):
             copied[key] = theirs[1:2]
     own.update(copied)
     network.load_state_dict(own)
@@ -317,7 +318,7 @@ class ChunkRun:
 
     @property
     def model_settings(self) -> dict:
-        """What ``model.pt`` records beside the weights (:mod:`workflows.engine.model_file`): the network's widths, input
+        """What ``model.pt`` records beside the weights (:mod:`workflows.engine.model_file`): the network's architecture and widths, input
         size and target, and the HU window its slices were converted with (``None`` when they came from 8-bit 2D
         sets only: their window is unknown), and the thread count."""
         window, window_hu, thickness = None, None, []
@@ -334,7 +335,8 @@ class ChunkRun:
             window, window_hu = converted.get("window"), converted.get("window_range_hu")
             break
         summary = self.config_summary
-        return {"target": summary.get("target"), "spatial_size": summary.get("spatial_size"),
+        return {"architecture": summary.get("architecture", "three_level_unet"), "target": summary.get("target"),
+                "spatial_size": summary.get("spatial_size"),
                 "channels": summary.get("channels"), "context": summary.get("context", 0),
                 "stage": summary.get("stage", "whole"), "crop_margin_mm": summary.get("crop_margin_mm"),
                 "window": window, "window_hu": window_hu,

@@ -21,7 +21,7 @@ from monai.inferers import SliceInferer
 from monai.transforms import MapTransform, Orientation
 from monai.transforms.utils import get_largest_connected_component_mask
 
-from networks import ThreeLevelUNet, load_reference_state_dict
+from networks import build_network, load_reference_state_dict
 from transforms import CANONICAL_AXCODES, ResizeSlices, network_input
 from transforms.context import StackContext
 from transforms.liver_crop import DEFAULT_MARGIN_MM, crop_box, liver_box, paste_box
@@ -56,8 +56,9 @@ class TumourStage:
             if not settings or not isinstance(state.get("tumour_model"), dict):
                 raise ValueError(f"{ckpt_file}: holds no tumour stage (a model file of one stage); train one with "
                                  "--stage liver_crop --liver_model this file.")
-            network = ThreeLevelUNet(spatial_dims=2, in_channels=2 * int(settings.get("context") or 0) + 1,
-                                     out_channels=1, channels=settings["channels"])
+            network = build_network(settings.get("architecture") or "three_level_unet", spatial_dims=2,
+                                    in_channels=2 * int(settings.get("context") or 0) + 1, out_channels=1,
+                                    channels=settings["channels"], spatial_size=int(settings["spatial_size"]))
             load_reference_state_dict(network, state["tumour_model"])
         if network is None or settings is None:
             raise ValueError("TumourStage needs a model file, or a network and its settings.")

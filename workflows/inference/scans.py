@@ -68,7 +68,7 @@ __all__ = ["load_weights", "ScanDataset", "SomeScansFailed", "CurrentScan", "Sav
 logger = logging.getLogger("liver_ct.inference")
 
 
-def load_weights(network: ThreeLevelUNet, path: str | os.PathLike) -> ThreeLevelUNet:
+def load_weights(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
     """Weights from ``model.pt``, a training checkpoint (``{"model": ...}``) or the reference project's state_dict.
     A file that does not fit the network fails naming the setting that differs."""
     state = read_torch_file(path)
@@ -79,13 +79,15 @@ def load_weights(network: ThreeLevelUNet, path: str | os.PathLike) -> ThreeLevel
     except ValueError:
         hints = []
         final = state.get("final.weight")
+        if not isinstance(network, ThreeLevelUNet):
+            final = None  # the hints below read the ThreeLevelUNet's layer names
         if final is not None and final.shape[0] != network.out_channels:
             hints.append(f"the checkpoint has {final.shape[0]} output channel(s), the network {network.out_channels}: "
                          "set --target to what it was trained for (liver/tumor: 1, both: 2)")
         first = state.get("enc1.conv.0.weight")
         widths = [int(state[k].shape[0]) for k in ("enc1.conv.0.weight", "enc2.conv.0.weight", "enc3.conv.0.weight",
                                                    "bottleneck.conv.0.weight") if k in state]
-        if first is not None and tuple(widths) != tuple(network.channels):
+        if first is not None and final is not None and tuple(widths) != tuple(network.channels):
             shown = str(widths).replace(" ", "")
             hints.append(f"the checkpoint was trained with network_def#channels {shown}, the network has "
                          f"{str(list(network.channels)).replace(' ', '')}: pass --network_def#channels \"{shown}\" "

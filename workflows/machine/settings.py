@@ -152,6 +152,12 @@ def _shard(value):
     return parse_shard(value)
 
 
+def _networks() -> tuple[str, ...]:
+    from networks import NETWORKS
+
+    return NETWORKS
+
+
 def _window(value):
     from transforms.windowing import WINDOW_PRESETS
 
@@ -173,6 +179,7 @@ SETTINGS: dict[str, Callable[[Any], Any]] = {
     "mlflow_tracking_uri": _text("mlflow_tracking_uri"),
     "mlflow_experiment": _text("mlflow_experiment"),
     # the model
+    "architecture": lambda v: choice("architecture", v, _networks()),
     "target": lambda v: choice("target", v, ("liver", "tumor", "both")),
     "spatial_size": network_size,
     "channels": widths,
