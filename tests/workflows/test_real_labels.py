@@ -261,7 +261,7 @@ def test_the_recipe_runs_end_to_end_on_a_small_study_and_2d_set(tmp_path, capsys
         log = __import__("json").loads((tmp_path / "out" / "models" / stage / "training_log.json").read_text())
         assert [e["epochs"] for e in log] == [2]
     for flag, value, started in (("--epochs", "3", "2"), ("--context", "0", "1"), ("--stages", "1", "2"),
-                                 ("--precision", "auto", "fp32")):
+                                 ("--precision", "fp32", "auto")):
         with pytest.raises(SystemExit) as refused:  # the same folder with another plan: refused before anything runs
             main(["--data", str(data), "--output", str(tmp_path / "out"), flag, value])
         err = capsys.readouterr().err
