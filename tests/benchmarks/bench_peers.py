@@ -18,7 +18,8 @@ same training CPU-minutes, scored on the same held-out patients (a script that p
   mirroring (ours does not mirror either), scored with the same LiTS metrics against the same labels.
 
 A budget B is training CPU-minutes: B/threads minutes of wall-clock training on ``--threads`` cores; the x axis uses
-the CPU-minutes each run measured. Runs already finished are read back. Writes ``DIR/peers.json`` and
+the CPU-minutes each run measured. Runs already finished are read back, and the table holds every finished run in
+DIR. Writes ``DIR/peers.json`` and
 ``DIR/peers.png`` (held-out liver and tumour Dice against training CPU-minutes, one line per system) and prints a table.
 ``--quick`` (a few CPU-minutes in all): ours and nnU-Net at 2 CPU-minutes, ending with one line
 ``ratio=<ours / nnU-Net held-out mean Dice, liver and tumour averaged>``. Measure alone.
@@ -93,7 +94,7 @@ def nnunet_venv(venv: Path) -> Path:
     import torch
 
     python = venv / "bin" / "python"
-    probe = [str(python), "-c", f"import nnunetv2, importlib.metadata as m; assert m.version('nnunetv2') == '{NNUNET_VERSION}'"]
+    probe = [str(python), "-c", f"import importlib.metadata as m; assert m.version('nnunetv2') == '{NNUNET_VERSION}'"]
     if not python.exists() or subprocess.run(probe, capture_output=True).returncode != 0:
         print(f"installing nnU-Net v2 {NNUNET_VERSION} into its own virtual environment {venv} (once)", flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -131,10 +132,10 @@ def run_nnunet(python: Path, lists: Path, out: Path, budget: float, threads: int
         shutil.copyfile(folder / "splits_final.json", preprocessed / folder.name / "splits_final.json")
     plans = json.loads((preprocessed / folder.name / "nnUNetPlans.json").read_text())["configurations"]["2d"]
     trainer = "nnUNetTrainer_CPUBudget"
-    training = _child([str(tools / "nnUNetv2_train"), str(DATASET_ID), "2d", "0", "-tr", trainer, "-device", "cpu"],
-                      log, env)
+    runner = [str(python), "-m", f"nnunetv2.training.nnUNetTrainer.variants.{trainer}"]  # nnU-Net's own commands
+    training = _child([*runner, "train", str(DATASET_ID), "2d", "0", "-tr", trainer, "-device", "cpu"], log, env)
     predictions = out / "predictions"
-    predicting = _child([str(tools / "nnUNetv2_predict"), "-i", str(folder / "imagesTs"), "-o", str(predictions),
+    predicting = _child([*runner, "predict", "-i", str(folder / "imagesTs"), "-o", str(predictions),
                          "-d", str(DATASET_ID), "-c", "2d", "-f", "0", "-tr", trainer, "-device", "cpu",
                          "--disable_tta", "-npp", "1", "-nps", "1"], log, env)
     case_ids = json.loads((folder / "case_ids.json").read_text())
@@ -198,15 +199,25 @@ def main(argv: list[str] | None = None) -> int:
                 result = run_bundle_system(system, data.resolve(), run_dir, budget, args.threads, slices)
                 slices = slices or run_dir / "slices"
             results.append(result)
-            _print_row(result)
+    results = []  # every finished run in DIR, this invocation's and earlier ones'
+    for run_dir in sorted(out.glob("*_*cpumin"), key=lambda p: (float(p.name.split("_")[-1][:-6]), p.name)):
+        system, budget = run_dir.name.rsplit("_", 1)[0], float(run_dir.name.rsplit("_", 1)[1][:-6])
+        if system == "nnunet" and (run_dir / "result.json").is_file():
+            results.append(json.loads((run_dir / "result.json").read_text()))
+        elif system in ARCHITECTURES and (run_dir / "summary.json").is_file():
+            results.append(run_bundle_system(system, data.resolve(), run_dir, budget, args.threads, None))
+    for result in results:
+        _print_row(result)
     (out / "peers.json").write_text(json.dumps(results, indent=1))
     _plot(results, out / "peers.png")
     cpu = next((r["cpu_model"] for r in results if r.get("cpu_model")), "?")
     print(f"CPU: {cpu}, {args.threads} threads; results {out / 'peers.json'}, picture {out / 'peers.png'}")
-    ours = [r for r in results if r["system"] == "ours"]
-    nnunet = [r for r in results if r["system"] == "nnunet"]
-    if ours and nnunet:
-        ratio = mean_dice(ours[-1]) / max(1e-9, mean_dice(nnunet[-1]))
+    ours = {r["budget_cpu_minutes"]: r for r in results if r["system"] == "ours"}
+    nnunet = {r["budget_cpu_minutes"]: r for r in results if r["system"] == "nnunet"}
+    both = sorted(set(ours) & set(nnunet) & set(args.budgets))
+    if both:  # at the largest budget of this invocation that both ran
+        ratio = mean_dice(ours[both[-1]]) / max(1e-9, mean_dice(nnunet[both[-1]]))
+        print(f"ours / nnU-Net held-out mean Dice (liver and tumour averaged) at {both[-1]:g} training CPU-minutes:")
         print(f"ratio={ratio:.3f}")
     return 0
 

@@ -7,8 +7,8 @@ held-out patients (a script that prints figures, not a test).
 
 Each (set-up, budget) is one ``python -m workflows.realdata --minutes B`` run in ``DIR/<set-up>_<B>min`` (or
 ``--epochs N`` in ``DIR/<set-up>_<N>ep``: a plan that does not depend on the probe; the slices are converted once and
-copied to the others); a run already finished is read back, so the benchmark carries on where it stopped. Both
-set-ups train in fp32. Prints one row per run (epochs, training CPU-minutes, held-out liver and tumour Dice per
+copied to the others); a run already finished is read back, so the benchmark carries on where it stopped. The
+reference trains in fp32, the default in bf16 where the CPU has it natively (``default_fp32``: the same in fp32). Prints one row per run (epochs, training CPU-minutes, held-out liver and tumour Dice per
 patient, lesion recall) and writes ``DIR/recipe_time_to_accuracy.json`` and
 ``DIR/recipe_time_to_accuracy.png`` (held-out Dice against training CPU-minutes, one line per set-up and structure).
 Measure alone: another job on the same cores slows the speed probe, and with it the epochs a budget buys.
@@ -24,9 +24,9 @@ import sys
 from pathlib import Path
 
 SETUPS = {
-    "reference": ["--stages", "1", "--context", "0"],
-    "default": [],  # the recipe's defaults: two stages, context 1, fp32
-    "default_bf16": ["--precision", "auto"],  # the same in bf16 where the CPU has it natively
+    "reference": ["--stages", "1", "--context", "0", "--precision", "fp32"],
+    "default": [],  # the recipe's defaults: two stages, context 1, bf16 where the CPU has it natively
+    "default_fp32": ["--precision", "fp32"],  # the same in fp32
 }
 
 
@@ -104,7 +104,7 @@ def _plot(results: list[dict], path: Path) -> None:
     patients = sorted({pid for r in results for pid in r["held_out"]})
     fig, axes = plt.subplots(1, len(patients), figsize=(4.6 * len(patients), 3.6), squeeze=False)
     for ax, pid in zip(axes[0], patients):
-        for setup, style, marker in (("reference", "--", "s"), ("default", "-", "o"), ("default_bf16", ":", "^")):
+        for setup, style, marker in (("reference", "--", "s"), ("default", "-", "o"), ("default_fp32", ":", "^")):
             runs = sorted((r for r in results if r["setup"] == setup and pid in r["held_out"]),
                           key=lambda r: r["training_cpu_minutes"] or r["training_minutes"])
             if not runs:

@@ -11,6 +11,12 @@ of 49 slices; 2 validation iterations), the poly schedule fitted to the epochs t
 (wall-clock training time) holds once the first epoch is timed, and a stop when the next epoch would not fit. Network, plans, preprocessing, augmentation, loss
 (Dice + CE with deep supervision) and optimiser are nnU-Net's own. The final validation is skipped: the benchmark
 predicts the held-out patients itself.
+
+Run it as nnU-Net's own commands with this trainer: ``python -m
+nnunetv2.training.nnUNetTrainer.variants.nnUNetTrainer_CPUBudget train|predict <nnUNetv2_train or nnUNetv2_predict
+arguments>``. nnU-Net finds a trainer by importing every module of its trainer package, and some of them import timm
+and through it torchvision, whose PyPI build is made for the CUDA torch and does not load beside the CPU build; so
+these entry points hand nnU-Net this class directly instead of searching.
 """
 
 import os
@@ -21,8 +27,9 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 
 class nnUNetTrainer_CPUBudget(nnUNetTrainer):  # noqa: N801 (nnU-Net's naming: trainers are found by class name)
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
+                 device: torch.device = torch.device("cuda")):  # nnU-Net records these arguments by name
+        super().__init__(plans, configuration, fold, dataset_json, device)
         self.num_iterations_per_epoch = int(os.environ.get("NNUNET_ITERATIONS_PER_EPOCH", "5"))
         self.num_val_iterations_per_epoch = 2
         self.budget_seconds = float(os.environ["NNUNET_BUDGET_MINUTES"]) * 60
@@ -54,3 +61,23 @@ class nnUNetTrainer_CPUBudget(nnUNetTrainer):  # noqa: N801 (nnU-Net's naming: t
 
     def perform_actual_validation(self, save_probabilities: bool = False):
         self.print_to_log_file("final validation skipped: the benchmark predicts the held-out patients")
+
+
+def _main() -> None:
+    import sys
+
+    command = sys.argv.pop(1)
+    if command == "train":
+        import nnunetv2.run.run_training as entry
+        entry.recursive_find_trainer_class_by_name = lambda name: nnUNetTrainer_CPUBudget
+        entry.run_training_entry()
+    elif command == "predict":
+        import nnunetv2.inference.predict_from_raw_data as entry
+        entry.recursive_find_trainer_class_by_name = lambda name: nnUNetTrainer_CPUBudget
+        entry.predict_entry_point()
+    else:
+        raise SystemExit(f"usage: python -m ...nnUNetTrainer_CPUBudget train|predict ..., got {command!r}")
+
+
+if __name__ == "__main__":
+    _main()
