@@ -334,11 +334,8 @@ def _recipe(args: argparse.Namespace, argv: list[str] | None, data: Path, out: P
                    ckpt_file=str(model), threads=threads)
         inference_seconds = time.perf_counter() - inference_started
         scored = evaluate_volumes(next(pred_dir.glob("*_seg.nii.gz")), truth, pred_dir / "evaluation", progress=False)
-        patients[volume_id] = {
-            "liver_dice": scored["liver"]["dice_per_case"]["mean"], "tumour_dice": scored["tumour"]["dice_per_case"]["mean"],
-            "lesion_recall": scored["lesions"]["recall"], "lesion_precision": scored["lesions"]["precision"],
-            "lesions_true": scored["lesions"]["true"], "liver_assd_mm": scored["liver"]["assd_mm"]["mean"],
-            "inference_seconds": round(inference_seconds, 1), "where": where}
+        patients[volume_id] = {**held_out_scores(scored), "inference_seconds": round(inference_seconds, 1),
+                               "where": where}
 
     print("\n== 6/6 summary")
     for volume_id, scores in patients.items():
@@ -365,6 +362,15 @@ def _recipe(args: argparse.Namespace, argv: list[str] | None, data: Path, out: P
           f"{summary['cpu_minutes']} CPU-min; model {model}; summary {out / 'summary.json'}; "
           f"pictures {out / 'held_out'} (overlays) and {out / 'held_out_dice.png'}")
     return 0
+
+
+def held_out_scores(scored: dict) -> dict:
+    """One patient's figures from :func:`~workflows.engine.volume_evaluation.evaluate_volumes`'s summary: liver and
+    tumour Dice, lesions found (recall, precision, how many there are) and the liver's mean surface distance (mm)."""
+    return {"liver_dice": scored["liver"]["dice_per_case"]["mean"],
+            "tumour_dice": scored["tumour"]["dice_per_case"]["mean"], "lesion_recall": scored["lesions"]["recall"],
+            "lesion_precision": scored["lesions"]["precision"], "lesions_true": scored["lesions"]["true"],
+            "liver_assd_mm": scored["liver"]["assd_mm"]["mean"]}
 
 
 def stack_2d_patient(rows: list[dict], folder: Path, window_hu: list[float]) -> tuple[Path, Path]:

@@ -61,23 +61,17 @@ def _child(command: list[str], log: Path, env: dict | None = None) -> dict:
 
 def _score(pred: Path, truth: Path, out: Path) -> dict:
     from workflows.engine.volume_evaluation import evaluate_volumes
+    from workflows.realdata import held_out_scores
 
-    scored = evaluate_volumes(pred, truth, out, progress=False)
-    return {"liver_dice": scored["liver"]["dice_per_case"]["mean"], "tumour_dice": scored["tumour"]["dice_per_case"]["mean"],
-            "lesion_recall": scored["lesions"]["recall"], "lesions_true": scored["lesions"]["true"]}
+    return held_out_scores(evaluate_volumes(pred, truth, out, progress=False))
 
 
 def run_bundle_system(system: str, data: Path, out: Path, budget: float, threads: int, slices: Path | None) -> dict:
     """One recipe run with ``system``'s network for ``budget`` training CPU-minutes (see the module)."""
-    summary_file = out / "summary.json"
-    if not summary_file.is_file():
-        if slices is not None and not (out / "slices").exists():
-            out.mkdir(parents=True, exist_ok=True)
-            shutil.copytree(slices, out / "slices")  # converted once: the same slices for every run
-        _child([sys.executable, "-m", "workflows.realdata", "--data", str(data), "--output", str(out), "--minutes",
-                f"{budget / threads:g}", "--threads", str(threads), "--architecture", ARCHITECTURES[system]],
-               out.parent / f"{out.name}.log")
-    summary = json.loads(summary_file.read_text())
+    from tests.benchmarks.bench_recipe import run_recipe
+
+    summary = run_recipe(data, out, ["--minutes", f"{budget / threads:g}"], ["--architecture", ARCHITECTURES[system]],
+                         threads, slices)
     seconds = [p["inference_seconds"] for p in summary["held_out"].values() if p.get("inference_seconds") is not None]
     return {"system": system, "label": LABELS[system], "budget_cpu_minutes": budget,
             "training_cpu_minutes": summary["training_cpu_minutes"], "training_minutes": summary["training_minutes"],

@@ -30,7 +30,9 @@ SETUPS = {
 }
 
 
-def _run(data: Path, out: Path, budget: list[str], flags: list[str], threads: int, slices: Path | None) -> dict:
+def run_recipe(data: Path, out: Path, budget: list[str], flags: list[str], threads: int, slices: Path | None) -> dict:
+    """``python -m workflows.realdata`` into ``out`` with ``budget`` and ``flags`` (its log beside ``out``), the
+    converted ``slices`` copied in first; a finished run is read back. Returns its ``summary.json``."""
     summary = out / "summary.json"
     if summary.is_file():
         return json.loads(summary.read_text())
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, budget in budgets:
         for setup in args.setups:
             run_dir = out / f"{setup}_{name}"
-            _run(Path(args.data), run_dir, budget, SETUPS[setup], args.threads, slices)
+            run_recipe(Path(args.data), run_dir, budget, SETUPS[setup], args.threads, slices)
             slices = slices or run_dir / "slices"
     results = []  # every finished run in DIR, this invocation's and earlier ones'
     for run_dir in sorted(p for p in out.iterdir() if (p / "summary.json").is_file()):

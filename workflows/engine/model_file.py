@@ -1,6 +1,6 @@
 """Model files that describe themselves: ``model.pt`` written by training holds the weights and the settings they
-were trained with (network architecture and widths, input size, target, HU window, threads), so inference and evaluation need no
-copied flags, and a flag that contradicts the file is refused by name.
+were trained with (network architecture and widths, input size, target, HU window, threads), so inference and
+evaluation need no copied flags, and a flag that contradicts the file is refused by name.
 
 A model file is ``{"model": state_dict, "settings": {...}}``, loadable with ``torch.load(..., weights_only=True)``;
 ``python -m monai.bundle ckpt_export ... --key_in_ckpt model`` exports it. A plain state_dict (the reference
@@ -31,8 +31,8 @@ DEFAULT_SETTINGS = {"architecture": "three_level_unet", "target": "liver", "spat
                     "channels": [64, 128, 256, 512], "window": "abdomen",
                     "window_hu": None, "slice_thickness_mm": None, "context": 0, "tumour_stage": None}
 #: the command-line flag that sets each recorded setting
-SETTING_FLAGS = {"architecture": "--architecture", "target": "--target", "spatial_size": "--spatial_size", "channels": "--network_def#channels",
-                 "window": "--window", "window_hu": "--window_hu"}
+SETTING_FLAGS = {"architecture": "--architecture", "target": "--target", "spatial_size": "--spatial_size",
+                 "channels": "--network_def#channels", "window": "--window", "window_hu": "--window_hu"}
 
 
 def read_torch_file(path: str | os.PathLike, what: str = "model file") -> dict:

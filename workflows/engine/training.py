@@ -318,8 +318,8 @@ class ChunkRun:
 
     @property
     def model_settings(self) -> dict:
-        """What ``model.pt`` records beside the weights (:mod:`workflows.engine.model_file`): the network's architecture and widths, input
-        size and target, and the HU window its slices were converted with (``None`` when they came from 8-bit 2D
+        """What ``model.pt`` records beside the weights (:mod:`workflows.engine.model_file`): the network's
+        architecture and widths, input size and target, and the HU window its slices were converted with (``None`` when they came from 8-bit 2D
         sets only: their window is unknown), and the thread count."""
         window, window_hu, thickness = None, None, []
         for slices_dir in slices_dirs_of(self.dataset_dir, self.split):

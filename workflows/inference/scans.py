@@ -78,9 +78,8 @@ def load_weights(network: torch.nn.Module, path: str | os.PathLike) -> torch.nn.
         return load_reference_state_dict(network, state)
     except ValueError:
         hints = []
-        final = state.get("final.weight")
-        if not isinstance(network, ThreeLevelUNet):
-            final = None  # the hints below read the ThreeLevelUNet's layer names
+        # the hints read the ThreeLevelUNet's layer names; another architecture says which keys differ
+        final = state.get("final.weight") if isinstance(network, ThreeLevelUNet) else None
         if final is not None and final.shape[0] != network.out_channels:
             hints.append(f"the checkpoint has {final.shape[0]} output channel(s), the network {network.out_channels}: "
                          "set --target to what it was trained for (liver/tumor: 1, both: 2)")
