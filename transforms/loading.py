@@ -33,6 +33,8 @@ __all__ = ["NIFTI_SUFFIXES", "MAX_VOXELS", "is_nifti", "nifti_stem", "is_dicom_s
            "LoadScand", "LoadLabeld"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: the way out of a scan file that cannot be read
+_AGAIN = "copy or export it again (a NIfTI .nii / .nii.gz file, or a DICOM series folder)."
 
 
 def is_nifti(path: str | os.PathLike) -> bool:
@@ -116,7 +118,7 @@ def check_nifti_header(path: str | os.PathLike) -> None:
         zooms = tuple(float(z) for z in header["pixdim"][1:4])
         affine = np.asarray(header.get_best_affine(), dtype=float)
     except Exception as err:  # not even a header: the reader says why
-        raise InvalidScanError(f"{path}: cannot be read ({type(err).__name__}: {err}).") from err
+        raise InvalidScanError(f"{path}: cannot be read ({type(err).__name__}: {err}); {_AGAIN}") from err
     voxels = int(np.prod(shape, dtype=np.int64))
     if voxels > MAX_VOXELS:
         raise InvalidScanError(f"{path}: the header describes {shape} = {voxels:,} voxels, more than the "
@@ -126,7 +128,7 @@ def check_nifti_header(path: str | os.PathLike) -> None:
         actual = path.stat().st_size
         if actual < expected:
             raise InvalidScanError(f"{path}: cannot be read (truncated: the header describes {expected:,} bytes, "
-                                   f"the file holds {actual:,}).")
+                                   f"the file holds {actual:,}); {_AGAIN}")
     if len(shape) < 3:
         return  # not a volume: check_volume says so, with the shape
     if not np.all(np.isfinite(affine)):
@@ -258,7 +260,7 @@ class LoadScan(Transform):
         try:
             img = loader(str(target))
         except Exception as err:  # readers raise anything from EOFError to zlib.error on a damaged file
-            raise InvalidScanError(f"{source}: cannot be read ({_root_cause(err)}).") from err
+            raise InvalidScanError(f"{source}: cannot be read ({_root_cause(err)}); {_AGAIN}") from err
         img.meta["filename_or_obj"] = str(source)
         check_volume(img, str(source))
         return img
