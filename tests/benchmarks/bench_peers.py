@@ -21,7 +21,9 @@ A budget B is training CPU-minutes: B/threads minutes of wall-clock training on 
 the CPU-minutes each run measured. Runs already finished are read back, and the table holds every finished run in
 DIR. Writes ``DIR/peers.json`` and
 ``DIR/peers.png`` (held-out liver and tumour Dice against training CPU-minutes, one line per system) and prints a table.
-``--quick`` (a few CPU-minutes in all): ours and nnU-Net at 2 CPU-minutes, ending with one line
+``--quick`` (a few CPU-minutes in all, in ``DIR/quick``): ours and nnU-Net at :data:`QUICK`'s 2 CPU-minutes,
+nnU-Net with epochs of one iteration (its first epoch of 5 would outlast the budget) and predicting one held-out
+patient (the DICOM HCC one: its ~70 s a scan is most of the time), both scored on that patient, ending with one line
 ``ratio=<ours / nnU-Net held-out mean Dice, liver and tumour averaged>``. Measure alone.
 """
 
@@ -40,6 +42,9 @@ NNUNET_VERSION = "2.8.1"
 DATASET_ID = 501
 ARCHITECTURES = {"ours": "three_level_unet", "dynunet": "dynunet", "segresnet": "segresnet"}
 SYSTEMS = (*ARCHITECTURES, "nnunet")
+#: ``--quick``: a budget, the systems, nnU-Net's iterations per epoch and the held-out patients scored.
+QUICK = {"budget": 2.0, "systems": ["ours", "nnunet"], "iterations_per_epoch": 1,
+         "held_out": ["hcc_tace_2144_31_EQP_Ax5.00mm"]}
 LABELS = {"ours": "ours (3-level UNet, 2 stages)", "dynunet": "MONAI DynUNet (bundle)",
           "segresnet": "MONAI SegResNet (bundle)", "nnunet": f"nnU-Net v2 {NNUNET_VERSION} (2d)"}
 
@@ -102,8 +107,10 @@ def nnunet_venv(venv: Path) -> Path:
     return python
 
 
-def run_nnunet(python: Path, lists: Path, out: Path, budget: float, threads: int) -> dict:
-    """nnU-Net v2's ``2d`` configuration on the recipe's split for ``budget`` training CPU-minutes (see the module)."""
+def run_nnunet(python: Path, lists: Path, out: Path, budget: float, threads: int, iterations_per_epoch: int = 5,
+               held_out: list[str] | None = None) -> dict:
+    """nnU-Net v2's ``2d`` configuration on the recipe's split for ``budget`` training CPU-minutes (see the module),
+    with epochs of ``iterations_per_epoch``, predicting the ``held_out`` patients (default: every one)."""
     from tests.benchmarks.nnunet_export import export_nnunet
 
     result_file = out / "result.json"
@@ -116,7 +123,8 @@ def run_nnunet(python: Path, lists: Path, out: Path, budget: float, threads: int
     out.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "nnUNet_raw": str(raw), "nnUNet_preprocessed": str(preprocessed),
            "nnUNet_results": str(out / "results"), "nnUNet_n_proc_DA": "0", "nnUNet_compile": "f",
-           "OMP_NUM_THREADS": str(threads), "NNUNET_BUDGET_MINUTES": f"{budget / threads:g}"}
+           "OMP_NUM_THREADS": str(threads), "NNUNET_BUDGET_MINUTES": f"{budget / threads:g}",
+           "NNUNET_ITERATIONS_PER_EPOCH": str(iterations_per_epoch)}
     tools = python.parent
     if not (folder / "dataset.json").is_file():
         export_nnunet(lists, raw, DATASET_ID)
@@ -128,24 +136,31 @@ def run_nnunet(python: Path, lists: Path, out: Path, budget: float, threads: int
     trainer = "nnUNetTrainer_CPUBudget"
     runner = [str(python), "-m", f"nnunetv2.training.nnUNetTrainer.variants.{trainer}"]  # nnU-Net's own commands
     training = _child([*runner, "train", str(DATASET_ID), "2d", "0", "-tr", trainer, "-device", "cpu"], log, env)
+    case_ids = json.loads((folder / "case_ids.json").read_text())
+    inputs = folder / "imagesTs"
+    if held_out is not None:  # a subset: its scans linked into a folder of their own
+        inputs = out / "inputs"
+        inputs.mkdir(exist_ok=True)
+        for image in sorted((folder / "imagesTs").glob("case_*_0000.nii.gz")):
+            if case_ids[image.name.removesuffix("_0000.nii.gz")] in held_out and not (inputs / image.name).exists():
+                (inputs / image.name).symlink_to(image)
     predictions = out / "predictions"
-    predicting = _child([*runner, "predict", "-i", str(folder / "imagesTs"), "-o", str(predictions),
+    predicting = _child([*runner, "predict", "-i", str(inputs), "-o", str(predictions),
                          "-d", str(DATASET_ID), "-c", "2d", "-f", "0", "-tr", trainer, "-device", "cpu",
                          "--disable_tta", "-npp", "1", "-nps", "1"], log, env)
-    case_ids = json.loads((folder / "case_ids.json").read_text())
-    held_out = {}
+    scores = {}
     for pred in sorted(predictions.glob("case_*.nii.gz")):
         case = pred.name.removesuffix(".nii.gz")
-        held_out[case_ids[case]] = _score(pred, folder / "labelsTs" / pred.name, out / "evaluation" / case)
+        scores[case_ids[case]] = _score(pred, folder / "labelsTs" / pred.name, out / "evaluation" / case)
     epochs = sum(1 for line in next((out / "results").rglob("training_log_*.txt")).read_text().splitlines()
                  if "Epoch " in line and "time" not in line)
     result = {"system": "nnunet", "label": LABELS["nnunet"], "budget_cpu_minutes": budget,
               "training_cpu_minutes": round(training["cpu_minutes"], 1),
               "training_minutes": round(training["seconds"] / 60, 1), "epochs": epochs, "threads": threads,
-              "iterations_per_epoch": int(os.environ.get("NNUNET_ITERATIONS_PER_EPOCH", "5")),
+              "iterations_per_epoch": iterations_per_epoch,
               "plans_2d": {k: plans.get(k) for k in ("patch_size", "batch_size", "spacing")},
-              "held_out": held_out,
-              "inference_seconds_per_scan": round(predicting["seconds"] / max(1, len(held_out)), 1),
+              "held_out": scores,
+              "inference_seconds_per_scan": round(predicting["seconds"] / max(1, len(scores)), 1),
               "peak_memory_mb": round(max(training["peak_memory_mb"], predicting["peak_memory_mb"])),
               "command": f"nnUNetv2_train {DATASET_ID} 2d 0 -tr {trainer} -device cpu "
                          f"(NNUNET_BUDGET_MINUTES={budget / threads:g}, nnUNet_n_proc_DA=0)"}
@@ -153,9 +168,11 @@ def run_nnunet(python: Path, lists: Path, out: Path, budget: float, threads: int
     return result
 
 
-def mean_dice(result: dict) -> float:
-    """Held-out mean Dice, liver and tumour averaged (a missing tumour Dice counts 0)."""
-    scores = [(p["liver_dice"] or 0) / 2 + (p["tumour_dice"] or 0) / 2 for p in result["held_out"].values()]
+def mean_dice(result: dict, patients: list[str] | None = None) -> float:
+    """Held-out mean Dice, liver and tumour averaged (a missing tumour Dice counts 0), over ``patients`` (default:
+    every held-out patient of the run)."""
+    scores = [(p["liver_dice"] or 0) / 2 + (p["tumour_dice"] or 0) / 2 for pid, p in result["held_out"].items()
+              if patients is None or pid in patients]
     return sum(scores) / max(1, len(scores))
 
 
@@ -167,11 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--venv", help="nnU-Net's own virtual environment (default DIR/nnunet_venv)")
-    parser.add_argument("--quick", action="store_true", help="ours and nnU-Net at 2 CPU-minutes; ends with ratio=")
+    parser.add_argument("--quick", action="store_true", help="ours and nnU-Net at 2 CPU-minutes, one held-out patient "
+                                                             "(in DIR/quick); ends with ratio=")
     args = parser.parse_args(argv)
-    if args.quick:
-        args.budgets, args.systems = [2.0], ["ours", "nnunet"]
     out = Path(args.output).resolve()
+    nnunet_options, patients = {}, None
+    if args.quick:
+        args.budgets, args.systems, patients = [QUICK["budget"]], QUICK["systems"], QUICK["held_out"]
+        nnunet_options = {"iterations_per_epoch": QUICK["iterations_per_epoch"], "held_out": patients}
+        out = out / "quick"
     out.mkdir(parents=True, exist_ok=True)
     data = Path(args.data)
     if not data.is_dir():
@@ -187,8 +208,8 @@ def main(argv: list[str] | None = None) -> int:
                 if lists is None:
                     parser.exit(2, "error: nnU-Net trains on a recipe run's split: add a bundle system to --systems "
                                    "(ours) or run one into this --output first.\n")
-                python = nnunet_venv(Path(args.venv) if args.venv else out / "nnunet_venv")
-                result = run_nnunet(python, lists, run_dir, budget, args.threads)
+                python = nnunet_venv(Path(args.venv) if args.venv else Path(args.output).resolve() / "nnunet_venv")
+                result = run_nnunet(python, lists, run_dir, budget, args.threads, **nnunet_options)
             else:
                 result = run_bundle_system(system, data.resolve(), run_dir, budget, args.threads, slices)
                 slices = slices or run_dir / "slices"
@@ -210,8 +231,9 @@ def main(argv: list[str] | None = None) -> int:
     nnunet = {r["budget_cpu_minutes"]: r for r in results if r["system"] == "nnunet"}
     both = sorted(set(ours) & set(nnunet) & set(args.budgets))
     if both:  # at the largest budget of this invocation that both ran
-        ratio = mean_dice(ours[both[-1]]) / max(1e-9, mean_dice(nnunet[both[-1]]))
-        print(f"ours / nnU-Net held-out mean Dice (liver and tumour averaged) at {both[-1]:g} training CPU-minutes:")
+        ratio = mean_dice(ours[both[-1]], patients) / max(1e-9, mean_dice(nnunet[both[-1]], patients))
+        print(f"ours / nnU-Net held-out mean Dice (liver and tumour averaged{', ' + ', '.join(patients) if patients else ''}) "
+              f"at {both[-1]:g} training CPU-minutes:")
         print(f"ratio={ratio:.3f}")
     return 0
 
