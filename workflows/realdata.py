@@ -63,8 +63,6 @@ RECIPE = {
         "augment": True,
         # bf16 where the CPU has it natively (fp32 elsewhere): 1.56x faster here, tumour Dice within two seeds' spread
         "precision": "auto",
-        # every training patient's tumour slices drawn as often as another's (uniform: each slice once an epoch)
-        "balance_patients": False,
     },
     "max_epochs": 40,
     # the tumour stage: the same network on crops around the liver, jittered (shift and scale) in training
@@ -153,12 +151,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--architecture", default="three_level_unet",
                         help="the network: three_level_unet (default, the reference's), dynunet or segresnet (MONAI's "
                              "stock networks, networks.build_network); the model file records it")
-    parser.add_argument("--sampling", choices=("patients", "uniform"),
-                        default="patients" if RECIPE["overrides"]["balance_patients"] else "uniform",
-                        help="patients: each training patient's tumour slices drawn as often as another's (two HCC "
-                             "patients with 3 tumour slices each count as much as a 2D patient with 60); uniform: "
-                             "every slice once an epoch, as the reference (default "
-                             f"{'patients' if RECIPE['overrides']['balance_patients'] else 'uniform'})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and the training (0)")
     args = parser.parse_args(argv)
     data = Path(args.data)
@@ -178,11 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     if plan_file.is_file():  # a rerun carries on with the plan it started with
         planned = json.loads(plan_file.read_text())
         given = {"--epochs": args.epochs, "--stages": args.stages, "--context": args.context,
-                 "--precision": args.precision, "--architecture": args.architecture, "--sampling": args.sampling}
+                 "--precision": args.precision, "--architecture": args.architecture}
         started = {"--epochs": planned.get("epochs"), "--stages": planned.get("stages", 1),
                    "--context": planned.get("context", 0), "--precision": planned.get("precision", "fp32"),
-                   "--architecture": planned.get("architecture", "three_level_unet"),
-                   "--sampling": planned.get("sampling", "uniform")}
+                   "--architecture": planned.get("architecture", "three_level_unet")}
         for name, value in given.items():
             if value is not None and value != started[name]:
                 parser.exit(2, f"error: {name} {value}: {args.output} was started with {name} {started[name]} "
@@ -281,7 +272,7 @@ def _recipe(args: argparse.Namespace, argv: list[str] | None, data: Path, out: P
 
     print("\n== 4/6 training through the bundle")
     settings = {**RECIPE["overrides"], "context": args.context, "precision": args.precision,
-                "architecture": args.architecture, "balance_patients": args.sampling == "patients"}
+                "architecture": args.architecture}
     common = {"dataset_dir": str(out / "lists"), "seed": args.seed, "threads": threads, **settings}
     stages = [("whole", {"ckpt_dir": str(out / "models" / "whole_slices")})]
     if args.stages == 2:
@@ -307,7 +298,7 @@ def _recipe(args: argparse.Namespace, argv: list[str] | None, data: Path, out: P
         plan_file.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(plan_file, {"epochs": epochs, "images_per_second": speed, "stages": args.stages,
                                       "context": args.context, "precision": args.precision,
-                                      "architecture": args.architecture, "sampling": args.sampling})
+                                      "architecture": args.architecture})
     for stage, _ in stages:
         what = "liver + tumour on whole slices" if stage == "whole" else "the tumour on crops around the liver"
         print(f"{stage}: {what}, {epochs} epoch(s) of {slices[stage]} slices"
@@ -354,7 +345,7 @@ def _recipe(args: argparse.Namespace, argv: list[str] | None, data: Path, out: P
         "command": "python -m workflows.realdata " + " ".join(argv if argv is not None else sys.argv[1:]),
         "threads": threads, "cpu_model": cpu_model(), "plan": "--epochs" if args.epochs is not None else "--minutes",
         "stages": args.stages, "context": args.context, "precision": args.precision, "architecture": args.architecture,
-        "sampling": args.sampling, "probe_images_per_second": round(speed, 2) if speed is not None else None, "epochs": epochs,
+        "probe_images_per_second": round(speed, 2) if speed is not None else None, "epochs": epochs,
         "slices_per_epoch": {stage: slices[stage] for stage, _ in stages},
         "training_images_per_second": round(trained_images / max(1e-9, train_minutes * 60), 2),
         "training_minutes": round(train_minutes, 1), "training_cpu_minutes": round(train_cpu_minutes, 1),

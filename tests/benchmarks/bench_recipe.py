@@ -27,8 +27,6 @@ SETUPS = {
     "reference": ["--stages", "1", "--context", "0", "--precision", "fp32"],
     "default": [],  # the recipe's defaults: two stages, context 1, bf16 where the CPU has it natively
     "default_fp32": ["--precision", "fp32"],  # the same in fp32
-    "patients": ["--sampling", "patients"],  # the default with patient-balanced tumour slices
-    "uniform": ["--sampling", "uniform"],  # the default with every slice once an epoch
 }
 
 
@@ -108,8 +106,7 @@ def _plot(results: list[dict], path: Path) -> None:
     patients = sorted({pid for r in results for pid in r["held_out"]})
     fig, axes = plt.subplots(1, len(patients), figsize=(4.6 * len(patients), 3.6), squeeze=False)
     for ax, pid in zip(axes[0], patients):
-        for setup, style, marker in (("reference", "--", "s"), ("default", "-", "o"), ("default_fp32", ":", "^"),
-                                     ("patients", "-.", "D"), ("uniform", ":", "v")):
+        for setup, style, marker in (("reference", "--", "s"), ("default", "-", "o"), ("default_fp32", ":", "^")):
             runs = sorted((r for r in results if r["setup"] == setup and pid in r["held_out"]),
                           key=lambda r: r["training_cpu_minutes"] or r["training_minutes"])
             if not runs:

@@ -11,7 +11,6 @@ import torch
 from transforms import liver_mask, tumour_mask
 from workflows.bundle import run_workflow
 from workflows.data.liver_boxes import LiverBoxes
-from workflows.data.slice_set import read_mask
 from workflows.engine.training import read_datalist
 
 from .conftest import TINY, make_lists
@@ -124,20 +123,3 @@ def test_the_tumour_stage_starts_from_the_liver_stages_weights(cascade):
     assert torch.equal(state["enc1.conv.0.weight"], liver["enc1.conv.0.weight"])
     assert torch.equal(state["final.weight"], liver["final.weight"][1:2])  # the tumour channel
     assert torch.equal(state["final.bias"], liver["final.bias"][1:2])
-
-
-def test_tumour_flags_follow_the_masks(both_lists):
-    chunk = read_datalist(both_lists / "chunk_0.json")
-    flags = LiverBoxes(both_lists, "liver_crop").with_tumour(chunk)
-    truth = [bool(tumour_mask(read_mask(r["label"])).any()) for r in chunk]
-    assert flags == truth and any(flags) and not all(flags)
-
-
-def test_patient_balanced_training_is_recorded_and_a_next_chunk_without_it_is_refused(tmp_path):
-    lists = make_lists(tmp_path, target="both", chunk_size=12)
-    models = tmp_path / "m"
-    run_workflow("training", ["train"], "train", dataset_dir=str(lists), ckpt_dir=str(models), chunk=0,
-                 balance_patients=True, **TINY)
-    assert torch.load(models / "checkpoint_chunk_0.pt", weights_only=False)["config"]["balance_patients"] is True
-    with pytest.raises(ValueError, match=r"balance_patients: checkpoint True, now False"):
-        run_workflow("training", ["train"], "train", dataset_dir=str(lists), ckpt_dir=str(models), chunk=1, **TINY)

@@ -260,11 +260,8 @@ def test_the_recipe_runs_end_to_end_on_a_small_study_and_2d_set(tmp_path, capsys
     for stage in ("whole_slices", "tumour_on_liver_crop"):
         log = __import__("json").loads((tmp_path / "out" / "models" / stage / "training_log.json").read_text())
         assert [e["epochs"] for e in log] == [2]
-    sampling = summary["sampling"]  # the recipe's default
-    assert summary["settings"]["balance_patients"] == (sampling == "patients")
     for flag, value, started in (("--epochs", "3", "2"), ("--context", "0", "1"), ("--stages", "1", "2"),
-                                 ("--precision", "fp32", "auto"),
-                                 ("--sampling", {"patients": "uniform", "uniform": "patients"}[sampling], sampling)):
+                                 ("--precision", "fp32", "auto")):
         with pytest.raises(SystemExit) as refused:  # the same folder with another plan: refused before anything runs
             main(["--data", str(data), "--output", str(tmp_path / "out"), flag, value])
         err = capsys.readouterr().err

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from transforms import liver_mask
 from transforms.liver_crop import DEFAULT_MARGIN_MM, Z_MARGIN, liver_box
-from workflows.data.sampling import patient_balanced_weights
 from workflows.data.slice_set import MANIFEST_NAME, read_manifest, read_mask
 from workflows.data.splitting import slices_dirs_of
 
@@ -80,17 +79,6 @@ class LiverBoxes:
             z0, z1 = max(indices[0], liver_indices[0] - Z_MARGIN), min(indices[-1] + 1, liver_indices[-1] + 1 + Z_MARGIN)
             self._boxes[volume_id] = [x0, x1, y0, y1, z0, z1]
         return self._boxes[volume_id]
-
-    def with_tumour(self, rows: list[dict]) -> list[bool]:
-        """Whether each row's slice has tumour pixels, as its slice set's manifest records (unknown counts as none)."""
-        volumes = self._volumes()
-        tumour = {(v, r["slice_index"]) for v, vrows in volumes.items() for r in vrows if r["tumor_pixels"]}
-        return [(str(row["volume_id"]), int(row["slice_index"])) in tumour for row in rows]
-
-    def patient_balanced_weights(self, rows: list[dict]) -> list[float]:
-        """Sampling weights for ``rows``: each patient's tumour slices drawn as often as another's
-        (:func:`workflows.data.sampling.patient_balanced_weights`)."""
-        return patient_balanced_weights(rows, self.with_tumour(rows))
 
     def rows(self, datalist: list[dict]) -> list[dict]:
         """``datalist`` for this stage (see the class)."""

@@ -30,7 +30,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence, Sized
+from collections.abc import Iterator, Sized
 from pathlib import Path
 
 import numpy as np
@@ -225,18 +225,12 @@ class ResumableSampler(Sampler[int]):
     processes (:mod:`workflows.engine.distributed`), each rank takes every world-size-th index of the epoch's order from its
     rank on (the order padded from its start to a multiple of the ranks, as PyTorch's ``DistributedSampler``
     does), so the ranks share each epoch without overlap and a resume skips within each rank's share.
-
-    With ``weights`` (a function of the dataset's rows, e.g.
-    :meth:`workflows.data.liver_boxes.LiverBoxes.patient_balanced_weights`), an epoch is as many indices drawn
-    with replacement in proportion to the weights, from the same seeded generator (as reproducible under resume).
     """
 
-    def __init__(self, data_source: Sized, seed: int = 0, shuffle: bool = True,
-                 weights: Callable[[list], Sequence[float]] | None = None) -> None:
+    def __init__(self, data_source: Sized, seed: int = 0, shuffle: bool = True) -> None:
         self.data_source = data_source
         self.seed = int(seed)
         self.shuffle = shuffle
-        self.weights = weights
         self.chunk = 0
         self.epoch = 0
         self._skip = 0
@@ -253,12 +247,8 @@ class ResumableSampler(Sampler[int]):
 
     def __iter__(self) -> Iterator[int]:
         n = len(self.data_source)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.chunk * 1_009 + self.epoch)
-        if self.weights is not None and n:  # drawn with replacement by weight, as many as the epoch holds
-            weights = torch.as_tensor(self.weights(getattr(self.data_source, "data", self.data_source)),
-                                      dtype=torch.float64)
-            order = torch.multinomial(weights, n, replacement=True, generator=generator).tolist()
-        elif self.shuffle:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.chunk * 1_009 + self.epoch)
             order = torch.randperm(n, generator=generator).tolist()
         else:
             order = list(range(n))

@@ -198,7 +198,6 @@ SETTINGS: dict[str, Callable[[Any], Any]] = {
     "checkpoint_every": lambda v: whole_number("checkpoint_every", v, 1),
     "val_interval": lambda v: whole_number("val_interval", v, 1),
     "augment": lambda v: flag(v, "augment"),
-    "balance_patients": lambda v: flag(v, "balance_patients"),
     "progress": lambda v: flag(v, "progress"),
     "compile": compile_setting,
     "tensorboard": lambda v: flag(v, "tensorboard"),
