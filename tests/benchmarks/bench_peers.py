@@ -130,7 +130,8 @@ def run_nnunet(python: Path, lists: Path, out: Path, budget: float, threads: int
         export_nnunet(lists, raw, DATASET_ID)
     if not (preprocessed / folder.name / "nnUNetPlans.json").is_file():
         _child([str(tools / "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "-np", str(threads),
-                "-npfp", str(threads), "--verify_dataset_integrity"], log, env)
+                "-npfp", str(threads), "--verify_dataset_integrity"], log,
+               {**env, "nnUNet_n_proc_DA": str(threads)})  # its planner sets torch's threads to this number
         shutil.copyfile(folder / "splits_final.json", preprocessed / folder.name / "splits_final.json")
     plans = json.loads((preprocessed / folder.name / "nnUNetPlans.json").read_text())["configurations"]["2d"]
     trainer = "nnUNetTrainer_CPUBudget"
