@@ -233,8 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     both = sorted(set(ours) & set(nnunet) & set(args.budgets))
     if both:  # at the largest budget of this invocation that both ran
         ratio = mean_dice(ours[both[-1]], patients) / max(1e-9, mean_dice(nnunet[both[-1]], patients))
+        trained = f"ours trained {ours[both[-1]]['training_cpu_minutes']}, nnU-Net {nnunet[both[-1]]['training_cpu_minutes']}"
         print(f"ours / nnU-Net held-out mean Dice (liver and tumour averaged{', ' + ', '.join(patients) if patients else ''}) "
-              f"at {both[-1]:g} training CPU-minutes:")
+              f"at a budget of {both[-1]:g} training CPU-minutes ({trained}: one epoch is the least either trains):")
         print(f"ratio={ratio:.3f}")
     return 0
 
