@@ -128,6 +128,19 @@ def run_nnunet(python: Path, lists: Path, out: Path, budget: float, threads: int
     tools = python.parent
     if not (folder / "dataset.json").is_file():
         export_nnunet(lists, raw, DATASET_ID)
+    case_ids = json.loads((folder / "case_ids.json").read_text())
+    inputs = folder / "imagesTs"
+    if held_out is not None:  # a subset: its scans linked into a folder of their own
+        missing = sorted(set(held_out) - set(case_ids.values()))
+        if missing:
+            raise SystemExit(f"error: {folder / 'case_ids.json'}: no held-out patient {', '.join(missing)} in the "
+                             "recipe's split; --quick scores it, so point --data at ../shared/data/real (which holds "
+                             "it) or run the full benchmark without --quick.")
+        inputs = out / "inputs"
+        inputs.mkdir(exist_ok=True)
+        for image in sorted((folder / "imagesTs").glob("case_*_0000.nii.gz")):
+            if case_ids[image.name.removesuffix("_0000.nii.gz")] in held_out and not (inputs / image.name).is_symlink():
+                (inputs / image.name).symlink_to(image)
     if not (preprocessed / folder.name / "nnUNetPlans.json").is_file():
         _child([str(tools / "nnUNetv2_plan_and_preprocess"), "-d", str(DATASET_ID), "-c", "2d", "-np", str(threads),
                 "-npfp", str(threads), "--verify_dataset_integrity"], log,
@@ -137,14 +150,6 @@ def run_nnunet(python: Path, lists: Path, out: Path, budget: float, threads: int
     trainer = "nnUNetTrainer_CPUBudget"
     runner = [str(python), "-m", f"nnunetv2.training.nnUNetTrainer.variants.{trainer}"]  # nnU-Net's own commands
     training = _child([*runner, "train", str(DATASET_ID), "2d", "0", "-tr", trainer, "-device", "cpu"], log, env)
-    case_ids = json.loads((folder / "case_ids.json").read_text())
-    inputs = folder / "imagesTs"
-    if held_out is not None:  # a subset: its scans linked into a folder of their own
-        inputs = out / "inputs"
-        inputs.mkdir(exist_ok=True)
-        for image in sorted((folder / "imagesTs").glob("case_*_0000.nii.gz")):
-            if case_ids[image.name.removesuffix("_0000.nii.gz")] in held_out and not (inputs / image.name).exists():
-                (inputs / image.name).symlink_to(image)
     predictions = out / "predictions"
     predicting = _child([*runner, "predict", "-i", str(inputs), "-o", str(predictions),
                          "-d", str(DATASET_ID), "-c", "2d", "-f", "0", "-tr", trainer, "-device", "cpu",
@@ -164,7 +169,8 @@ def run_nnunet(python: Path, lists: Path, out: Path, budget: float, threads: int
               "inference_seconds_per_scan": round(predicting["seconds"] / max(1, len(scores)), 1),
               "peak_memory_mb": round(max(training["peak_memory_mb"], predicting["peak_memory_mb"])),
               "command": f"nnUNetv2_train {DATASET_ID} 2d 0 -tr {trainer} -device cpu "
-                         f"(NNUNET_BUDGET_MINUTES={budget / threads:g}, nnUNet_n_proc_DA=0)"}
+                         f"(NNUNET_BUDGET_MINUTES={budget / threads:g}, NNUNET_ITERATIONS_PER_EPOCH="
+                         f"{iterations_per_epoch}, nnUNet_n_proc_DA=0)"}
     result_file.write_text(json.dumps(result, indent=1))
     return result
 
@@ -188,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="ours and nnU-Net at 2 CPU-minutes, one held-out patient "
                                                              "(in DIR/quick); ends with ratio=")
     args = parser.parse_args(argv)
-    out = Path(args.output).resolve()
+    root = out = Path(args.output).resolve()
     nnunet_options, patients = {}, None
     if args.quick:
         args.budgets, args.systems, patients = [QUICK["budget"]], QUICK["systems"], QUICK["held_out"]
@@ -209,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                 if lists is None:
                     parser.exit(2, "error: nnU-Net trains on a recipe run's split: add a bundle system to --systems "
                                    "(ours) or run one into this --output first.\n")
-                python = nnunet_venv(Path(args.venv) if args.venv else Path(args.output).resolve() / "nnunet_venv")
+                python = nnunet_venv(Path(args.venv) if args.venv else root / "nnunet_venv")
                 result = run_nnunet(python, lists, run_dir, budget, args.threads, **nnunet_options)
             else:
                 result = run_bundle_system(system, data.resolve(), run_dir, budget, args.threads, slices)
@@ -233,9 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     both = sorted(set(ours) & set(nnunet) & set(args.budgets))
     if both:  # at the largest budget of this invocation that both ran
         ratio = mean_dice(ours[both[-1]], patients) / max(1e-9, mean_dice(nnunet[both[-1]], patients))
-        trained = f"ours trained {ours[both[-1]]['training_cpu_minutes']}, nnU-Net {nnunet[both[-1]]['training_cpu_minutes']}"
-        print(f"ours / nnU-Net held-out mean Dice (liver and tumour averaged{', ' + ', '.join(patients) if patients else ''}) "
-              f"at a budget of {both[-1]:g} training CPU-minutes ({trained}: one epoch is the least either trains):")
+        trained = (f"ours trained {ours[both[-1]]['training_cpu_minutes']}, "
+                   f"nnU-Net {nnunet[both[-1]]['training_cpu_minutes']}")
+        scored = f", {', '.join(patients)}" if patients else ""
+        print(f"ours / nnU-Net held-out mean Dice (liver and tumour averaged{scored}) at a budget of {both[-1]:g} "
+              f"training CPU-minutes ({trained}: one epoch is the least either trains):")
         print(f"ratio={ratio:.3f}")
     return 0
 
