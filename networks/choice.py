@@ -20,6 +20,7 @@ Example::
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Sequence
 
 import torch
@@ -50,6 +51,9 @@ def build_network(name: str = "three_level_unet", spatial_dims: int = 2, in_chan
     Raises:
         ValueError: an unknown name (the message lists the known ones).
     """
+    if isinstance(channels, str):  # "[64,128,256,512]" from a command line that left it as text
+        channels = [int(width) for width in re.findall(r"\d+", channels)]
+    channels = [int(width) for width in channels]
     if name == "three_level_unet":
         return ThreeLevelUNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=out_channels,
                               channels=channels)

@@ -463,7 +463,7 @@ def test_ctrl_c_mid_chunk_is_one_line_and_status_130(lists, tmp_path, monkeypatc
 def test_a_full_disk_is_one_line_naming_the_path_without_a_logged_traceback(lists, tmp_path, monkeypatch, capfd):
     import errno
 
-    import workflows.engine.training as training
+    import workflows.engine.chunk_run as training  # where checkpoints are written
 
     def full(path, data):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))

@@ -7,6 +7,7 @@ from collections.abc import Hashable, Mapping
 import numpy as np
 import torch
 from monai.config import DtypeLike, KeysCollection, NdarrayOrTensor
+from monai.data import MetaTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_data_type, convert_to_tensor
 
@@ -78,9 +79,22 @@ class RemapLabels(Transform):
         self.mapping = dict(mapping)
 
     def __call__(self, label: NdarrayOrTensor) -> NdarrayOrTensor:
+        """``label`` remapped. A label whose values include none of the mapping's keys is refused (it would become
+        all background: a volume without liver); keys the label lacks are noted in a MetaTensor's ``seg_notes``."""
+        present = {int(v) for v in np.unique(np.asarray(label.detach().cpu() if isinstance(label, torch.Tensor) else label))}
+        shown = ",".join(f"{k}:{v}" for k, v in self.mapping.items())
+        if present - {0} and not present & set(self.mapping):
+            raise ValueError(f"--label-map {shown} matches no value of this label (it holds "
+                             f"{', '.join(map(str, sorted(present)[:8]))}): every voxel would be background; give the "
+                             "values it uses (value:1 for liver, value:2 for tumour), or leave --label-map out for "
+                             "LiTS labels.")
         out = label * 0
         for source, lits in self.mapping.items():
             out[label == source] = lits
+        missing = [k for k in self.mapping if k not in present]
+        if missing and isinstance(out, MetaTensor):
+            out.meta["seg_notes"] = [*out.meta.get("seg_notes", []),
+                                     f"--label-map: no label value {', '.join(map(str, missing))} in this label"]
         return out
 
 

@@ -57,20 +57,25 @@ def check_volume(img: torch.Tensor, source: str | None = None) -> None:
         raise InvalidScanError(f"{source}: {bad} voxel(s) are NaN or infinite; a CT volume must be finite everywhere.")
 
 
-def check_label_grid(label: MetaTensor, image: MetaTensor, source: str | None = None) -> None:
-    """The label must lie on its scan's grid: same shape and the same affine within ``GRID_TOLERANCE_MM``."""
+def check_label_grid(label: MetaTensor, image: MetaTensor, source: str | None = None,
+                     names: tuple[str, str] = ("label", "its scan"), image_source: str | None = None) -> None:
+    """The label must lie on its scan's grid: same shape and the same affine within ``GRID_TOLERANCE_MM``.
+    ``names`` say what the two are in the one-line error (``("prediction", "its truth")`` for an evaluation)."""
     source = source or source_of(label, "label")
+    other = image_source or source_of(image)
     if tuple(label.shape[1:]) != tuple(image.shape[1:]):
         raise InvalidScanError(
-            f"{source}: label grid {tuple(label.shape[1:])} does not match its scan {source_of(image)} "
+            f"{source}: {names[0]} grid {tuple(label.shape[1:])} does not match {names[1]} {other} "
             f"{tuple(image.shape[1:])}."
         )
     if isinstance(label, MetaTensor) and isinstance(image, MetaTensor):
         diff = float(torch.max(torch.abs(label.affine.double() - image.affine.double())))
         if diff > GRID_TOLERANCE_MM:
+            origin = [round(float(v), 2) for v in label.affine[:3, 3]]
+            other_origin = [round(float(v), 2) for v in image.affine[:3, 3]]
             raise InvalidScanError(
-                f"{source}: label affine differs from its scan {source_of(image)} by up to {diff:.3g} mm "
-                f"(label\n{np.round(label.affine.numpy(), 4)}\nscan\n{np.round(image.affine.numpy(), 4)})."
+                f"{source}: {names[0]} affine differs from {names[1]} {other} by up to {diff:.3g} mm (origin "
+                f"{origin} against {other_origin} mm)."
             )
 
 

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import ast
+import difflib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 __all__ = ["BUNDLE_NAME", "BundleCommandError", "bundle_root", "config_file", "one_line_errors", "run_workflow",
-           "quiet_input_echo"]
+           "quiet_input_echo", "unknown_setting", "refuse_unknown_settings"]
+
+#: the arguments of ``python -m monai.bundle run`` itself, not settings of a config
+RUN_ARGUMENTS = frozenset({"config_file", "meta_file", "logging_file", "init_id", "run_id", "final_id", "tracking",
+                           "args_file", "workflow_type", "properties_path", "workflow_name"})
 
 BUNDLE_NAME = "liver_tumor_ct_segmentation"
 
@@ -52,12 +58,75 @@ def one_line_errors(run: Callable[[], Any]) -> Any:
 
 def quiet_input_echo(deidentify) -> None:
     """With ``deidentify`` on, MONAI's echo of the command line's settings (logged once ``initialize`` has run)
-    is left out: it prints ``--input``, whose folder and file names may name the patient."""
+    and its reader's note naming a file it cannot read are left out: they print paths under ``--input``, whose
+    folder and file names may name the patient."""
     import logging
 
     from workflows.machine.settings import flag
 
-    logging.getLogger("monai.bundle.scripts").setLevel(logging.WARNING if flag(deidentify, "deidentify") else logging.NOTSET)
+    level = logging.WARNING if flag(deidentify, "deidentify") else logging.NOTSET
+    # MONAI's LoadImage logs "unable to load <full path>" for a file its reader cannot read
+    for name in ("monai.bundle.scripts", "LoadImage"):
+        logging.getLogger(name).setLevel(level)
+
+
+def unknown_setting(config: dict, names: Iterable[str], files: str = "the configs") -> str | None:
+    """The one-line refusal of the first of ``names`` (``largest_liver``, ``network_def#channels``) that is not a
+    setting of ``config`` (the merged configs a workflow runs), naming the closest known one; ``None`` when all are
+    known. A setting nothing reads would be accepted and ignored: a typo (``--largest_livr``) or a setting of
+    another workflow (``--stage`` at inference)."""
+    for name in names:
+        if name in RUN_ARGUMENTS:
+            continue
+        where, parts = config, name.replace("::", "#").split("#")
+        for depth, part in enumerate(parts):
+            if isinstance(where, dict) and part in where:
+                where = where[part]
+            elif isinstance(where, list) and part.isdigit() and int(part) < len(where):
+                where = where[int(part)]
+            else:
+                known = [key for key in (where if isinstance(where, dict) else {}) if not key.startswith("_")]
+                prefix = "#".join(parts[:depth])
+                close = difflib.get_close_matches(part, known, n=1, cutoff=0.6)
+                hint = f"; did you mean --{prefix + '#' if prefix else ''}{close[0]}?" if close else \
+                    "; the workflow's settings are listed in the bundle's docs/README.md"
+                return f"--{name}: not a setting of {files} (it would be ignored){hint}"
+    return None
+
+
+def _command_line_settings(argv: list[str]) -> tuple[list[str], list[str]]:
+    """The config files and the ``--name`` settings of a ``python -m monai.bundle run`` command line."""
+    names, files = [], []
+    for k, token in enumerate(argv):
+        if not token.startswith("--") or len(token) < 3:
+            continue
+        name, equals, value = token[2:].partition("=")
+        names.append(name)
+        if name == "config_file":
+            value = value if equals else (argv[k + 1] if k + 1 < len(argv) else "")
+            try:
+                parsed = ast.literal_eval(value)
+            except (ValueError, SyntaxError):
+                parsed = value
+            files += [str(f) for f in parsed] if isinstance(parsed, (list, tuple)) else [str(parsed)]
+    return names, files
+
+
+def refuse_unknown_settings(argv: list[str] | None = None) -> None:
+    """Refuse, in one line naming the closest known setting, a ``--setting`` of the ``python -m monai.bundle run``
+    command line that none of its config files has (a call from Python, which has no such command line, is checked
+    by :func:`run_workflow`)."""
+    argv = sys.argv if argv is None else argv
+    if not argv or Path(argv[0]).parent.name != "bundle" or Path(argv[0]).name != "__main__.py":
+        return
+    names, files = _command_line_settings(argv[1:])
+    if not files:
+        return
+    from monai.bundle import ConfigParser
+
+    message = unknown_setting(ConfigParser.load_config_files(files), names, ", ".join(Path(f).name for f in files))
+    if message:
+        raise ValueError(message)
 
 
 def config_file(name: str) -> str:
@@ -71,6 +140,11 @@ def run_workflow(run_id: str, configs: list[str], workflow_type: str, **override
     from monai.bundle import ConfigWorkflow  # ~5 s of imports: only when a workflow runs
 
     files = [config_file(name) for name in configs]
+    from monai.bundle import ConfigParser
+
+    message = unknown_setting(ConfigParser.load_config_files(files), overrides, ", ".join(f"{n}.json" for n in configs))
+    if message:
+        raise ValueError(message)
     workflow = ConfigWorkflow(config_file=files if len(files) > 1 else files[0], workflow_type=workflow_type,
                               run_id=run_id, logging_file=str(Path(files[0]).with_name("logging.conf")), **overrides)
     try:

@@ -65,9 +65,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{row['scan']}: left out ({row['skipped']})")
             continue
         print(f"{row['scan']} -> {row['segmentation']}"
-              + (f" (liver {row['liver_ml']} mL, tumour {row['tumour_ml']} mL)" if "liver_ml" in row else ""))
+              + (f" (liver {_amount(row['liver_ml'])}, tumour {_amount(row['tumour_ml'])})" if "liver_ml" in row else ""))
     print(f"summary: {Path(args.output) / 'summary.csv'}")
     return 1 if any(row.get("error") for row in rows) else 0
+
+
+def _amount(volume) -> str:
+    return volume if isinstance(volume, str) else f"{volume} mL"
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import resource
 import sys
 import time
@@ -156,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     data = Path(args.data)
     if not data.is_dir():
         parser.exit(2, f"error: --data {data}: no such folder (the real samples live in ../shared/data/real).\n")
-    if args.minutes is not None and args.minutes <= 0:
-        parser.exit(2, f"error: --minutes must be positive, got {args.minutes}.\n")
+    if args.minutes is not None and not 0 < args.minutes < math.inf:  # nan fails both comparisons
+        parser.exit(2, f"error: --minutes must be a positive, finite number of minutes, got {args.minutes}.\n")
     if args.epochs is not None and args.epochs < 1:
         parser.exit(2, f"error: --epochs must be a whole number >= 1, got {args.epochs}.\n")
     from networks import NETWORKS  # after --help, which answers without torch
@@ -202,7 +203,7 @@ def _recipe(args: argparse.Namespace, argv: list[str] | None, data: Path, out: P
     from transforms import window_range
     from workflows.data.liver_boxes import LiverBoxes
     from workflows.engine.model_file import model_settings
-    from workflows.engine.training import read_datalist
+    from workflows.engine.training_checks import read_datalist
     from workflows.engine.volume_evaluation import evaluate_volumes
 
     started, cpu_started = time.time(), time.process_time()

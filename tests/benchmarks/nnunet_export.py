@@ -17,7 +17,7 @@ from pathlib import Path
 
 from workflows.data.slice_set import read_slice_sets
 from workflows.data.splitting import slices_dirs_of
-from workflows.engine.training import read_split
+from workflows.engine.training_checks import read_split
 from workflows.realdata import stack_2d_patient
 
 __all__ = ["export_nnunet"]

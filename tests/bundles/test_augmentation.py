@@ -8,7 +8,7 @@ import torch
 from monai.bundle import ConfigParser
 
 from workflows.machine.threads import available_cores, set_threads
-from workflows.engine.training import AugmentedDataset
+from workflows.engine.training_data import AugmentedDataset
 
 from .conftest import TRAIN
 
@@ -87,7 +87,7 @@ def test_a_resume_with_another_thread_count_says_the_weights_will_differ(lists, 
                                          "chunk": chunk, "threads": threads})
             workflow.initialize()
             logging.getLogger("liver_ct.training").addHandler(lines)  # after the bundle's logging.conf is applied
-            log = workflow.run()[0]
+            log = workflow.run()[-1]
             workflow.finalize()
             assert log[0]["threads"] == threads
     finally:
@@ -105,7 +105,7 @@ def test_bf16_training_keeps_plain_fp32_checkpoints(lists, tmp_path):
                                  "precision": "bf16"})
     workflow.initialize()
     assert workflow.parser.get_parsed_content("train#inferer").precision == "bf16"
-    log = workflow.run()[0]
+    log = workflow.run()[-1]
     workflow.finalize()
     state = torch.load(tmp_path / "checkpoint_chunk_0.pt", weights_only=True)
     assert log[0]["mean_loss_last_epoch"] > 0

@@ -106,7 +106,7 @@ def test_the_command_line_prints_one_line_and_exits_1(lists, tmp_path):
 def test_a_full_disk_mid_chunk_is_one_line_and_keeps_what_was_written(lists, tmp_path, monkeypatch):
     import errno
 
-    import workflows.engine.training as training
+    import workflows.engine.chunk_run as training  # where checkpoints are written
 
     written = []
 

@@ -11,7 +11,7 @@ import torch
 from transforms import liver_mask, tumour_mask
 from workflows.bundle import run_workflow
 from workflows.data.liver_boxes import LiverBoxes
-from workflows.engine.training import read_datalist
+from workflows.engine.training_checks import read_datalist
 
 from .conftest import TINY, make_lists
 

@@ -17,7 +17,7 @@ import torch
 from workflows.engine import distributed
 from workflows.bundle import run_workflow
 from workflows.data.synthetic_cases import generate_case
-from workflows.engine.training import ResumableSampler
+from workflows.engine.training_data import ResumableSampler
 
 from .conftest import BUNDLE, EVALUATE, TINY, TRAIN, make_lists
 

@@ -45,7 +45,7 @@ def interrupted(lists, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("change, named", [
     ({"seed": 1}, r"--seed 0 then, 1 now"),
-    ({"learning_rate": 5e-5}, r"--optimizer#lr 0.0001 then, 5e-05 now"),
+    ({"learning_rate": 5e-5}, r"--learning_rate 0.0001 then, 5e-05 now"),
     ({"epochs_per_chunk": 2}, r"--epochs_per_chunk 1 then, 2 now"),
     ({"lr_scheduler#gamma": 0.5}, r"--lr_scheduler#gamma 1.0 then, 0.5 now"),
 ])

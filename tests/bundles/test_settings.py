@@ -25,7 +25,7 @@ WIRING = {"_meta_", "imports", "bundle_root", "initialize", "training", "evaluat
           "network", "loss", "optimizer", "lr_scheduler", "network_input", "train", "validate", "chunk_run",
           "chunked_training", "model_settings", "inference_network", "preprocessing", "inferer", "postprocessing",
           "dataset", "scan", "handlers", "evaluator", "scan_inference", "slice_evaluation", "liver_boxes", "tumour_staged",
-          "tumour_stage"}
+          "tumour_stage", "settings", "evaluation_settings"}
 #: a value each setting refuses
 BAD = {
     "dataset_dir": "", "ckpt_dir": "", "ckpt_file": "", "input": "", "output_dir": "", "tensorboard_dir": "",
@@ -56,7 +56,8 @@ def _settings_of(names):
 
 def _checked_text(names):
     config = _merged(names)
-    return json.dumps(config.get("initialize", [])) + json.dumps(config.get("evaluating", []))
+    return (json.dumps(config.get("settings", "")) + json.dumps(config.get("evaluation_settings", ""))
+            + json.dumps(config.get("initialize", [])))
 
 
 @pytest.mark.parametrize("name", CONFIGS)

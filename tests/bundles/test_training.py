@@ -9,7 +9,7 @@ import torch
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from workflows.bundle import BundleCommandError
-from workflows.engine.training import ResumableSampler
+from workflows.engine.training_data import ResumableSampler
 
 from .conftest import BUNDLE, EVALUATE, TINY, TRAIN, make_lists
 
@@ -76,7 +76,7 @@ def test_chunk_by_chunk_and_refusals(lists, tmp_path, capsys):
     assert not all(torch.equal(first[k], v) for k, v in _weights(tmp_path / "model.pt").items())
     chunk_1 = (tmp_path / "checkpoint_chunk_1.pt").read_bytes()
     capsys.readouterr()
-    assert _run(lists, tmp_path, chunk=1) == [[]]  # done already: says so, trains nothing
+    assert _run(lists, tmp_path, chunk=1)[-1] == []  # done already: says so, trains nothing
     assert "chunk 1 is already done" in capsys.readouterr().out
     assert (tmp_path / "checkpoint_chunk_1.pt").read_bytes() == chunk_1
     with pytest.raises(BundleCommandError, match=r"--chunk 5 does not exist.*chunks 0..2"):
@@ -171,7 +171,7 @@ def test_tensorboard_counts_steps_across_chunks_and_a_lost_log_is_rebuilt(lists,
     (tmp_path / "training_log.json").write_text(json.dumps(log[:1]))
     (tmp_path / "best_model.pt").unlink()
     torch.save(_weights(tmp_path / "checkpoint_chunk_0.pt")["model"], tmp_path / "model.pt")  # a stale model.pt
-    assert _run(lists, tmp_path) == [[]]
+    assert _run(lists, tmp_path)[-1] == []
     rebuilt = json.loads((tmp_path / "training_log.json").read_text())
     assert [e["chunk"] for e in rebuilt] == [0, 1, 2]
     assert [e["val_metric"] for e in rebuilt] == pytest.approx([e["val_metric"] for e in log])
@@ -246,10 +246,10 @@ def test_chunks_validate_on_the_balanced_list_and_the_full_list_once_at_the_end(
     workflow = _workflow(lists, tmp_path / "a")
     workflow.initialize()
     assert len(workflow.parser.get_parsed_content("validate#dataset")) == len(balanced)
-    log = workflow.run()[0]
+    log = workflow.run()[-1]
     workflow.finalize()
     assert all("full_val_metric" not in e for e in log[:-1]) and log[-1]["full_val_datalist"] == "val.json"
     # the same training validated on the full list after every chunk ends with the same Dice (same weights)
-    on_full = _run(lists, tmp_path / "b", val_datalist="val.json")[0]
+    on_full = _run(lists, tmp_path / "b", val_datalist="val.json")[-1]
     assert "full_val_metric" not in on_full[-1]
     assert log[-1]["full_val_metric"] == pytest.approx(on_full[-1]["val_metric"], abs=1e-6)

@@ -6,7 +6,7 @@ from monai.transforms import Compose, EnsureChannelFirstd, EnsureTyped, LoadImag
 
 import transforms
 from workflows.data.slice_set import LoadMaskd
-from workflows.engine.training import CompactCacheDataset
+from workflows.engine.training_data import CompactCacheDataset
 
 
 def _preprocessing(spatial_size):

@@ -58,7 +58,7 @@ def test_a_bad_pair_is_reported_and_the_others_evaluated(cases, tmp_path, capsys
     (tmp_path / "pred" / "volume-1_seg.nii.gz").write_bytes((cases / "pred" / "volume-1_seg.nii.gz").read_bytes())
     assert main(["--pred", str(tmp_path / "pred"), "--truth", str(cases / "truth"), "--out", str(tmp_path / "out")]) == 1
     printed = capsys.readouterr().out
-    assert "FAILED 0:" in printed and "label grid (32, 32, 11) does not match" in printed
+    assert "FAILED 0:" in printed and "volume-0_seg.nii.gz: prediction grid (32, 32, 11) does not match its truth" in printed
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["cases"] == 1 and summary["liver"]["dice_per_case"]["mean"] == 1.0 and "0" in summary["failed"]
     (tmp_path / "empty").mkdir()

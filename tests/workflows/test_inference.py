@@ -240,7 +240,7 @@ def test_deidentified_outputs_carry_no_name_of_the_patient(weights, tmp_path, ca
     assert written == [".rows", "report.html", "scan-001_coronal.png", "scan-001_overlay.png", "scan-001_seg.nii.gz",
                        "summary.csv", "summary.json"]  # no SEG
     records = sorted((tmp_path / "out" / ".rows").iterdir())  # what a rerun reads: neutral names, hashes, no path
-    assert [p.name for p in records] == ["scan-001.json", "scan-002.json"]
+    assert [p.name for p in records] == [".naming.json", "scan-001.json", "scan-002.json"]
     summary = "".join((tmp_path / "out" / name).read_text() for name in ("summary.csv", "summary.json", "report.html"))
     summary += "".join(p.read_text() for p in records)
     assert "Doe" not in summary and "Doe" not in caplog.text and "Jane" not in caplog.text

@@ -82,7 +82,7 @@ def test_two_shards_segment_every_scan_once_into_one_summary(scans, tmp_path):
     assert [r["scan"].rsplit("/", 1)[-1] for r in first] == ["volume-0.nii.gz", "volume-2.nii.gz"]
     second = _infer(scans, out, model, shard="2/2")
     records = sorted(p.name for p in (out / ".rows").iterdir())
-    assert records == ["volume-0.json", "volume-1.json", "volume-2.json"]
+    assert records == [".naming.json", "volume-0.json", "volume-1.json", "volume-2.json"]  # and how they are named
     assert [r["scan"].rsplit("/", 1)[-1] for r in second] == [f"volume-{k}.nii.gz" for k in range(3)]
     assert json.loads((out / "summary.json").read_text()) == second
     with pytest.raises(ValueError, match="--shard must be I/N"):

@@ -210,6 +210,6 @@ def test_the_bundle_trains_on_imported_reference_lists(tmp_path):
                                  "spatial_size": 32, "network_def#channels": [4, 8, 16, 32], "epochs_per_chunk": 1,
                                  "progress": False})
     workflow.initialize()
-    log = workflow.run()[0]
+    log = workflow.run()[-1]
     workflow.finalize()
     assert [e["chunk"] for e in log] == [0] and (tmp_path / "models" / "model.pt").exists()

@@ -325,6 +325,13 @@ def convert(input_path: str | os.PathLike, output: str | os.PathLike, settings: 
     or was stopped), naming those missing."""
     input_path, output = Path(input_path), Path(output)
     sources, notes = find_volume_sources(input_path, label)
+    if not sources and not merge:  # an empty manifest and status 0 would say the conversion worked
+        loops = [p.name for p in sorted(input_path.iterdir()) if p.is_symlink() and not p.exists()] \
+            if input_path.is_dir() else []
+        why = f"; {', '.join(loops[:4])}: symbolic link(s) to nothing or to themselves" if loops else \
+            (f"; {notes[0]}" if notes else "")
+        raise ValueError(f"--input {input_path}: nothing to convert in it (no NIfTI volume, DICOM series or 2D slice "
+                         f"set{why}); check the path.")
     say = tqdm.write if progress else (lambda *_: None)
     say(describe_sources(sources))
     for note in notes:

@@ -5,7 +5,7 @@ started by ``torchrun``, as the MONAI model zoo's ``multi_gpu_train.json`` does.
 each rank scores whole volumes of its share, rank 0 gathers and writes the report): :func:`start` joins the process group ``torchrun``
 describes in the environment (nccl on GPUs, gloo on CPUs) and gives this process its device, :func:`wrap` puts the
 network in ``DistributedDataParallel``. The training itself is rank-aware everywhere and needs nothing else: the
-sampler gives each rank its share of every epoch (:class:`workflows.engine.training.ResumableSampler`), only rank 0 writes
+sampler gives each rank its share of every epoch (:class:`workflows.engine.training_data.ResumableSampler`), only rank 0 writes
 (checkpoints, model files, the log, TensorBoard, MLflow), all ranks meet at each chunk's end, and checkpoints hold
 the plain network's keys (no ``module.``), so single-process inference loads them. In one process every function
 here is a no-op: rank 0 of 1.

@@ -24,7 +24,7 @@ import torch
 from workflows.machine.atomic import write_bytes_atomic
 
 __all__ = ["DEFAULT_SETTINGS", "SETTING_FLAGS", "read_torch_file", "model_settings", "check_model_settings",
-           "save_model_file"]
+           "save_model_file", "model_file_bytes"]
 
 #: what a model without recorded settings is taken to be: the reference network, liver, abdomen window
 DEFAULT_SETTINGS = {"architecture": "three_level_unet", "target": "liver", "spatial_size": 256,
@@ -85,13 +85,34 @@ def _settings_in(path: str, mtime_ns: int, size: int) -> tuple:
     except (OSError, ValueError):  # not readable here: the weight loader names the file and the reason
         return ()
     settings = state.get("settings")
+    if settings is not None and not isinstance(settings, dict):
+        raise ValueError(f"{path}: its settings are a {type(settings).__name__}, not a dictionary of settings: not a "
+                         "model file this tool wrote, or a damaged one; export it again, or give the network's weights "
+                         "alone (a state_dict) with the flags it was trained with.")
     return tuple((settings or {}).items())
 
 
 def model_settings(ckpt_file: str | os.PathLike) -> dict:
-    """The settings ``ckpt_file`` was trained with, completed by :data:`DEFAULT_SETTINGS` where it records none."""
+    """The settings ``ckpt_file`` was trained with, completed by :data:`DEFAULT_SETTINGS` where it records none.
+
+    Raises:
+        ValueError: the file's settings are not a dictionary, or record a value no flag would take (named as the
+            file's, never as a flag the user did not give)."""
+    from workflows.machine.settings import SETTINGS
+
     settings = dict(DEFAULT_SETTINGS)
-    settings.update({k: v for k, v in _recorded(ckpt_file).items() if k in DEFAULT_SETTINGS and v is not None})
+    recorded = {k: v for k, v in _recorded(ckpt_file).items() if k in DEFAULT_SETTINGS and v is not None}
+    for name, value in recorded.items():
+        parse = SETTINGS.get(name)
+        try:
+            if parse is not None:
+                recorded[name] = parse(value)  # the parsed value (a file from before: spatial_size '032' is 32)
+        except ValueError as err:
+            reason = str(err).split(", got")[0]
+            reason = "it " + reason.split(" ", 1)[1] if reason.startswith("--") else reason
+            raise ValueError(f"{ckpt_file}: records {name} {value!r}, not a valid value ({reason}): the file is "
+                             "damaged or was not written by this tool; train or export it again.") from None
+    settings.update(recorded)
     return settings
 
 
@@ -104,7 +125,8 @@ def _same(a, b) -> bool:
 def check_model_settings(ckpt_file: str | os.PathLike, **given) -> None:
     """Refuse a setting (``target=``, ``spatial_size=``, ``channels=``, ``window=``, ``window_hu=``) that differs
     from what ``ckpt_file`` records, naming the flag, both values and the way out."""
-    recorded = _recorded(ckpt_file)
+    parsed = model_settings(ckpt_file)
+    recorded = {name: parsed.get(name, value) for name, value in _recorded(ckpt_file).items()}
     for name, value in given.items():
         if recorded.get(name) is not None and not _same(recorded[name], value):
             raise ValueError(f"{SETTING_FLAGS.get(name, '--' + name)} {value!r} contradicts {ckpt_file}, trained with "
@@ -115,6 +137,11 @@ def save_model_file(path: str | os.PathLike, state_dict: dict, settings: dict, l
     """Write ``{"model": state_dict, "settings": settings}`` atomically; with ``liver_model`` (a model file of the
     whole-slice stage), ``state_dict`` and ``settings`` are the tumour stage's and the file written holds both
     stages (see the module)."""
+    return write_bytes_atomic(path, model_file_bytes(state_dict, settings, liver_model))
+
+
+def model_file_bytes(state_dict: dict, settings: dict, liver_model: str | None = None) -> bytes:
+    """The bytes :func:`save_model_file` writes."""
     payload = {"model": state_dict, "settings": settings}
     if liver_model is not None:
         liver = read_torch_file(liver_model, "liver stage model file")
@@ -124,4 +151,4 @@ def save_model_file(path: str | os.PathLike, state_dict: dict, settings: dict, l
                    "settings": liver_settings, "tumour_model": state_dict}
     buffer = io.BytesIO()
     torch.save(payload, buffer)
-    return write_bytes_atomic(path, buffer.getvalue())
+    return buffer.getvalue()

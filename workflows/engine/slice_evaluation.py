@@ -39,7 +39,7 @@ from workflows.engine.model_file import read_torch_file  # noqa: E402
 from workflows.data.pictures import overlay, save_figure  # noqa: E402
 from workflows.data.slice_set import MANIFEST_NAME, read_manifest, volume_sort_key  # noqa: E402
 from workflows.data.splitting import slices_dirs_of  # noqa: E402
-from workflows.engine.training import read_datalist  # noqa: E402
+from workflows.engine.training_checks import read_datalist  # noqa: E402
 from workflows.engine.volume_metrics import case_metrics, dice_score, flatten_case, iou_score, summarise_cases  # noqa: E402
 
 __all__ = ["REFERENCE_RESULT", "slice_counts", "summarise", "SliceEvaluation"]

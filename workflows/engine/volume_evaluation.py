@@ -96,7 +96,7 @@ def evaluate_volumes(pred_dir: str | os.PathLike, truth_dir: str | os.PathLike, 
     for volume_id, pred_path, truth_path in tqdm(pairs, desc="evaluating", unit="case", disable=not progress):
         try:  # a bad pair is reported and skipped; the others are evaluated
             pred, truth = to_canonical(loader(pred_path)), to_canonical(load_truth(truth_path, loader))
-            check_label_grid(pred, truth)
+            check_label_grid(pred, truth, str(pred_path), ("prediction", "its truth"), str(truth_path))
             for label, path in ((pred, pred_path), (truth, truth_path)):
                 check_lits_labels(label, path)
         except ValueError as err:
@@ -107,7 +107,8 @@ def evaluate_volumes(pred_dir: str | os.PathLike, truth_dir: str | os.PathLike, 
         metrics = case_metrics(pred[0].numpy().astype(np.uint8), truth[0].numpy().astype(np.uint8), spacing)
         rows.append(flatten_case(volume_id, metrics))
     if not rows:
-        raise ValueError(f"no case could be evaluated: {failed}")
+        first, reason = next(iter(failed.items()))
+        raise ValueError(f"no case could be evaluated ({len(failed)} failed; {first}: {reason})")
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import os
 from pathlib import Path
+from urllib.parse import quote
 
 from workflows.machine.atomic import write_text_atomic
 
@@ -33,16 +34,25 @@ def _cell(value) -> str:
     return "" if value is None else html.escape(str(value))
 
 
+def _amount(row: dict, what: str) -> str:
+    """``12.5 mL`` (a volume), ``340 px`` (a 2D image), or the text a model that does not segment it left there."""
+    value, unit = (row[f"{what}_ml"], " mL") if f"{what}_ml" in row else (row.get(f"{what}_pixels"), " px")
+    return _cell(value) + ("" if isinstance(value, str) else unit)
+
+
 def _pictures(output_dir: Path, row: dict) -> str:
     segmentation = Path(row.get("segmentation") or "")
     stem = segmentation.name.removesuffix("_seg.nii.gz").removesuffix("_mask.png")
     names = [f"{stem}_overlay.png", f"{stem}_coronal.png", f"{stem}_prediction.png"]
     shown = [name for name in names if stem and (output_dir / name).is_file()]
-    return "".join(f'<img src="{html.escape(name)}" alt="{html.escape(name)}">' for name in shown)
+    # a file name is a URL path here: "x#y" and "100%25" must be encoded to load, then escaped for HTML
+    return "".join(f'<img src="{html.escape(quote(name))}" alt="{html.escape(name)}">' for name in shown)
 
 
 def _lesions(row: dict) -> str:
     lesions = row.get("lesion_table") or []
+    if isinstance(row.get("lesions"), str):  # a model that does not segment tumours says so, never "none"
+        return _cell(row["lesions"])
     if not lesions:
         return "none"
     body = "".join(f"<tr><td>{l['lesion']}</td><td>{l['volume_ml']}</td><td>{l['longest_axial_mm']}</td>"
@@ -67,9 +77,7 @@ def write_report(output_dir: str | os.PathLike, rows: list[dict], deidentify: bo
              f"<td>{_cell(Path(str(r['scan'])).name if not deidentify else r['scan'])}</td>"
              f"<td class=\"flags\">{'<br>'.join(map(html.escape, flags_of(r))) or 'none'}</td>"
              f"<td>{_pictures(output_dir, r)}</td>"
-             f"<td>liver {_cell(r.get('liver_ml', r.get('liver_pixels')))}"
-             f"{' mL' if 'liver_ml' in r else ' px'}<br>tumour {_cell(r.get('tumour_ml', r.get('tumour_pixels')))}"
-             f"{' mL' if 'tumour_ml' in r else ' px'}<br>slices {_cell(r.get('slice_mm'))} mm"
+             f"<td>liver {_amount(r, 'liver')}<br>tumour {_amount(r, 'tumour')}<br>slices {_cell(r.get('slice_mm'))} mm"
              f"<br>confidence {_cell(r.get('liver_confidence'))}</td>"
              f"<td>{_lesions(r)}</td></tr>" for r in ordered]
     problems = [f"<li>{_cell(r['scan'])}: {'FAILED: ' + _cell(r['error']) if r.get('error') else 'left out: ' + _cell(r['skipped'])}</li>"

@@ -63,7 +63,7 @@ from workflows.inference.report import write_report  # noqa: E402
 from workflows.data.slice_set import read_grey_slice  # noqa: E402
 from workflows.data.liver_boxes import UNKNOWN_SPACING_MM  # noqa: E402
 
-__all__ = ["load_weights", "ScanDataset", "SomeScansFailed", "CurrentScan", "SaveScanMaskd", "ScanInference"]
+__all__ = ["NOT_SEGMENTED", "not_segmented", "load_weights", "ScanDataset", "SomeScansFailed", "CurrentScan", "SaveScanMaskd", "ScanInference"]
 
 logger = logging.getLogger("liver_ct.inference")
 
@@ -156,6 +156,17 @@ def _hash_of(path: str, size: int, mtime_ns: int) -> str:
     return digest.hexdigest()[:16]
 
 
+#: what a summary cell holds for a structure the model does not segment (never a zero: that would say "none found")
+NOT_SEGMENTED = "not segmented by this model"
+
+
+def not_segmented(target: str, fields: tuple[str, str] = ("liver_ml", "tumour_ml")) -> dict:
+    """The summary's liver and tumour fields a model of ``target`` does not segment, each :data:`NOT_SEGMENTED`: a
+    liver model's tumour, a tumour model's liver (its liver is where it found tumour)."""
+    segmented = TARGET_CHANNELS[target]
+    return {field: NOT_SEGMENTED for field, what in zip(fields, ("liver", "tumor")) if what not in segmented}
+
+
 class SomeScansFailed(ValueError):
     """Scans that could not be segmented; the others were. ``rows`` is the whole summary."""
 
@@ -236,6 +247,7 @@ class SaveScanMaskd(MapTransform):
         voxel_ml = float(torch.prod(spacing)) / 1000.0
         row["liver_ml"] = round(float(np.count_nonzero(liver_mask(array))) * voxel_ml, 2)
         row["tumour_ml"] = round(float(np.count_nonzero(tumour_mask(array))) * voxel_ml, 2)
+        row.update(not_segmented(self.target))
         if scan.is_dir() and self.deidentify:  # a SEG must carry its series' patient and study to attach to them
             row["dicom_seg"] = "not written: de-identified outputs (a DICOM SEG carries the patient and study)"
         elif scan.is_dir():  # a DICOM series also gets a DICOM SEG referencing it, for PACS and DICOM viewers
@@ -252,10 +264,13 @@ class SaveScanMaskd(MapTransform):
         row["flags"] = "; ".join(flags)
         row.update(qc)
         row["slice_mm"] = round(float(canonical_spacing[2]), 3)
-        lesions = lesion_table(label, canonical_spacing)
-        row["lesions"] = len(lesions)
-        row["largest_lesion_mm"] = lesions[0]["longest_axial_mm"] if lesions else None
-        row["lesion_table"] = lesions
+        if "tumor" in TARGET_CHANNELS[self.target]:
+            lesions = lesion_table(label, canonical_spacing)
+            row["lesions"] = len(lesions)
+            row["largest_lesion_mm"] = lesions[0]["longest_axial_mm"] if lesions else None
+            row["lesion_table"] = lesions
+        else:
+            row["lesions"] = NOT_SEGMENTED
         if image is not None:
             grey = to_canonical(MetaTensor(torch.as_tensor(image.detach().cpu().float()).as_subclass(torch.Tensor), affine=affine))[0].numpy()
             grey = np.clip(np.floor(grey * 255 + 0.5), 0, 255).astype(np.uint8)
@@ -304,16 +319,37 @@ class ScanInference:
                 self.evaluator.network = scripted
         else:
             load_weights(self.network, self.ckpt_file)
+        found = self.dataset.found  # first: an input that is no file or folder (a symlink loop) is named as such
         source = self.dataset.input.resolve()
         if source.is_dir() and source in [self.output_dir.resolve(), *self.output_dir.resolve().parents]:
-            raise ValueError(f"--output_dir {self.output_dir} is inside --input {self.dataset.input}: the results "
-                             "would be mixed with the scans; choose an output folder outside the input.")
-        found = self.dataset.found
+            where = "" if self.dataset.deidentify else f" {self.output_dir}"  # a path under the input may name the patient
+            raise ValueError(f"--output_dir{where} is inside --input{'' if self.dataset.deidentify else ' ' + str(self.dataset.input)}: "
+                             "the results would be mixed with the scans; choose an output folder outside the input.")
         lock, what = shard_lock(self.shard, "an inference")
         with folder_lock(self.output_dir, what, lock):
             return self._segment_all(found)
 
     # -- one row per finished scan, so a rerun skips it and shards share the summary --------------------------------
+    def _check_naming(self) -> None:
+        """Runs (shards, reruns) into one output folder must name scans alike: ``deidentify`` names them by position
+        (``scan-001``), otherwise by file name; mixed, the summary would list half the scans. The first run records
+        the setting in ``.rows/.naming.json``; a run that differs is refused by name."""
+        path = self.output_dir / ".rows" / ".naming.json"  # a dot: no scan's record (``<name>.json``) takes its name
+        mine = {"deidentify": self.dataset.deidentify}
+        if path.is_file():
+            try:
+                theirs = json.loads(path.read_text())
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                theirs = None
+            if isinstance(theirs, dict) and theirs.get("deidentify") != mine["deidentify"]:
+                said = "with --deidentify" if theirs.get("deidentify") else "without --deidentify"
+                raise ValueError(f"{self.output_dir}: was filled by a run {said}, and this run is "
+                                 f"{'with' if mine['deidentify'] else 'without'} it: scans would be named two ways "
+                                 f"(the summary would list half of them); run every shard {said}, or choose another "
+                                 "output folder.")
+        else:
+            write_json_atomic(path, mine)
+
     def _record_path(self, scan: Path) -> Path:
         return self.output_dir / ".rows" / f"{self.dataset.names[scan]}.json"
 
@@ -333,14 +369,21 @@ class ScanInference:
         if self.overwrite or not path.is_file():
             return None
         record = json.loads(path.read_text())
-        row = record.get("row", {})
+        row = record.get("row") or {}  # None: a run was killed while segmenting it
         if row.get("error") or not Path(row.get("segmentation") or "/nonexistent").exists():
             return None
-        if record.get("made_by") != self._made_by(scan):
-            raise ValueError(f"{self.output_dir}: {row.get('segmentation')} was made by another model, target or an "
-                             f"earlier version of {self.dataset.shown(scan)}; segment it again with --overwrite (the "
-                             "bundle: --overwrite true), or choose another output folder.")
-        return row
+        theirs, mine = record.get("made_by") or {}, self._made_by(scan)
+        if theirs == mine:
+            return row
+        if self.dataset.deidentify and theirs.get("model") == mine["model"] and theirs.get("target") == mine["target"]:
+            raise ValueError(f"{self.output_dir}: {Path(row['segmentation']).name} belongs to another scan: "
+                             "de-identified names go by position in the input, and scans were added or removed "
+                             "since; segment the input into a new output folder, or again with --overwrite (the "
+                             "bundle: --overwrite true).")
+        what = "another model or target" if theirs.get("scan") == mine["scan"] else \
+            f"an earlier version of {self.dataset.shown(scan)}"
+        raise ValueError(f"{self.output_dir}: {row.get('segmentation')} was made by {what}; segment it again with "
+                         "--overwrite (the bundle: --overwrite true), or choose another output folder.")
 
     def _owned_outputs(self) -> set[str]:
         """The files of the output folder this tool wrote: the summaries beside its ``.rows`` records, and the files
@@ -350,6 +393,8 @@ class ScanInference:
             return set()
         owned = {"summary.json", "summary.csv", "report.html"}
         for record in rows.glob("*.json"):
+            if record.name.startswith("."):  # the folder's naming record, not a scan's
+                continue
             try:
                 outputs = json.loads(record.read_text()).get("outputs")
             except (OSError, ValueError, AttributeError):
@@ -382,6 +427,7 @@ class ScanInference:
             logger.info(f"shard {self.shard[0]}/{self.shard[1]}: {len(mine)} of the {len(found.scans)} scans")
         self._refuse_foreign_files(mine)
         (self.output_dir / ".rows").mkdir(parents=True, exist_ok=True)  # marks the folder's summaries as this tool's
+        self._check_naming()
         done = {scan: row for scan in mine if (row := self._finished(scan)) is not None}
         if done:
             logger.info(f"{len(done)} scan(s) already segmented in {self.output_dir}, skipped (--overwrite true "
@@ -390,17 +436,22 @@ class ScanInference:
         failed, known = [], dict(done)  # rows read or written once, not re-read after every scan
         for scan in tqdm(todo, desc="segmenting", unit="scan", disable=len(todo) < 2):
             logger.info(f"segmenting {self.dataset.shown(scan)}")
+            planned = planned_outputs(scan, self.dataset.names[scan])
+            # recorded before any output is written: a kill part-way leaves files a rerun knows as its own
+            write_json_atomic(self._record_path(scan), {"made_by": self._made_by(scan), "row": None, "outputs": planned})
             try:  # a bad scan is reported and skipped; the others are segmented
                 row = self.segment_image(scan) if is_image_2d(scan) else self.segment_volume(index_of[scan])
             except (RuntimeError, ValueError) as raised:
                 err = unwrap_transform_error(raised)
+                if isinstance(err, OSError):  # a full or read-only disk: the whole run stops, in one line
+                    raise err from None
                 if not isinstance(err, ValueError):  # not a bad scan: a bug, shown with its traceback
                     raise
                 message = self.dataset.shown(scan, str(err))
                 logger.error(f"FAILED {self.dataset.shown(scan)}: {message}")
                 row = {"scan": self.dataset.shown(scan), "segmentation": "", "error": message}
                 failed.append(row)
-            outputs = [name for name in planned_outputs(scan, self.dataset.names[scan]) if (self.output_dir / name).exists()]
+            outputs = [name for name in planned if (self.output_dir / name).exists()]
             write_json_atomic(self._record_path(scan), {"made_by": self._made_by(scan), "row": row, "outputs": outputs})
             known[scan] = row
             self._write_summary(left_out, found, known)  # as each scan finishes: a kill keeps what was done
@@ -415,12 +466,14 @@ class ScanInference:
         rows = list(left_out)
         for scan in found.scans:
             if scan not in known and self._record_path(scan).is_file():
-                known[scan] = json.loads(self._record_path(scan).read_text())["row"]
+                row = json.loads(self._record_path(scan).read_text())["row"]
+                if row:  # None: another shard is segmenting it now
+                    known[scan] = row
             if scan in known:
                 rows.append(known[scan])
         write_json_atomic(self.output_dir / "summary.json", rows)
         columns = [c for c in dict.fromkeys(key for row in rows for key in row) if c != "lesion_table"]
-        write_csv_atomic(self.output_dir / "summary.csv", rows, columns)
+        write_csv_atomic(self.output_dir / "summary.csv", rows, columns, spreadsheet=True)
         write_report(self.output_dir, rows, self.dataset.deidentify)
         return rows
 
@@ -460,4 +513,5 @@ class ScanInference:
         save_figure(fig, self.output_dir / f"{name}_prediction.png", dpi=90)
         return {"scan": self.dataset.shown(path), "segmentation": str(mask_path), "shape": "x".join(map(str, grey.shape)),
                 "liver_pixels": int(np.count_nonzero(liver_mask(label))),
-                "tumour_pixels": int(np.count_nonzero(tumour_mask(label)))}
+                "tumour_pixels": int(np.count_nonzero(tumour_mask(label))),
+                **not_segmented(self.target, ("liver_pixels", "tumour_pixels"))}

@@ -53,7 +53,12 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> Path:
         with open(tmp, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)
-    except BaseException:  # a full disk, Ctrl-C: no temporary left behind (a kill leaves one, removed on rerun)
+    except OSError as err:  # a full disk: named by the file being written, not its temporary
+        tmp.unlink(missing_ok=True)
+        if err.errno is not None and err.strerror is not None:
+            raise type(err)(err.errno, err.strerror, str(path)) from None
+        raise
+    except BaseException:  # Ctrl-C: no temporary left behind (a kill leaves one, removed on rerun)
         tmp.unlink(missing_ok=True)
         raise
     return path
@@ -67,29 +72,38 @@ def write_json_atomic(path: str | os.PathLike, payload: object) -> Path:
     return write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=False) + "\n")
 
 
-def csv_text(rows: Iterable[dict], columns: Sequence[str] | None = None) -> str:
+def csv_text(rows: Iterable[dict], columns: Sequence[str] | None = None, spreadsheet: bool = False) -> str:
     """Rows as CSV text: ``columns``, else every key in first-seen order; floats to 6 significant digits, ``None``
-    and NaN as empty cells. The one CSV writer of the project."""
+    and NaN as empty cells. The one CSV writer of the project. ``spreadsheet``: for a table people open in a
+    spreadsheet (inference's summary), a text cell starting with ``=``, ``+``, ``-``, ``@``, a tab or a carriage
+    return gets a leading ``'``, so a file named like a formula (``=HYPERLINK(...)``) stays text (CSV injection)."""
     rows = list(rows)
     columns = list(columns or dict.fromkeys(key for row in rows for key in row))
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
     for row in rows:
-        writer.writerow([_cell(row.get(column)) for column in columns])
+        writer.writerow([_cell(row.get(column), spreadsheet) for column in columns])
     return buffer.getvalue()
 
 
-def write_csv_atomic(path: str | os.PathLike, rows: Iterable[dict], columns: Sequence[str] | None = None) -> Path:
+def write_csv_atomic(path: str | os.PathLike, rows: Iterable[dict], columns: Sequence[str] | None = None,
+                     spreadsheet: bool = False) -> Path:
     """:func:`csv_text` written atomically."""
-    return write_text_atomic(path, csv_text(rows, columns))
+    return write_text_atomic(path, csv_text(rows, columns, spreadsheet))
 
 
-def _cell(value: object) -> str:
+#: what a spreadsheet reads as the start of a formula
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(value: object, spreadsheet: bool = False) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, float):
         return f"{value:.6g}"
+    if spreadsheet and isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
     return str(value)
 
 
