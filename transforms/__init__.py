@@ -1,10 +1,12 @@
 """CT transforms MONAI lacks: loading with checks, HU windowing, LiTS labels, axial slicing, the network's input
-(one definition for training and inference) and prediction clean-up."""
+(one definition for training and inference), lesions synthesised in real livers for training, and prediction
+clean-up."""
 
 from .labels import (
     LITS_LABELS, TARGET_CHANNELS, LabelToTarget, LabelToTargetd, RemapLabels, RemapLabelsd, check_lits_labels,
     liver_mask, parse_label_map, target_to_lits, tumour_mask,
 )
+from .lesion_synthesis import LESION_TYPES, SynthesizeLesions, SynthesizeLesionsd, parse_lesion_types
 from .loading import LoadScan, LoadScand, dicom_series_files, is_dicom_series_folder, is_nifti, nifti_stem
 from .postprocessing import TargetToLabel, TargetToLabeld, TumourInLiver, TumourInLiverd
 from .preprocessing import GREY_LEVELS, ResizeSlices, ResizeSlicesd, canonical_grey, network_input
@@ -17,6 +19,7 @@ from .windowing import WINDOW_PRESETS, WindowHU, WindowHUd, window_range
 __all__ = [
     "LITS_LABELS", "TARGET_CHANNELS", "LabelToTarget", "LabelToTargetd", "RemapLabels", "RemapLabelsd",
     "check_lits_labels", "liver_mask", "parse_label_map", "target_to_lits", "tumour_mask",
+    "LESION_TYPES", "SynthesizeLesions", "SynthesizeLesionsd", "parse_lesion_types",
     "LoadScan", "LoadScand", "dicom_series_files", "is_dicom_series_folder", "is_nifti", "nifti_stem",
     "TargetToLabel", "TargetToLabeld", "TumourInLiver", "TumourInLiverd",
     "GREY_LEVELS", "ResizeSlices", "ResizeSlicesd", "canonical_grey", "network_input",

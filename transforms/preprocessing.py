@@ -115,16 +115,19 @@ class ResizeSlicesd(InvertibleTransform, MapTransform):
         return d
 
 
-def network_input(keys: KeysCollection = "image", spatial_size: int = 256, label_keys: KeysCollection = ()) -> Compose:
+def network_input(keys: KeysCollection = "image", spatial_size: int = 256, label_keys: KeysCollection = (),
+                  allow_missing_keys: bool = False) -> Compose:
     """Grey levels 0..255 of ``keys`` to 0..1, then ``keys`` (bilinear) and ``label_keys`` (nearest) resized to
-    ``spatial_size``. The single definition every bundle config names (``transforms.network_input``)."""
+    ``spatial_size`` (``allow_missing_keys``: a label key a sample lacks, such as the liver mask the lesion synthesis
+    reads, is passed over). The single definition every bundle config names (``transforms.network_input``)."""
     keys = [keys] if isinstance(keys, str) else list(keys)
     label_keys = [label_keys] if isinstance(label_keys, str) else list(label_keys)
     lo, hi = GREY_LEVELS
     return Compose(log_stats=False, transforms=[
         ScaleIntensityRanged(keys=keys, a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True),
         ResizeSlicesd(keys=keys + label_keys, spatial_size=spatial_size,
-                      mode=["bilinear"] * len(keys) + ["nearest"] * len(label_keys)),
+                      mode=["bilinear"] * len(keys) + ["nearest"] * len(label_keys),
+                      allow_missing_keys=allow_missing_keys),
     ])
 
 

@@ -2,7 +2,7 @@
 in one command on a laptop CPU.
 
 ``python -m workflows.realdata --data ../shared/data/real --output DIR [--minutes 30 | --epochs N] [--threads N]
-[--stages 2] [--context 1] [--architecture three_level_unet]``
+[--stages 2] [--context 1] [--architecture three_level_unet] [--synthetic P] [--seed S]``
 
 1. finds the labelled sources under DATA: DICOM studies whose series carry DICOM SEG objects made by another tool
    (liver and tumour), and 2D slice sets (``images/`` + ``masks/``), reading each 2D set's mask values to choose its
@@ -18,11 +18,15 @@ in one command on a laptop CPU.
    the two in one model file; for as many epochs as fit in ``--minutes`` on this machine, half the time each stage
    (a short probe measures the training speed), or for exactly ``--epochs N`` per stage (the same model on any
    machine, however busy); in bf16 where the CPU has it natively (``--precision auto``, the default; ``fp32``
-   forces full precision);
+   forces full precision); ``--synthetic P`` puts lesions synthesised inside the liver into that share of the
+   training samples of both stages (:mod:`transforms.lesion_synthesis`);
 5. scores the test list's slices with the bundle's ``evaluating`` workflow (the reference's slice metrics, whole-slice
    stage), and segments every held-out patient with the bundle's ``inference`` workflow, as a user would: a DICOM
    series as it is (mask on the scan's grid, DICOM SEG, overlay), a 2D patient as the volume its slices stack into
-   (``held_out/<id>/input``); each is scored against its labels with the LiTS metrics;
+   (``held_out/<id>/input``); each is scored against its labels with the LiTS metrics; so are the scans of
+   :data:`OTHER_SCANS` found under DATA, from collections never trained on (``other_collections/<name>``): the
+   CRLM metastasis patient, and TotalSegmentator's example, where no tumour is labelled (its predicted lesions are
+   false lesions);
 6. writes ``DIR/models/model.pt`` (it carries its settings), ``DIR/summary.json`` (with the epochs, the CPU model,
    the threads, the training images/s measured, the seconds of inference per held-out patient and the peak memory)
    and pictures.
@@ -38,6 +42,7 @@ import math
 import resource
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -66,6 +71,8 @@ RECIPE = {
         "precision": "auto",
     },
     "max_epochs": 40,
+    # the chance a training sample gets lesions synthesised in its liver (transforms.lesion_synthesis)
+    "synthetic": 0.0,
     # the tumour stage: the same network on crops around the liver, jittered (shift and scale) in training
     "tumour_stage": {"stage": "liver_crop", "crop_margin_mm": 15.0},
 }
@@ -153,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="the network: three_level_unet (default, the reference's), dynunet or segresnet (MONAI's "
                              "stock networks, networks.build_network); the model file records it")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and the training (0)")
+    parser.add_argument("--synthetic", type=float, default=RECIPE["synthetic"],
+                        help="the chance that a training sample gets lesions synthesised inside its liver "
+                             f"(transforms.lesion_synthesis; default {RECIPE['synthetic']:g}; 0: real lesions only)")
     args = parser.parse_args(argv)
     data = Path(args.data)
     if not data.is_dir():
@@ -165,16 +175,19 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.architecture not in NETWORKS:
         parser.exit(2, f"error: --architecture must be one of {', '.join(NETWORKS)}, got {args.architecture!r}.\n")
+    if not 0 <= args.synthetic <= 1:  # nan fails too
+        parser.exit(2, f"error: --synthetic must be a chance from 0 to 1, got {args.synthetic}.\n")
     if not 0 <= args.context <= 8:
         parser.exit(2, f"error: --context must be 0..8 neighbouring slices on each side, got {args.context}.\n")
     plan_file = Path(args.output) / "models" / "recipe.json"
     if plan_file.is_file():  # a rerun carries on with the plan it started with
         planned = json.loads(plan_file.read_text())
         given = {"--epochs": args.epochs, "--stages": args.stages, "--context": args.context,
-                 "--precision": args.precision, "--architecture": args.architecture}
+                 "--precision": args.precision, "--architecture": args.architecture, "--synthetic": args.synthetic}
         started = {"--epochs": planned.get("epochs"), "--stages": planned.get("stages", 1),
                    "--context": planned.get("context", 0), "--precision": planned.get("precision", "fp32"),
-                   "--architecture": planned.get("architecture", "three_level_unet")}
+                   "--architecture": planned.get("architecture", "three_level_unet"),
+                   "--synthetic": planned.get("synthetic", 0.0)}
         for name, value in given.items():
             if value is not None and value != started[name]:
                 parser.exit(2, f"error: {name} {value}: {args.output} was started with {name} {started[name]} "
@@ -188,82 +201,105 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, error_line(err))
 
 
-def _recipe(args: argparse.Namespace, argv: list[str] | None, data: Path, out: Path) -> int:
-    from monai.bundle import run as run_bundle
+@dataclass
+class RecipeRun:
+    """What the recipe's steps hand on: the run's folder, its settings and what each step found or made."""
 
-    from workflows.machine.atomic import write_json_atomic
-    from workflows.bundle import config_file
+    args: argparse.Namespace
+    out: Path
+    threads: int = 0
+    started: float = field(default_factory=time.time)
+    cpu_started: float = field(default_factory=time.process_time)
+    sources: list = field(default_factory=list)
+    notes_by_folder: dict = field(default_factory=dict)
+    kept: list = field(default_factory=list)
+    left_out: dict = field(default_factory=dict)
+    rows: list = field(default_factory=list)
+    plan: object = None
+    settings: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+    model: Path | None = None
+
+
+def _recipe(args: argparse.Namespace, argv: list[str] | None, data: Path, out: Path) -> int:
+    from workflows.machine.threads import set_threads
+
+    run = RecipeRun(args, out)
+    run.threads = set_threads(args.threads)
+    print(f"real-data recipe in {out} ({run.threads} torch thread(s))")
+    _convert_sources(run, data)
+    _split_patients(run)
+    _train_stages(run)
+    slice_level, patients, other_scans = _score_held_out(run, data)
+    _write_summary(run, argv, slice_level, patients, other_scans)
+    return 0
+
+
+def _convert_sources(run: RecipeRun, data: Path) -> None:
+    """Steps 1 and 2: the labelled sources under ``data``, each converted into its own slice set; sources that label
+    the liver only are left out, and the sources' liver grey levels compared."""
     from workflows.data.conversion import ConvertSettings, convert
     from workflows.data.grey_levels import disagreeing_sources, read_grey_levels, source_groups
-    from workflows.data.pictures import save_figure
     from workflows.data.slice_set import read_slice_sets
-    from workflows.data.splitting import plan_split, write_split
-    from workflows.machine.precision import cpu_model
-    from workflows.machine.threads import set_threads
-    from transforms import window_range
-    from workflows.data.liver_boxes import LiverBoxes
-    from workflows.engine.model_file import model_settings
-    from workflows.engine.training_checks import read_datalist
-    from workflows.engine.volume_evaluation import evaluate_volumes
-
-    started, cpu_started = time.time(), time.process_time()
-    threads = set_threads(args.threads)
-    print(f"real-data recipe in {out} ({threads} torch thread(s))")
 
     print("\n== 1/6 finding labelled sources")
-    sources, notes_by_folder = find_real_sources(data)
-    for folder, reason in notes_by_folder.items():
+    run.sources, run.notes_by_folder = find_real_sources(data)
+    for folder, reason in run.notes_by_folder.items():
         print(f"left out {folder}: {reason}")
-    for source in sources:
+    for source in run.sources:
         shown = ",".join(f"{k}:{v}" for k, v in (source["label_map"] or {}).items()) or "as found"
         print(f"{source['name']}: {source['kind']} (label map {shown})")
-
-    if not sources:
+    if not run.sources:
         raise ValueError(f"--data {data}: no labelled source in it (DICOM studies with SEG objects beside their "
                          "series, or 2D sets with images/ and masks/); point --data at ../shared/data/real or such.")
 
     print("\n== 2/6 converting each source into its own slice set")
-    kept, left_out = [], {}
-    for source in sources:
-        target = out / "slices" / source["name"]
+    for source in run.sources:
+        target = run.out / "slices" / source["name"]
         summary = convert(source["path"], target, ConvertSettings(label_map=source["label_map"]), progress=False)
         if summary.failed:
             print(f"{source['name']}: {len(summary.failed)} volume(s) failed: {summary.failed}")
         rows = read_slice_sets([str(target)])
         tumour = [r["tumor_pixels"] for r in rows if r["mask"]]
         if not tumour or all(t is None for t in tumour) or not any(tumour):
-            left_out[source["name"]] = "labels the liver only: for a liver + tumour model its tumours would count as absent"
-            print(f"left out {source['name']}: {left_out[source['name']]}")
+            run.left_out[source["name"]] = ("labels the liver only: for a liver + tumour model its tumours would count "
+                                            "as absent")
+            print(f"left out {source['name']}: {run.left_out[source['name']]}")
             continue
-        kept.append(target)
+        run.kept.append(target)
         print(f"{source['name']}: {len({r['volume_id'] for r in rows})} volume(s), {len(rows)} slices, "
               f"{sum(bool(t) for t in tumour)} with tumour")
-    records = {v: r for d in (out / "slices").iterdir() if d.is_dir() for v, r in read_grey_levels(d).items()}
+    records = {v: r for d in (run.out / "slices").iterdir() if d.is_dir() for v, r in read_grey_levels(d).items()}
     groups = source_groups(records)
     for name, group in groups.items():
         print(f"liver grey level {_f(group['liver_median'], 0)} in {name} ({group['window']})")
     everything = disagreeing_sources(groups)
-    kept_groups = source_groups({v: r for d in kept for v, r in read_grey_levels(d).items()})
+    kept_groups = source_groups({v: r for d in run.kept for v, r in read_grey_levels(d).items()})
     if everything:
         print(f"WARNING (all sources): {everything}")
     if disagreeing_sources(kept_groups):
         print(f"WARNING (sources trained on): {disagreeing_sources(kept_groups)}")
     elif everything:
         print("the sources trained on agree; the disagreeing ones are among those left out")
-
-    if not kept:
+    if not run.kept:
         raise ValueError(f"--data {data}: no source labels liver and tumour (DICOM studies with SEG objects, or 2D "
                          "sets whose masks mark lesions); the recipe trains both, so it needs at least one.")
 
+
+def _split_patients(run: RecipeRun) -> None:
+    """Step 3: the patient-level split, the held-out patients of :data:`RECIPE` in the test list."""
+    from workflows.data.slice_set import read_slice_sets
+    from workflows.data.splitting import plan_split, write_split
+
     print("\n== 3/6 splitting by patient")
-    rows = read_slice_sets([str(d) for d in kept])
-    present = {r["volume_id"] for r in rows}
+    run.rows = read_slice_sets([str(d) for d in run.kept])
+    present = {r["volume_id"] for r in run.rows}
     test, val = [v for v in RECIPE["test"] if v in present], [v for v in RECIPE["val"] if v in present]
     groups_present = {k: v for k, v in RECIPE["groups"].items() if k in present}
-    plan = plan_split(rows, target="both", positives=10**9, negatives=10**9, seed=args.seed, val_volumes=val or None,
-                      test_volumes=test or None, val_fraction=0.15, test_fraction=0.15, chunk_size=10**9,
-                      val_balanced=400, groups=groups_present)
-    write_split(plan, out / "lists", kept)
+    run.plan = plan = plan_split(run.rows, target="both", positives=10**9, negatives=10**9, seed=run.args.seed,
+                                 val_volumes=val or None, test_volumes=test or None, val_fraction=0.15,
+                                 test_fraction=0.15, chunk_size=10**9, val_balanced=400, groups=groups_present)
+    write_split(plan, run.out / "lists", run.kept)
     for message in plan.messages:
         print(message)
     used = plan.counts["train_used"]
@@ -271,16 +307,28 @@ def _recipe(args: argparse.Namespace, argv: list[str] | None, data: Path, out: P
     print(f"training on {used['positive']} slices with liver ({used['with_tumour']} with tumour) and "
           f"{used['negative']} without")
 
+
+def _train_stages(run: RecipeRun) -> None:
+    """Step 4: each stage through the bundle's ``training`` workflow, for the epochs planned (recorded in
+    ``models/recipe.json``, so a rerun carries on with the plan it started with)."""
+    from monai.bundle import run as run_bundle
+
+    from workflows.bundle import config_file
+    from workflows.data.liver_boxes import LiverBoxes
+    from workflows.engine.training_checks import read_datalist
+    from workflows.machine.atomic import write_json_atomic
+
+    args, out = run.args, run.out
     print("\n== 4/6 training through the bundle")
-    settings = {**RECIPE["overrides"], "context": args.context, "precision": args.precision,
-                "architecture": args.architecture}
-    common = {"dataset_dir": str(out / "lists"), "seed": args.seed, "threads": threads, **settings}
+    run.settings = settings = {**RECIPE["overrides"], "context": args.context, "precision": args.precision,
+                               "architecture": args.architecture, "synthetic_lesions": args.synthetic}
+    common = {"dataset_dir": str(out / "lists"), "seed": args.seed, "threads": run.threads, **settings}
     stages = [("whole", {"ckpt_dir": str(out / "models" / "whole_slices")})]
     if args.stages == 2:
         stages.append(("liver_crop", {"ckpt_dir": str(out / "models" / "tumour_on_liver_crop"),
                                       "liver_model": str(out / "models" / "whole_slices" / "model.pt"),
                                       **RECIPE["tumour_stage"]}))
-    model = Path(stages[-1][1]["ckpt_dir"]) / "model.pt"
+    run.model = Path(stages[-1][1]["ckpt_dir"]) / "model.pt"
     plan_file = out / "models" / "recipe.json"
     chunk = read_datalist(out / "lists" / "chunk_0.json")
     slices = {"whole": len(chunk), "liver_crop": len(LiverBoxes(out / "lists", "liver_crop").rows(chunk))}
@@ -299,30 +347,42 @@ def _recipe(args: argparse.Namespace, argv: list[str] | None, data: Path, out: P
         plan_file.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(plan_file, {"epochs": epochs, "images_per_second": speed, "stages": args.stages,
                                       "context": args.context, "precision": args.precision,
-                                      "architecture": args.architecture})
+                                      "architecture": args.architecture, "synthetic": args.synthetic})
     for stage, _ in stages:
         what = "liver + tumour on whole slices" if stage == "whole" else "the tumour on crops around the liver"
         print(f"{stage}: {what}, {epochs} epoch(s) of {slices[stage]} slices"
               + (f" ({speed:.1f} training images/s measured at {settings['spatial_size']}x{settings['spatial_size']}, "
-                 f"{args.minutes:g} minutes)" if speed else " (--epochs)"))
+                 f"{args.minutes:g} minutes)" if speed else " (--epochs)")
+              + (f", synthetic lesions in {args.synthetic:.0%} of the samples" if args.synthetic else ""))
     train_started, train_cpu = time.time(), time.process_time()
-    trained_images = 0
     for stage, where in stages:
         run_bundle("training", config_file=config_file("train"), progress=False,
                    **{**common, **where, "stage": stage, "epochs_per_chunk": epochs})
-        trained_images += epochs * slices[stage]
-    train_minutes = (time.time() - train_started) / 60
-    train_cpu_minutes = (time.process_time() - train_cpu) / 60
+    minutes = (time.time() - train_started) / 60
+    run.training = {"epochs": epochs, "speed": speed, "slices": {stage: slices[stage] for stage, _ in stages},
+                    "minutes": minutes, "cpu_minutes": (time.process_time() - train_cpu) / 60,
+                    "images": sum(epochs * slices[stage] for stage, _ in stages), "whole": {**common, **stages[0][1]}}
 
+
+def _score_held_out(run: RecipeRun, data: Path) -> tuple[dict, dict, dict]:
+    """Step 5: the test list's slices through the bundle's ``evaluating`` workflow, each held-out patient and each
+    scan of :data:`OTHER_SCANS` (collections never trained on) through its ``inference`` workflow, as a user would,
+    scored with the LiTS metrics."""
+    from monai.bundle import run as run_bundle
+
+    from transforms import window_range
+    from workflows.bundle import config_file
+    from workflows.engine.model_file import model_settings
+
+    out = run.out
     print("\n== 5/6 scoring the held-out patients")
-    whole = {**common, **stages[0][1]}
     run_bundle("evaluating", config_file=[config_file("train"), config_file("evaluate")],
-               **{**whole, "output_dir": str(out / "eval_test"), "val_datalist": "test.json"})
+               **{**run.training["whole"], "output_dir": str(out / "eval_test"), "val_datalist": "test.json"})
     slice_level = json.loads((out / "eval_test" / "metrics.json").read_text())
-    window_hu = model_settings(model)["window_hu"] or list(window_range("abdomen", None))
+    window_hu = model_settings(run.model)["window_hu"] or list(window_range("abdomen", None))
     patients = {}
-    for volume_id in plan.volumes["test"]:
-        volume_rows = sorted((r for r in rows if r["volume_id"] == volume_id), key=lambda r: r["slice_index"])
+    for volume_id in run.plan.volumes["test"]:
+        volume_rows = sorted((r for r in run.rows if r["volume_id"] == volume_id), key=lambda r: r["slice_index"])
         pred_dir = out / "held_out" / volume_id
         scan = Path(volume_rows[0]["source"])
         if scan.is_dir():  # a DICOM series, scored against its SEG objects
@@ -330,48 +390,108 @@ def _recipe(args: argparse.Namespace, argv: list[str] | None, data: Path, out: P
         else:
             scan, truth = stack_2d_patient(volume_rows, pred_dir / "input", window_hu)
             where = "bundle inference on its slices stacked into a volume, scored against their masks"
-        inference_started = time.perf_counter()
-        run_bundle("inference", config_file=config_file("inference"), input=str(scan), output_dir=str(pred_dir),
-                   ckpt_file=str(model), threads=threads)
-        inference_seconds = time.perf_counter() - inference_started
-        scored = evaluate_volumes(next(pred_dir.glob("*_seg.nii.gz")), truth, pred_dir / "evaluation", progress=False)
-        patients[volume_id] = {**held_out_scores(scored), "inference_seconds": round(inference_seconds, 1),
-                               "where": where}
+        patients[volume_id] = {**_segment_and_score(run, scan, truth, pred_dir), "where": where}
+    other_scans = {}
+    for name, (scan, truth, label_map, what) in OTHER_SCANS.items():
+        if (data / scan).is_file() and (data / truth).is_file():
+            pred_dir = out / "other_collections" / name
+            truth_path = _truth_as_lits(data / truth, label_map, pred_dir / "truth")
+            other_scans[name] = {**_segment_and_score(run, data / scan, truth_path, pred_dir), "where": what}
+    return slice_level, patients, other_scans
 
+
+#: scans from collections the recipe never trains on, segmented and scored after training: ``name: (scan, label,
+#: label map to LiTS or None, what it is)``, paths under ``--data``
+OTHER_SCANS = {
+    "crlm_1100": ("crlm_1100/ct.nii.gz", "crlm_1100/label.nii.gz", None,
+                  "another collection (colorectal metastasis, portal venous), never trained on"),
+    "totalseg_example": ("totalseg_example/ct_3mm.nii.gz", "totalseg_example/seg_3mm.nii.gz", {5: 1},
+                         "no tumour labelled (its liver label is a model's): predicted lesions count as false"),
+}
+
+
+def _truth_as_lits(path: Path, label_map: dict | None, folder: Path) -> Path:
+    """``path`` as a LiTS label map: itself, or remapped by ``label_map`` into ``folder``."""
+    if label_map is None:
+        return path
+    import gzip
+
+    import nibabel as nib
+
+    from workflows.machine.atomic import write_bytes_atomic
+
+    source = nib.load(path)
+    labels = np.asarray(source.dataobj)
+    lits = np.zeros(labels.shape, np.uint8)
+    for value, lits_value in label_map.items():
+        lits[labels == value] = lits_value
+    target = folder / path.name
+    write_bytes_atomic(target, gzip.compress(nib.Nifti1Image(lits, source.affine).to_bytes(), mtime=0))
+    return target
+
+
+def _segment_and_score(run: RecipeRun, scan: Path, truth: Path, pred_dir: Path) -> dict:
+    """One scan through the bundle's ``inference`` workflow, scored against ``truth``."""
+    from monai.bundle import run as run_bundle
+
+    from workflows.bundle import config_file
+    from workflows.engine.volume_evaluation import evaluate_volumes
+
+    started = time.perf_counter()
+    run_bundle("inference", config_file=config_file("inference"), input=str(scan), output_dir=str(pred_dir),
+               ckpt_file=str(run.model), threads=run.threads)
+    seconds = time.perf_counter() - started
+    scored = evaluate_volumes(next(pred_dir.glob("*_seg.nii.gz")), truth, pred_dir / "evaluation", progress=False)
+    return {**held_out_scores(scored), "inference_seconds": round(seconds, 1)}
+
+
+def _write_summary(run: RecipeRun, argv, slice_level: dict, patients: dict, other_scans: dict) -> None:
+    """Step 6: ``summary.json``, the held-out picture, and the figures printed."""
+    from workflows.data.pictures import save_figure
+    from workflows.machine.atomic import write_json_atomic
+    from workflows.machine.precision import cpu_model
+
+    args, out, training = run.args, run.out, run.training
     print("\n== 6/6 summary")
-    for volume_id, scores in patients.items():
-        print(f"held-out {volume_id}: liver Dice {_f(scores['liver_dice'])}, tumour Dice {_f(scores['tumour_dice'])}, "
-              f"lesion recall {_f(scores.get('lesion_recall'))} ({scores['where']})")
+    for kind, scores_of in (("held-out", patients), ("other collection", other_scans)):
+        for volume_id, scores in scores_of.items():
+            print(f"{kind} {volume_id}: liver Dice {_f(scores['liver_dice'])}, tumour Dice {_f(scores['tumour_dice'])}, "
+                  f"lesions found {_f(scores.get('lesion_recall'))}, false lesions {scores.get('false_lesions')} "
+                  f"({scores['where']})")
     summary = {
         "command": "python -m workflows.realdata " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "threads": threads, "cpu_model": cpu_model(), "plan": "--epochs" if args.epochs is not None else "--minutes",
+        "threads": run.threads, "cpu_model": cpu_model(), "plan": "--epochs" if args.epochs is not None else "--minutes",
         "stages": args.stages, "context": args.context, "precision": args.precision, "architecture": args.architecture,
-        "probe_images_per_second": round(speed, 2) if speed is not None else None, "epochs": epochs,
-        "slices_per_epoch": {stage: slices[stage] for stage, _ in stages},
-        "training_images_per_second": round(trained_images / max(1e-9, train_minutes * 60), 2),
-        "training_minutes": round(train_minutes, 1), "training_cpu_minutes": round(train_cpu_minutes, 1),
-        "wall_minutes": round((time.time() - started) / 60, 1),
-        "cpu_minutes": round((time.process_time() - cpu_started) / 60, 1),
+        "synthetic": args.synthetic,
+        "probe_images_per_second": round(training["speed"], 2) if training["speed"] is not None else None,
+        "epochs": training["epochs"], "slices_per_epoch": training["slices"],
+        "training_images_per_second": round(training["images"] / max(1e-9, training["minutes"] * 60), 2),
+        "training_minutes": round(training["minutes"], 1), "training_cpu_minutes": round(training["cpu_minutes"], 1),
+        "wall_minutes": round((time.time() - run.started) / 60, 1),
+        "cpu_minutes": round((time.process_time() - run.cpu_started) / 60, 1),
         "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-        "sources": [s["name"] for s in sources], "left_out": {**left_out, **notes_by_folder},
-        "split": plan.volumes, "held_out": patients, "slice_level_test": slice_level["channels"],
-        "model": str(model), "settings": settings,
+        "sources": [s["name"] for s in run.sources], "left_out": {**run.left_out, **run.notes_by_folder},
+        "split": run.plan.volumes, "held_out": patients, "other_collections": other_scans,
+        "slice_level_test": slice_level["channels"], "model": str(run.model), "settings": run.settings,
     }
     write_json_atomic(out / "summary.json", json.loads(json.dumps(summary, default=str)))
-    _picture(patients, out / "held_out_dice.png", save_figure)
-    print(f"training {train_minutes:.1f} min, whole recipe {summary['wall_minutes']} min wall, "
-          f"{summary['cpu_minutes']} CPU-min; model {model}; summary {out / 'summary.json'}; "
+    _picture({**patients, **other_scans}, out / "held_out_dice.png", save_figure)
+    print(f"training {training['minutes']:.1f} min, whole recipe {summary['wall_minutes']} min wall, "
+          f"{summary['cpu_minutes']} CPU-min; model {run.model}; summary {out / 'summary.json'}; "
           f"pictures {out / 'held_out'} (overlays) and {out / 'held_out_dice.png'}")
-    return 0
 
 
 def held_out_scores(scored: dict) -> dict:
     """One patient's figures from :func:`~workflows.engine.volume_evaluation.evaluate_volumes`'s summary: liver and
-    tumour Dice, lesions found (recall, precision, how many there are) and the liver's mean surface distance (mm)."""
+    tumour Dice, lesions found (recall, precision, how many there are, how many found at IoU > 0.5), false lesions
+    (predicted lesions matching none) and the liver's mean surface distance (mm)."""
+    lesions = scored["lesions"]
+    matched = round((lesions["precision"] or 0) * lesions["predicted"])
     return {"liver_dice": scored["liver"]["dice_per_case"]["mean"],
-            "tumour_dice": scored["tumour"]["dice_per_case"]["mean"], "lesion_recall": scored["lesions"]["recall"],
-            "lesion_precision": scored["lesions"]["precision"], "lesions_true": scored["lesions"]["true"],
-            "liver_assd_mm": scored["liver"]["assd_mm"]["mean"]}
+            "tumour_dice": scored["tumour"]["dice_per_case"]["mean"], "lesion_recall": lesions["recall"],
+            "lesion_precision": lesions["precision"], "lesions_true": lesions["true"],
+            "lesions_found": round((lesions["recall"] or 0) * lesions["true"]),
+            "false_lesions": lesions["predicted"] - matched, "liver_assd_mm": scored["liver"]["assd_mm"]["mean"]}
 
 
 def stack_2d_patient(rows: list[dict], folder: Path, window_hu: list[float]) -> tuple[Path, Path]:

@@ -3,13 +3,17 @@ the recipe's default (a tumour stage on crops around the liver, one neighbouring
 held-out patients (a script that prints figures, not a test).
 
 ``python -m tests.benchmarks.bench_recipe --data ../shared/data/real --output DIR [--minutes 10 20 40]
-[--epochs N ...] [--setups reference default] [--threads 2]``
+[--epochs N ...] [--setups reference default] [--seeds 0 1] [--threads 2]``
 
 Each (set-up, budget) is one ``python -m workflows.realdata --minutes B`` run in ``DIR/<set-up>_<B>min`` (or
 ``--epochs N`` in ``DIR/<set-up>_<N>ep``: a plan that does not depend on the probe; the slices are converted once and
 copied to the others); a run already finished is read back, so the benchmark carries on where it stopped. The
-reference trains in fp32, the default in bf16 where the CPU has it natively (``default_fp32``: the same in fp32). Prints one row per run (epochs, training CPU-minutes, held-out liver and tumour Dice per
-patient, lesion recall) and writes ``DIR/recipe_time_to_accuracy.json`` and
+reference trains in fp32, the default in bf16 where the CPU has it natively (``default_fp32``: the same in fp32);
+``real_only`` and ``synthetic`` are the default's set-up with real lesions only and with lesions synthesised in half
+the samples, ``reference_synthetic`` the reference's with them. ``--seeds 0 1``: each run once per seed
+(``DIR/<set-up>_<budget>_seed1``). Prints one row per run (epochs, training CPU-minutes, held-out liver and tumour Dice per
+patient and for the other collections' scans it never trains on, lesions found at IoU > 0.5 and false lesions) and
+writes ``DIR/recipe_time_to_accuracy.json`` and
 ``DIR/recipe_time_to_accuracy.png`` (held-out Dice against training CPU-minutes, one line per set-up and structure).
 Measure alone: another job on the same cores slows the speed probe, and with it the epochs a budget buys.
 """
@@ -24,9 +28,12 @@ import sys
 from pathlib import Path
 
 SETUPS = {
-    "reference": ["--stages", "1", "--context", "0", "--precision", "fp32"],
+    "reference": ["--stages", "1", "--context", "0", "--precision", "fp32", "--synthetic", "0"],
     "default": [],  # the recipe's defaults: two stages, context 1, bf16 where the CPU has it natively
     "default_fp32": ["--precision", "fp32"],  # the same in fp32
+    "real_only": ["--synthetic", "0"],  # the default's set-up, real lesions only
+    "synthetic": ["--synthetic", "0.5"],  # the default's set-up, lesions synthesised in half the samples
+    "reference_synthetic": ["--stages", "1", "--context", "0", "--precision", "fp32", "--synthetic", "0.5"],
 }
 
 
@@ -58,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, nargs="+", default=[], help="budgets in epochs per stage")
     parser.add_argument("--setups", nargs="+", choices=list(SETUPS), default=["reference", "default"])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="seeds of the split and training (0)")
     args = parser.parse_args(argv)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -65,27 +73,32 @@ def main(argv: list[str] | None = None) -> int:
     budgets += [(f"{n}ep", ["--epochs", str(n)]) for n in args.epochs]
     slices = next((p / "slices" for p in sorted(out.iterdir()) if (p / "summary.json").is_file()), None)
     for name, budget in budgets:
-        for setup in args.setups:
-            run_dir = out / f"{setup}_{name}"
-            run_recipe(Path(args.data), run_dir, budget, SETUPS[setup], args.threads, slices)
-            slices = slices or run_dir / "slices"
+        for seed in args.seeds:
+            for setup in args.setups:
+                run_dir = out / (f"{setup}_{name}" + (f"_seed{seed}" if seed else ""))
+                run_recipe(Path(args.data), run_dir, budget, [*SETUPS[setup], "--seed", str(seed)], args.threads,
+                           slices)
+                slices = slices or run_dir / "slices"
     results = []  # every finished run in DIR, this invocation's and earlier ones'
     for run_dir in sorted(p for p in out.iterdir() if (p / "summary.json").is_file()):
-        setup, _, name = run_dir.name.rpartition("_")
+        stem, _, seed = run_dir.name.rpartition("_seed") if "_seed" in run_dir.name else (run_dir.name, "", "0")
+        setup, _, name = stem.rpartition("_")
         if setup not in SETUPS or not (name.endswith("min") or name.endswith("ep")):
             continue
         summary = json.loads((run_dir / "summary.json").read_text())
         budget = f"--{'minutes' if name.endswith('min') else 'epochs'} {name.removesuffix('min').removesuffix('ep')}"
-        results.append({"setup": setup, "budget": budget, "epochs": summary["epochs"],
+        results.append({"setup": setup, "budget": budget, "seed": int(seed), "epochs": summary["epochs"],
                         "training_cpu_minutes": summary.get("training_cpu_minutes"),
                         "training_minutes": summary["training_minutes"], "cpu_model": summary["cpu_model"],
-                        "threads": summary["threads"], "held_out": summary["held_out"]})
+                        "threads": summary["threads"],
+                        "held_out": {**summary["held_out"], **summary.get("other_collections", {})}})
         scores = "; ".join(f"{pid}: liver {s['liver_dice']:.3f} tumour "
-                           f"{'n/a' if s['tumour_dice'] is None else format(s['tumour_dice'], '.3f')} lesion recall "
-                           f"{'n/a' if s.get('lesion_recall') is None else format(s['lesion_recall'], '.2f')}"
-                           for pid, s in summary["held_out"].items())
-        print(f"{setup:12s} {budget:>12s}: {summary['epochs']} epoch(s)/stage, training {summary['training_minutes']} "
-              f"min wall / {summary.get('training_cpu_minutes')} CPU-min; {scores}", flush=True)
+                           f"{'n/a' if s['tumour_dice'] is None else format(s['tumour_dice'], '.3f')} lesions found "
+                           f"{s.get('lesions_found', 'n/a')} of {s.get('lesions_true', 'n/a')}, false "
+                           f"{s.get('false_lesions', 'n/a')}" for pid, s in results[-1]["held_out"].items())
+        print(f"{setup:19s} seed {seed} {budget:>12s}: {summary['epochs']} epoch(s)/stage, training "
+              f"{summary['training_minutes']} min wall / {summary.get('training_cpu_minutes')} CPU-min; {scores}",
+              flush=True)
     if not results:
         raise SystemExit(f"no finished run in {out}")
     (out / "recipe_time_to_accuracy.json").write_text(json.dumps(results, indent=1))
@@ -106,7 +119,9 @@ def _plot(results: list[dict], path: Path) -> None:
     patients = sorted({pid for r in results for pid in r["held_out"]})
     fig, axes = plt.subplots(1, len(patients), figsize=(4.6 * len(patients), 3.6), squeeze=False)
     for ax, pid in zip(axes[0], patients):
-        for setup, style, marker in (("reference", "--", "s"), ("default", "-", "o"), ("default_fp32", ":", "^")):
+        for setup, style, marker in (("reference", "--", "s"), ("default", "-", "o"), ("default_fp32", ":", "^"),
+                                     ("real_only", "-.", "v"), ("synthetic", "-", "D"),
+                                     ("reference_synthetic", "--", "P")):
             runs = sorted((r for r in results if r["setup"] == setup and pid in r["held_out"]),
                           key=lambda r: r["training_cpu_minutes"] or r["training_minutes"])
             if not runs:

@@ -123,3 +123,30 @@ def test_the_tumour_stage_starts_from_the_liver_stages_weights(cascade):
     assert torch.equal(state["enc1.conv.0.weight"], liver["enc1.conv.0.weight"])
     assert torch.equal(state["final.weight"], liver["final.weight"][1:2])  # the tumour channel
     assert torch.equal(state["final.bias"], liver["final.bias"][1:2])
+
+
+def test_synthetic_lesions_train_both_stages_and_are_recorded_in_the_model_file(both_lists, tmp_path, monkeypatch):
+    """The bundle setting puts lesions into the training samples' livers (seeded per sample as augmentation), for
+    the whole-slice and the tumour stage alike, and the model file says how it was trained."""
+    from transforms import SynthesizeLesionsd
+
+    placed = []
+    original = SynthesizeLesionsd.__call__
+
+    def counting(self, data):
+        out = original(self, data)
+        placed.append(int(out["label"][-1].sum() - data["label"][-1].sum()))
+        return out
+
+    monkeypatch.setattr(SynthesizeLesionsd, "__call__", counting)
+    common = {**TINY, "dataset_dir": str(both_lists), "context": 1, "epochs_per_chunk": 1, "synthetic_lesions": 1,
+              "lesion_types": "faint:1,rim:2"}
+    run_workflow("training", ["train"], "train", ckpt_dir=str(tmp_path / "whole"), **common)
+    whole_placed, placed[:] = list(placed), []
+    run_workflow("training", ["train"], "train", ckpt_dir=str(tmp_path / "tumour"), stage="liver_crop",
+                 liver_model=str(tmp_path / "whole" / "model.pt"), **common)
+    assert whole_placed and placed and sum(p > 0 for p in whole_placed) > len(whole_placed) // 2
+    assert sum(p > 0 for p in placed) > len(placed) // 2  # the crops carry their liver too
+    settings = torch.load(tmp_path / "tumour" / "model.pt", weights_only=True)["settings"]
+    assert settings["synthetic_lesions"] == 1.0 and settings["lesion_types"] == "faint:1,rim:2"
+    assert settings["tumour_stage"]["synthetic_lesions"] == 1.0

@@ -38,7 +38,7 @@ BAD = {
     "largest_liver": "maybe", "min_tumour_mm3": "nan", "deidentify": "yes", "overwrite": "2", "shard": "3/2",
     "channels_last": "maybe", "device": "cuda:7" if not torch.cuda.is_available() else "tpu", "threads": -1,
     "num_workers": -1, "pin_memory": "maybe", "precision": "fp16", "context": 9, "stage": "tumour",
-    "crop_margin_mm": -1, "liver_model": "/nonexistent/model.pt",
+    "crop_margin_mm": -1, "liver_model": "/nonexistent/model.pt", "synthetic_lesions": 1.5, "lesion_types": "round:1",
 }
 #: the override that sets a setting where its id is not its name
 OVERRIDE_ID = {"channels": "network_def#channels"}

@@ -130,6 +130,7 @@ class ChunkRun:
                 "channels": summary.get("channels"), "context": summary.get("context", 0),
                 "stage": summary.get("stage", "whole"), "crop_margin_mm": summary.get("crop_margin_mm"),
                 "window": window, "window_hu": window_hu,
+                "synthetic_lesions": summary.get("synthetic_lesions", 0.0), "lesion_types": summary.get("lesion_types"),
                 "threads": torch.get_num_threads(), "split": summary.get("split"),
                 "slice_thickness_mm": round(max(thickness), 3) if thickness else None}
 

@@ -142,6 +142,13 @@ def compile_setting(value) -> bool | str:
         raise ValueError(f"--compile must be true, false or auto, got {value!r}.") from None
 
 
+def _lesion_types(value) -> str:
+    """``--lesion_types``: the mix as ``name:weight`` text, checked (:func:`transforms.parse_lesion_types`)."""
+    from transforms.lesion_synthesis import parse_lesion_types
+
+    return ",".join(f"{name}:{weight:g}" for name, weight in parse_lesion_types(value).items())
+
+
 def _precision(value):
     return choice("precision", value, PRECISIONS)
 
@@ -198,6 +205,8 @@ SETTINGS: dict[str, Callable[[Any], Any]] = {
     "checkpoint_every": lambda v: whole_number("checkpoint_every", v, 1),
     "val_interval": lambda v: whole_number("val_interval", v, 1),
     "augment": lambda v: flag(v, "augment"),
+    "synthetic_lesions": lambda v: number("synthetic_lesions", v, 0.0, 1.0, unit=" (the chance a sample gets lesions)"),
+    "lesion_types": lambda v: _lesion_types(v),
     "progress": lambda v: flag(v, "progress"),
     "compile": compile_setting,
     "tensorboard": lambda v: flag(v, "tensorboard"),
