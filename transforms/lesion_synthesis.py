@@ -34,7 +34,7 @@ __all__ = ["LESION_TYPES", "parse_lesion_types", "SynthesizeLesions", "Synthesiz
 #: per lesion type: contrast to the liver (grey levels, of 255), edge width (fraction of the radius), rim contrast
 #: (grey levels; 0: none). Measured (``tests.benchmarks.real_lesions``): the equilibrium-phase HCCs -16 to -17 HU
 #: (about -11 grey levels, edges 5-11 mm wide), the arterial-phase HCC +24 HU (+15), the 2D set's lesions -6 to -35
-#: grey levels (edges 1.4-12 mm, most of a lesion's radius); widened to the field's metastases (-30 to -70 HU in the
+#: grey levels (edges 0.7-12 mm, most of a lesion's radius); widened to the field's metastases (-30 to -70 HU in the
 #: portal venous phase) and arterial hypervascular lesions (to +55 HU).
 LESION_TYPES: dict[str, dict] = {
     "faint": {"contrast": (-18.0, -6.0), "edge": (0.3, 0.8), "rim": (0.0, 0.0)},
@@ -128,16 +128,17 @@ class SynthesizeLesions(Randomizable, Transform):
             if len(candidates) == 0:
                 return np.zeros_like(inside)
             centre = candidates[self.R.randint(len(candidates))]
-            shape = self._section_shape(grey.shape[-2:], centre, radius)
+            shape, depth, offset = self._section_shape(grey.shape[-2:], centre, radius)
             if (shape <= 1).any() and (vessels & (shape <= 1)).sum() <= 0.05 * (shape <= 1).sum():
                 break
         else:
             return np.zeros_like(inside)
-        return self._paint(grey, inside, shape, kind, radius)
+        return self._paint(grey, inside, shape, kind, radius, depth, offset)
 
-    def _section_shape(self, size, centre, radius: float) -> np.ndarray:
+    def _section_shape(self, size, centre, radius: float) -> tuple[np.ndarray, float, float]:
         """Normalised distance ``rho`` of every pixel from the lesion's centre (1 on its outline): an ellipse, turned
-        and distorted by low-frequency waves along its outline."""
+        and distorted by low-frequency waves along its outline; with the solid's half-height (slices) and its
+        centre's offset from the middle slice."""
         rows, cols = np.mgrid[0:size[0], 0:size[1]].astype(np.float32)
         dy, dx = rows - centre[0], cols - centre[1]
         angle, squash = self.R.uniform(0, np.pi), self.R.uniform(0.6, 1.0)
@@ -145,11 +146,14 @@ class SynthesizeLesions(Randomizable, Transform):
         v = (-dx * np.sin(angle) + dy * np.cos(angle)) / squash
         phi = np.arctan2(v, u)
         wave = 1.0 + sum(self.R.uniform(0, 0.12) * np.cos(k * phi + self.R.uniform(0, 2 * np.pi)) for k in (2, 3, 4))
-        self._depth = self.R.uniform(*self.depth_slices)
-        self._offset = self.R.uniform(-0.5, 0.5) * self._depth  # the middle slice always cuts the lesion
-        return np.sqrt(u ** 2 + v ** 2) / (radius * wave)
+        depth = self.R.uniform(*self.depth_slices)
+        offset = self.R.uniform(-0.5, 0.5) * depth  # the middle slice always cuts the lesion
+        return np.sqrt(u ** 2 + v ** 2) / (radius * wave), depth, offset
 
-    def _paint(self, grey: np.ndarray, inside: np.ndarray, rho: np.ndarray, kind: dict, radius: float) -> np.ndarray:
+    def _paint(self, grey: np.ndarray, inside: np.ndarray, rho: np.ndarray, kind: dict, radius: float, depth: float,
+               offset: float) -> np.ndarray:
+        """Change the slices where the solid (half-height ``depth`` slices, centre ``offset`` from the middle slice)
+        cuts them; returns the middle slice's section."""
         contrast = self.R.uniform(*kind["contrast"]) / 255
         rim = self.R.uniform(*kind["rim"]) / 255 if kind["rim"][1] > 0 else 0.0
         edge = self.R.uniform(*kind["edge"])
@@ -160,7 +164,7 @@ class SynthesizeLesions(Randomizable, Transform):
         middle = grey.shape[0] // 2
         mask = np.zeros_like(inside)
         for channel in range(grey.shape[0]):
-            height = ((channel - middle) - self._offset) / self._depth
+            height = ((channel - middle) - offset) / depth
             scale = np.sqrt(max(0.0, 1.0 - height ** 2))  # the solid's section on this slice
             if scale <= 0:
                 continue

@@ -1,7 +1,7 @@
 """What real liver lesions look like, measured: the ranges the lesion synthesis (:mod:`transforms.lesion_synthesis`)
 draws from. One row per lesion (a 26-connected tumour component) of a canonical label map with its image:
 
-- ``volume_ml``, ``longest_axial_mm``: size (:func:`workflows.inference.quality.lesion_table`'s definitions);
+- ``volume_ml``, ``longest_axial_mm``: size (the definitions of the inference report's lesion table);
 - ``contrast``: mean of the lesion minus the mean of the liver in a shell 2-6 mm around it (HU for a CT in HU, grey
   levels for an 8-bit slice set);
 - ``ellipsoid_fill``: the lesion's volume over that of the ellipsoid with its second moments (1 for an ellipsoid,
@@ -17,6 +17,7 @@ import numpy as np
 from scipy import ndimage
 
 from transforms import liver_mask, tumour_mask
+from workflows.inference.quality import longest_axial_mm
 
 __all__ = ["measure_lesions"]
 
@@ -42,7 +43,7 @@ def measure_lesions(image: np.ndarray, label: np.ndarray, spacing, min_voxels: i
         core_mean = float(image[core].mean())
         rows.append({
             "volume_ml": round(voxels * float(np.prod(spacing)) / 1000, 3),
-            "longest_axial_mm": _longest_axial(lesion, spacing),
+            "longest_axial_mm": round(longest_axial_mm(lesion, spacing), 1),
             "contrast": round(lesion_mean - liver_mean, 1),
             "lesion_mean": round(lesion_mean, 1), "liver_mean": round(liver_mean, 1),
             "ellipsoid_fill": round(_ellipsoid_fill(lesion, spacing), 2),
@@ -52,18 +53,6 @@ def measure_lesions(image: np.ndarray, label: np.ndarray, spacing, min_voxels: i
         })
     rows.sort(key=lambda row: row["volume_ml"], reverse=True)
     return rows
-
-
-def _longest_axial(lesion: np.ndarray, spacing: np.ndarray) -> float:
-    longest = 0.0
-    for k in np.flatnonzero(lesion.any(axis=(0, 1))):
-        points = np.argwhere(lesion[..., k]) * spacing[:2]
-        if len(points) > 400:  # the extremes of a large section lie on its outline
-            edge = lesion[..., k] & ~ndimage.binary_erosion(lesion[..., k])
-            points = np.argwhere(edge) * spacing[:2]
-        gaps = np.linalg.norm(points[:, None, :] - points[None, :, :], axis=-1)
-        longest = max(longest, float(gaps.max()) + float(spacing[:2].mean()))
-    return round(longest, 1)
 
 
 def _ellipsoid_fill(lesion: np.ndarray, spacing: np.ndarray) -> float:

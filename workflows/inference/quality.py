@@ -79,6 +79,21 @@ class BeforeCleanUpd(MapTransform):
         return d
 
 
+def longest_axial_mm(lesion: np.ndarray, spacing) -> float:
+    """The longest axial diameter of one lesion ``(rows, cols, slices)`` in mm, edge to edge: the longest chord between
+    pixel centres of any axial slice of it, plus one pixel."""
+    longest = 0.0
+    for k in range(lesion.shape[2]):
+        points = np.argwhere(lesion[..., k])
+        if len(points) == 0:
+            continue
+        scaled = points * np.asarray(spacing[:2], dtype=float)
+        hull = cv2.convexHull(scaled.astype(np.float32)).reshape(-1, 2) if len(scaled) > 2 else scaled
+        gaps = np.linalg.norm(hull[:, None, :] - hull[None, :, :], axis=-1)
+        longest = max(longest, float(gaps.max()) + float(np.mean(spacing[:2])))
+    return longest
+
+
 def lesion_table(label: np.ndarray, spacing) -> list[dict]:
     """The tumours of a canonical label map ``(rows, cols, slices)`` (``spacing`` in mm along those axes) as one
     row per connected lesion (26-connectivity), largest first: volume in mL and the longest axial diameter in mm
@@ -89,16 +104,8 @@ def lesion_table(label: np.ndarray, spacing) -> list[dict]:
     rows = []
     for index, where in enumerate(ndimage.find_objects(parts), start=1):
         lesion = parts[where] == index
-        longest = 0.0
-        for k in range(lesion.shape[2]):
-            points = np.argwhere(lesion[..., k])
-            if len(points) == 0:
-                continue
-            scaled = points * np.asarray(spacing[:2], dtype=float)
-            hull = cv2.convexHull(scaled.astype(np.float32)).reshape(-1, 2) if len(scaled) > 2 else scaled
-            gaps = np.linalg.norm(hull[:, None, :] - hull[None, :, :], axis=-1)
-            longest = max(longest, float(gaps.max()) + float(np.mean(spacing[:2])))
-        rows.append({"volume_ml": round(float(lesion.sum()) * voxel_ml, 3), "longest_axial_mm": round(longest, 1),
+        rows.append({"volume_ml": round(float(lesion.sum()) * voxel_ml, 3),
+                     "longest_axial_mm": round(longest_axial_mm(lesion, spacing), 1),
                      "slices": f"{where[2].start}-{where[2].stop - 1}"})
     rows.sort(key=lambda row: row["volume_ml"], reverse=True)
     for number, row in enumerate(rows, start=1):
