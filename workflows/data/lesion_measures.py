@@ -1,7 +1,7 @@
 """What real liver lesions look like, measured: the ranges the lesion synthesis (:mod:`transforms.lesion_synthesis`)
 draws from. One row per lesion (a 26-connected tumour component) of a canonical label map with its image:
 
-- ``volume_ml``, ``longest_axial_mm``: size (the definitions of the inference report's lesion table);
+- ``volume_ml``, ``longest_axial_mm``: size (the definitions the inference report's lesion table uses too);
 - ``contrast``: mean of the lesion minus the mean of the liver in a shell 2-6 mm around it (HU for a CT in HU, grey
   levels for an 8-bit slice set);
 - ``ellipsoid_fill``: the lesion's volume over that of the ellipsoid with its second moments (1 for an ellipsoid,
@@ -13,13 +13,13 @@ draws from. One row per lesion (a 26-connected tumour component) of a canonical 
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 from scipy import ndimage
 
 from transforms import liver_mask, tumour_mask
-from workflows.inference.quality import longest_axial_mm
 
-__all__ = ["measure_lesions"]
+__all__ = ["measure_lesions", "longest_axial_mm"]
 
 
 def measure_lesions(image: np.ndarray, label: np.ndarray, spacing, min_voxels: int = 20) -> list[dict]:
@@ -53,6 +53,21 @@ def measure_lesions(image: np.ndarray, label: np.ndarray, spacing, min_voxels: i
         })
     rows.sort(key=lambda row: row["volume_ml"], reverse=True)
     return rows
+
+
+def longest_axial_mm(lesion: np.ndarray, spacing) -> float:
+    """The longest axial diameter of one lesion ``(rows, cols, slices)`` in mm, edge to edge: the longest chord between
+    pixel centres of any axial slice of it, plus one pixel."""
+    longest = 0.0
+    for k in range(lesion.shape[2]):
+        points = np.argwhere(lesion[..., k])
+        if len(points) == 0:
+            continue
+        scaled = points * np.asarray(spacing[:2], dtype=float)
+        hull = cv2.convexHull(scaled.astype(np.float32)).reshape(-1, 2) if len(scaled) > 2 else scaled
+        gaps = np.linalg.norm(hull[:, None, :] - hull[None, :, :], axis=-1)
+        longest = max(longest, float(gaps.max()) + float(np.mean(spacing[:2])))
+    return longest
 
 
 def _ellipsoid_fill(lesion: np.ndarray, spacing: np.ndarray) -> float:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Mapping
 
-import cv2
 import numpy as np
 import torch
 from monai.transforms import MapTransform
 from scipy import ndimage
 
 from transforms import TARGET_CHANNELS, liver_mask, tumour_mask
+from workflows.data.lesion_measures import longest_axial_mm
 
 __all__ = ["ADULT_LIVER_ML", "LIVER_RANGE_SOURCE", "LOW_CONFIDENCE", "MIN_PART_ML", "BeforeCleanUpd", "lesion_table",
            "quality_flags"]
@@ -77,21 +77,6 @@ class BeforeCleanUpd(MapTransform):
                     qc["tumour_outside_liver_ml"] = round(float(np.count_nonzero(outside)) * voxel_ml, 2)
             d["qc"] = qc
         return d
-
-
-def longest_axial_mm(lesion: np.ndarray, spacing) -> float:
-    """The longest axial diameter of one lesion ``(rows, cols, slices)`` in mm, edge to edge: the longest chord between
-    pixel centres of any axial slice of it, plus one pixel."""
-    longest = 0.0
-    for k in range(lesion.shape[2]):
-        points = np.argwhere(lesion[..., k])
-        if len(points) == 0:
-            continue
-        scaled = points * np.asarray(spacing[:2], dtype=float)
-        hull = cv2.convexHull(scaled.astype(np.float32)).reshape(-1, 2) if len(scaled) > 2 else scaled
-        gaps = np.linalg.norm(hull[:, None, :] - hull[None, :, :], axis=-1)
-        longest = max(longest, float(gaps.max()) + float(np.mean(spacing[:2])))
-    return longest
 
 
 def lesion_table(label: np.ndarray, spacing) -> list[dict]:
