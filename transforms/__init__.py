@@ -3,7 +3,7 @@
 clean-up."""
 
 from .labels import (
-    LITS_LABELS, TARGET_CHANNELS, LabelToTarget, LabelToTargetd, RemapLabels, RemapLabelsd, check_lits_labels,
+    LITS_LABELS, TARGET_CHANNELS, TUMOUR_UNKNOWN, LabelToTarget, LabelToTargetd, RemapLabels, RemapLabelsd, check_lits_labels,
     liver_mask, parse_label_map, target_to_lits, tumour_mask,
 )
 from .lesion_synthesis import LESION_TYPES, SynthesizeLesions, SynthesizeLesionsd, parse_lesion_types
@@ -17,7 +17,7 @@ from .validation import (
 from .windowing import WINDOW_PRESETS, WindowHU, WindowHUd, window_range
 
 __all__ = [
-    "LITS_LABELS", "TARGET_CHANNELS", "LabelToTarget", "LabelToTargetd", "RemapLabels", "RemapLabelsd",
+    "LITS_LABELS", "TARGET_CHANNELS", "TUMOUR_UNKNOWN", "LabelToTarget", "LabelToTargetd", "RemapLabels", "RemapLabelsd",
     "check_lits_labels", "liver_mask", "parse_label_map", "target_to_lits", "tumour_mask",
     "LESION_TYPES", "SynthesizeLesions", "SynthesizeLesionsd", "parse_lesion_types",
     "LoadScan", "LoadScand", "dicom_series_files", "is_dicom_series_folder", "is_nifti", "nifti_stem",

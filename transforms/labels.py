@@ -12,7 +12,7 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_data_type, convert_to_tensor
 
 __all__ = [
-    "LITS_LABELS", "TARGET_CHANNELS", "check_lits_labels", "parse_label_map", "RemapLabels", "RemapLabelsd",
+    "LITS_LABELS", "TARGET_CHANNELS", "TUMOUR_UNKNOWN", "check_lits_labels", "parse_label_map", "RemapLabels", "RemapLabelsd",
     "LabelToTarget", "LabelToTargetd", "target_to_lits", "liver_mask", "tumour_mask",
 ]
 
@@ -22,6 +22,10 @@ LITS_LABELS: dict[str, int] = {"background": 0, "liver": 1, "tumor": 2}
 #: What each output channel of a target is. ``liver`` is label >= 1 (liver with its tumours, what the Kaggle
 #: masks hold); ``tumor`` is label == 2; ``both`` is the two as channels (multi-label, one sigmoid each).
 TARGET_CHANNELS: dict[str, tuple[str, ...]] = {"liver": ("liver",), "tumor": ("tumor",), "both": ("liver", "tumor")}
+
+#: The tumour channel's value where a source does not label tumours (inside the liver of a liver-only source): the
+#: loss (:class:`networks.BCEDiceLoss`) leaves such pixels out; outside the liver the tumour is known to be absent.
+TUMOUR_UNKNOWN = -1.0
 
 
 def liver_mask(label: NdarrayOrTensor) -> NdarrayOrTensor:
@@ -134,14 +138,22 @@ class LabelToTarget(Transform):
         self.target = target
         self.dtype = dtype
 
-    def __call__(self, label: NdarrayOrTensor) -> NdarrayOrTensor:
+    def __call__(self, label: NdarrayOrTensor, tumour_labelled: bool = True) -> NdarrayOrTensor:
+        """``tumour_labelled=False`` (a source that labels the liver only): the tumour channel is
+        :data:`TUMOUR_UNKNOWN` inside the liver, 0 outside it."""
         if label.shape[0] != 1:
             raise ValueError(f"LabelToTarget expects a channel-first label map (1, *spatial), got shape {tuple(label.shape)}.")
         source = getattr(label, "meta", {}).get("filename_or_obj", "label")
         check_lits_labels(label, source)
         channels = [liver_mask(label) if name == "liver" else tumour_mask(label) for name in TARGET_CHANNELS[self.target]]
         stacked = torch.cat(channels, 0) if isinstance(label, torch.Tensor) else np.concatenate(channels, 0)
-        return convert_data_type(stacked, dtype=self.dtype)[0]
+        stacked = convert_data_type(stacked, dtype=self.dtype)[0]
+        if not tumour_labelled and "tumor" in TARGET_CHANNELS[self.target]:
+            if np.dtype(self.dtype).kind == "u":
+                raise ValueError("a label whose tumour is unknown needs a signed dtype (it is marked -1).")
+            c = TARGET_CHANNELS[self.target].index("tumor")
+            stacked[c][liver_mask(label)[0]] = TUMOUR_UNKNOWN
+        return stacked
 
 
 def target_to_lits(channels: np.ndarray, target: str) -> np.ndarray:
@@ -157,16 +169,21 @@ def target_to_lits(channels: np.ndarray, target: str) -> np.ndarray:
 
 
 class LabelToTargetd(MapTransform):
-    """Dictionary-based wrapper of :class:`LabelToTarget`."""
+    """Dictionary-based wrapper of :class:`LabelToTarget`. ``known_key``: the sample's flag (a datalist entry's
+    ``tumour_labelled``, absent meaning true) saying whether its source labels tumours; it is taken out of the
+    sample, so batches of entries with and without it collate alike."""
 
     def __init__(
-        self, keys: KeysCollection, target: str = "liver", dtype: DtypeLike = np.float32, allow_missing_keys: bool = False
+        self, keys: KeysCollection, target: str = "liver", dtype: DtypeLike = np.float32, known_key: str | None = None,
+        allow_missing_keys: bool = False,
     ) -> None:
         super().__init__(keys, allow_missing_keys)
         self.to_target = LabelToTarget(target, dtype)
+        self.known_key = known_key
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
         d = dict(data)
+        known = bool(d.pop(self.known_key, True)) if self.known_key else True
         for key in self.key_iterator(d):
-            d[key] = self.to_target(d[key])
+            d[key] = self.to_target(d[key], tumour_labelled=known)
         return d

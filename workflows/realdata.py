@@ -2,14 +2,15 @@
 in one command on a laptop CPU.
 
 ``python -m workflows.realdata --data ../shared/data/real --output DIR [--minutes 30 | --epochs N] [--threads N]
-[--stages 2] [--context 1] [--architecture three_level_unet] [--synthetic P] [--seed S]``
+[--stages 2] [--context 1] [--architecture three_level_unet] [--synthetic P] [--liver-only-sources train|leave-out] [--seed S]``
 
 1. finds the labelled sources under DATA: DICOM studies whose series carry DICOM SEG objects made by another tool
    (liver and tumour), and 2D slice sets (``images/`` + ``masks/``), reading each 2D set's mask values to choose its
    label map (0/127/255: liver 127, lesion 255; 0/255: liver only);
 2. converts each into its own slice set (``DIR/slices/<source>``), compares the sources' liver grey levels and says
-   when they disagree; sources that label the liver only (no tumour) are left out, because for a liver + tumour
-   model their tumours would count as absent;
+   when they disagree; sources that label the liver only (no tumour) train the liver with their tumour unknown (the
+   loss leaves it out inside their liver, except where a synthetic lesion was put: ``--liver-only-sources train``),
+   or are left out (``leave-out``);
 3. splits by patient (``DIR/lists``): the held-out patients (:data:`RECIPE["test"]`, one of them a DICOM HCC
    patient) are the test list, one 2D patient validates, the rest train (every slice, tumour slices first);
 4. trains through the bundle (a narrow network at 256x256, augmentation on, ``--context`` neighbouring slices on
@@ -76,6 +77,9 @@ RECIPE = {
     # crlm_1100 together, mean tumour Dice 0.325 against 0.218 with real lesions only (2 seeds, Intel Xeon AMX), at
     # three times the false lesions (benchmarks page)
     "synthetic": 0.5,
+    # sources that label the liver only (CHAOS, dcmqi's slices): "train" (their tumour unknown, synthetic lesions put
+    # in) or "leave-out"
+    "liver_only_sources": "train",
     # the tumour stage: the same network on crops around the liver, jittered (shift and scale) in training
     "tumour_stage": {"stage": "liver_crop", "crop_margin_mm": 15.0},
 }
@@ -91,13 +95,21 @@ def _mask_values(masks_dir: Path, probe: int = 40) -> set[int]:
     return values
 
 
-def find_real_sources(data: Path) -> tuple[list[dict], dict[str, str]]:
-    """The labelled sources directly under ``data`` (``{"name", "path", "kind", "label_map"}``) and, per folder
-    left out, the reason."""
+def find_real_sources(data: Path, only: list[str] | None = None) -> tuple[list[dict], dict[str, str]]:
+    """The labelled sources directly under ``data`` (``{"name", "path", "kind", "label_map"}``; only the folders
+    named in ``only`` when given) and, per folder left out, the reason."""
     from workflows.data.discovery import find_volume_sources
 
     sources, notes = [], {}
-    for folder in sorted(p for p in data.iterdir() if p.is_dir() and not p.name.startswith(".")):
+    folders = sorted(p for p in data.iterdir() if p.is_dir() and not p.name.startswith("."))
+    missing = sorted(set(only or ()) - {p.name for p in folders})
+    if missing:
+        raise ValueError(f"--sources {' '.join(missing)}: no such folder in {data} (it holds "
+                         f"{', '.join(p.name for p in folders) or 'none'}).")
+    for folder in folders:
+        if only is not None and folder.name not in only:
+            notes[folder.name] = "not among --sources"
+            continue
         found, _ = find_volume_sources(folder)
         studies = [s for s in found if s.kind == "dicom" and s.segs]
         sets = [s for s in found if s.kind == "2d" and s.labelled]
@@ -166,6 +178,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synthetic", type=float, default=RECIPE["synthetic"],
                         help="the chance that a training sample gets lesions synthesised inside its liver "
                              f"(transforms.lesion_synthesis; default {RECIPE['synthetic']:g}; 0: real lesions only)")
+    parser.add_argument("--sources", nargs="+", metavar="FOLDER",
+                        help="train and score on these folders of --data only (default: every labelled source)")
+    parser.add_argument("--validation-fraction", type=float, default=0.15,
+                        help="share of the patients that validate when the recipe's validation patient is not among "
+                             "the sources (default 0.15; 0: none, every patient trains; the model is the last "
+                             "epoch's either way)")
+    parser.add_argument("--liver-only-sources", choices=("train", "leave-out"), default=RECIPE["liver_only_sources"],
+                        help="sources that label the liver but not tumours: train (default "
+                             f"{RECIPE['liver_only_sources']}; the liver, with their tumour left out of the loss except "
+                             "where a synthetic lesion was put) or leave-out")
     args = parser.parse_args(argv)
     data = Path(args.data)
     if not data.is_dir():
@@ -180,17 +202,25 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"error: --architecture must be one of {', '.join(NETWORKS)}, got {args.architecture!r}.\n")
     if not 0 <= args.synthetic <= 1:  # nan fails too
         parser.exit(2, f"error: --synthetic must be a chance from 0 to 1, got {args.synthetic}.\n")
+    if not 0 <= args.validation_fraction < 1:  # nan fails too
+        parser.exit(2, f"error: --validation-fraction must be from 0 to below 1, got {args.validation_fraction}.\n")
     if not 0 <= args.context <= 8:
         parser.exit(2, f"error: --context must be 0..8 neighbouring slices on each side, got {args.context}.\n")
     plan_file = Path(args.output) / "models" / "recipe.json"
     if plan_file.is_file():  # a rerun carries on with the plan it started with
         planned = json.loads(plan_file.read_text())
         given = {"--epochs": args.epochs, "--stages": args.stages, "--context": args.context,
-                 "--precision": args.precision, "--architecture": args.architecture, "--synthetic": args.synthetic}
+                 "--precision": args.precision, "--architecture": args.architecture, "--synthetic": args.synthetic,
+                 "--liver-only-sources": args.liver_only_sources,
+                 "--sources": " ".join(sorted(args.sources)) if args.sources else "(all)",
+                 "--validation-fraction": args.validation_fraction}
         started = {"--epochs": planned.get("epochs"), "--stages": planned.get("stages", 1),
                    "--context": planned.get("context", 0), "--precision": planned.get("precision", "fp32"),
                    "--architecture": planned.get("architecture", "three_level_unet"),
-                   "--synthetic": planned.get("synthetic", 0.0)}
+                   "--synthetic": planned.get("synthetic", 0.0),
+                   "--liver-only-sources": planned.get("liver_only_sources", "leave-out"),
+                   "--sources": " ".join(planned.get("sources") or []) or "(all)",
+                   "--validation-fraction": planned.get("validation_fraction", 0.15)}
         for name, value in given.items():
             if value is not None and value != started[name]:
                 parser.exit(2, f"error: {name} {value}: {args.output} was started with {name} {started[name]} "
@@ -216,6 +246,7 @@ class RecipeRun:
     sources: list = field(default_factory=list)
     notes_by_folder: dict = field(default_factory=dict)
     kept: list = field(default_factory=list)
+    liver_only: set = field(default_factory=set)
     left_out: dict = field(default_factory=dict)
     rows: list = field(default_factory=list)
     plan: object = None
@@ -239,14 +270,14 @@ def _recipe(args: argparse.Namespace, argv: list[str] | None, data: Path, out: P
 
 
 def _convert_sources(run: RecipeRun, data: Path) -> None:
-    """Steps 1 and 2: the labelled sources under ``data``, each converted into its own slice set; sources that label
-    the liver only are left out, and the sources' liver grey levels compared."""
+    """Steps 1 and 2: the labelled sources under ``data``, each converted into its own slice set (the volumes of a
+    source that labels the liver only noted, or the source left out), and the sources' liver grey levels compared."""
     from workflows.data.conversion import ConvertSettings, convert
     from workflows.data.grey_levels import disagreeing_sources, read_grey_levels, source_groups
     from workflows.data.slice_set import read_slice_sets
 
     print("\n== 1/6 finding labelled sources")
-    run.sources, run.notes_by_folder = find_real_sources(data)
+    run.sources, run.notes_by_folder = find_real_sources(data, run.args.sources)
     for folder, reason in run.notes_by_folder.items():
         print(f"left out {folder}: {reason}")
     for source in run.sources:
@@ -257,6 +288,7 @@ def _convert_sources(run: RecipeRun, data: Path) -> None:
                          "series, or 2D sets with images/ and masks/); point --data at ../shared/data/real or such.")
 
     print("\n== 2/6 converting each source into its own slice set")
+    tumour_sources = 0
     for source in run.sources:
         target = run.out / "slices" / source["name"]
         summary = convert(source["path"], target, ConvertSettings(label_map=source["label_map"]), progress=False)
@@ -264,14 +296,21 @@ def _convert_sources(run: RecipeRun, data: Path) -> None:
             print(f"{source['name']}: {len(summary.failed)} volume(s) failed: {summary.failed}")
         rows = read_slice_sets([str(target)])
         tumour = [r["tumor_pixels"] for r in rows if r["mask"]]
+        volumes = {r["volume_id"] for r in rows}
         if not tumour or all(t is None for t in tumour) or not any(tumour):
-            run.left_out[source["name"]] = ("labels the liver only: for a liver + tumour model its tumours would count "
-                                            "as absent")
-            print(f"left out {source['name']}: {run.left_out[source['name']]}")
+            if run.args.liver_only_sources == "leave-out":
+                run.left_out[source["name"]] = ("labels the liver only (--liver-only-sources leave-out)")
+                print(f"left out {source['name']}: {run.left_out[source['name']]}")
+                continue
+            run.liver_only |= volumes
+            run.kept.append(target)
+            print(f"{source['name']}: {len(volumes)} volume(s), {len(rows)} slices; labels the liver only: trains the "
+                  "liver, its tumour unknown (left out of the loss" + (", except where a synthetic lesion is put)"
+                                                                        if run.args.synthetic else ")"))
             continue
         run.kept.append(target)
-        print(f"{source['name']}: {len({r['volume_id'] for r in rows})} volume(s), {len(rows)} slices, "
-              f"{sum(bool(t) for t in tumour)} with tumour")
+        tumour_sources += 1
+        print(f"{source['name']}: {len(volumes)} volume(s), {len(rows)} slices, {sum(bool(t) for t in tumour)} with tumour")
     records = {v: r for d in (run.out / "slices").iterdir() if d.is_dir() for v, r in read_grey_levels(d).items()}
     groups = source_groups(records)
     for name, group in groups.items():
@@ -284,7 +323,7 @@ def _convert_sources(run: RecipeRun, data: Path) -> None:
         print(f"WARNING (sources trained on): {disagreeing_sources(kept_groups)}")
     elif everything:
         print("the sources trained on agree; the disagreeing ones are among those left out")
-    if not run.kept:
+    if not tumour_sources:
         raise ValueError(f"--data {data}: no source labels liver and tumour (DICOM studies with SEG objects, or 2D "
                          "sets whose masks mark lesions); the recipe trains both, so it needs at least one.")
 
@@ -300,8 +339,10 @@ def _split_patients(run: RecipeRun) -> None:
     test, val = [v for v in RECIPE["test"] if v in present], [v for v in RECIPE["val"] if v in present]
     groups_present = {k: v for k, v in RECIPE["groups"].items() if k in present}
     run.plan = plan = plan_split(run.rows, target="both", positives=10**9, negatives=10**9, seed=run.args.seed,
-                                 val_volumes=val or None, test_volumes=test or None, val_fraction=0.15,
-                                 test_fraction=0.15, chunk_size=10**9, val_balanced=400, groups=groups_present)
+                                 val_volumes=val or None, test_volumes=test or None,
+                                 val_fraction=run.args.validation_fraction,
+                                 test_fraction=0.15, chunk_size=10**9, val_balanced=400, groups=groups_present,
+                                 liver_only=run.liver_only)
     write_split(plan, run.out / "lists", run.kept)
     for message in plan.messages:
         print(message)
@@ -350,7 +391,10 @@ def _train_stages(run: RecipeRun) -> None:
         plan_file.parent.mkdir(parents=True, exist_ok=True)
         write_json_atomic(plan_file, {"epochs": epochs, "images_per_second": speed, "stages": args.stages,
                                       "context": args.context, "precision": args.precision,
-                                      "architecture": args.architecture, "synthetic": args.synthetic})
+                                      "architecture": args.architecture, "synthetic": args.synthetic,
+                                      "liver_only_sources": args.liver_only_sources,
+                                      "sources": sorted(args.sources) if args.sources else None,
+                                      "validation_fraction": args.validation_fraction})
     for stage, _ in stages:
         what = "liver + tumour on whole slices" if stage == "whole" else "the tumour on crops around the liver"
         print(f"{stage}: {what}, {epochs} epoch(s) of {slices[stage]} slices"
@@ -465,7 +509,8 @@ def _write_summary(run: RecipeRun, argv, slice_level: dict, patients: dict, othe
         "command": "python -m workflows.realdata " + " ".join(argv if argv is not None else sys.argv[1:]),
         "threads": run.threads, "cpu_model": cpu_model(), "plan": "--epochs" if args.epochs is not None else "--minutes",
         "stages": args.stages, "context": args.context, "precision": args.precision, "architecture": args.architecture,
-        "synthetic": args.synthetic,
+        "synthetic": args.synthetic, "liver_only_sources": args.liver_only_sources,
+        "liver_only_volumes": sorted(run.liver_only),
         "probe_images_per_second": round(training["speed"], 2) if training["speed"] is not None else None,
         "epochs": training["epochs"], "slices_per_epoch": training["slices"],
         "training_images_per_second": round(training["images"] / max(1e-9, training["minutes"] * 60), 2),

@@ -16,12 +16,12 @@ TINY = {"spatial_size": 32, "network_def#channels": [4, 8, 16, 32], "epochs_per_
 
 
 def make_lists(root: Path, target: str = "liver", chunk_size: int = 8, positives: int = 12, negatives: int = 12,
-               seed: int = 0, test_fraction: float = 0.0, val_fraction: float = 0.2) -> Path:
+               seed: int = 0, test_fraction: float = 0.0, val_fraction: float = 0.2, liver_only: set | None = None) -> Path:
     generate_dataset(root / "raw", cases=5, seed=21, size=32, slices=12, progress=False)
     convert(root / "raw", root / "slices", progress=False)
     plan = plan_split(read_manifest(root / "slices"), target=target, positives=positives, negatives=negatives,
                       chunk_size=chunk_size, val_fraction=val_fraction, seed=seed, val_balanced=8,
-                      test_fraction=test_fraction)
+                      test_fraction=test_fraction, liver_only=liver_only)
     write_split(plan, root / "lists", root / "slices")
     return root / "lists"
 

@@ -2,6 +2,7 @@
 tumour on crops around it, one model file holds both, and inference and evaluation need no other flag."""
 
 import json
+import math
 
 import nibabel as nib
 import numpy as np
@@ -150,3 +151,30 @@ def test_synthetic_lesions_train_both_stages_and_are_recorded_in_the_model_file(
     settings = torch.load(tmp_path / "tumour" / "model.pt", weights_only=True)["settings"]
     assert settings["synthetic_lesions"] == 1.0 and settings["lesion_types"] == "faint:1,rim:2"
     assert settings["tumour_stage"]["synthetic_lesions"] == 1.0
+
+
+def test_a_liver_only_source_trains_the_liver_and_carries_synthetic_lesions_its_other_tumour_left_out(tmp_path,
+                                                                                                    monkeypatch):
+    """A volume whose source labels the liver only: the loss sees its tumour channel as unknown inside the liver
+    (-1), except where a synthetic lesion was put (1); the volumes that label tumours keep 0/1 targets."""
+    from networks import BCEDiceLoss
+
+    lists = make_lists(tmp_path, target="both", liver_only={"3"})
+    assert "3" in json.loads((lists / "split.json").read_text())["volumes"]["train"]
+    targets = []
+    original = BCEDiceLoss.forward
+
+    def recording(self, logits, target):
+        targets.append(target.detach().clone())
+        return original(self, logits, target)
+
+    monkeypatch.setattr(BCEDiceLoss, "forward", recording)
+    log = run_workflow("training", ["train"], "train", dataset_dir=str(lists), ckpt_dir=str(tmp_path / "m"),
+                       synthetic_lesions=1, batch_size=1, **TINY)[-1]
+    samples = [t[0] for t in targets]
+    unknown = [t for t in samples if bool((t[1] < 0).any())]
+    assert unknown and len(unknown) < len(samples)
+    assert any(bool((t[1] == 1).any()) for t in unknown)  # a synthetic lesion in a liver-only sample is known
+    assert all(bool((t[1][t[0] == 0] == 0).all()) for t in unknown)  # outside the liver the tumour is known absent
+    assert all(set(t.unique().tolist()) <= {0.0, 1.0} for t in samples if not bool((t[1] < 0).any()))
+    assert log and all(math.isfinite(e["mean_loss_last_epoch"]) for e in log)

@@ -21,3 +21,26 @@ def test_the_loss_is_fp32_under_bf16_autocast_and_equals_the_fp32_loss_of_the_sa
     assert torch.equal(under_autocast.detach(), reference)
     under_autocast.backward()  # gradients flow back through the cast
     assert network.enc1.conv[0].weight.grad is not None
+
+
+def test_pixels_whose_tumour_is_unknown_are_left_out_and_a_fully_known_target_gives_the_loss_it_always_gave():
+    from monai.losses import DiceLoss
+
+    torch.manual_seed(0)
+    loss = BCEDiceLoss()
+    logits, target = torch.randn(3, 2, 16, 16), (torch.rand(3, 2, 16, 16) > 0.6).float()
+    reference = 0.5 * torch.nn.functional.binary_cross_entropy_with_logits(logits, target) \
+        + 0.5 * DiceLoss(sigmoid=True, batch=True, smooth_nr=1.0, smooth_dr=1.0)(logits, target)
+    assert torch.allclose(loss(logits, target), reference)
+    assert torch.allclose(loss._masked(logits, target), reference, atol=1e-6)  # the masked form, nothing masked
+    unknown = target.clone()
+    unknown[0, 1, :8] = -1  # half a slice's tumour channel not labelled
+    masked = loss(logits, unknown)
+    changed = logits.clone()
+    changed[0, 1, :8] += 50  # whatever the network says there
+    assert torch.equal(loss(changed, unknown), masked)
+    changed[0, 1, 8:] += 50  # but where the tumour is known it counts
+    assert not torch.allclose(loss(changed, unknown), masked)
+    logits.requires_grad_(True)
+    loss(logits, unknown).backward()
+    assert float(logits.grad[0, 1, :8].abs().max()) == 0 and float(logits.grad[0, 1, 8:].abs().max()) > 0

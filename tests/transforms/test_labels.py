@@ -66,3 +66,24 @@ def test_target_channels_back_to_lits_labels():
         assert np.array_equal(back, expected.numpy())
     with pytest.raises(ValueError, match="needs 2 channel"):
         target_to_lits(np.zeros((1, 4, 4)), "both")
+
+
+def test_a_source_that_labels_the_liver_only_leaves_its_tumour_unknown_inside_the_liver_only():
+    from transforms import TUMOUR_UNKNOWN
+
+    liver_only = torch.tensor([[[0, 1, 1, 1], [1, 0, 0, 1]]], dtype=torch.float32)
+    out = LabelToTarget("both")(liver_only, tumour_labelled=False)
+    assert torch.equal(out[0], liver_only[0])  # the liver is known
+    assert out[1].tolist() == [[0, TUMOUR_UNKNOWN, TUMOUR_UNKNOWN, TUMOUR_UNKNOWN], [TUMOUR_UNKNOWN, 0, 0, TUMOUR_UNKNOWN]]
+    assert torch.equal(LabelToTarget("liver")(liver_only, tumour_labelled=False), LabelToTarget("liver")(liver_only))
+    with pytest.raises(ValueError, match="signed dtype"):
+        LabelToTarget("both", dtype=np.uint8)(liver_only, tumour_labelled=False)
+
+
+def test_the_dictionary_version_reads_the_entrys_flag_and_takes_it_out_of_the_sample():
+    both = LabelToTargetd(keys="label", target="both", known_key="tumour_labelled")
+    unknown = both({"label": LABEL, "tumour_labelled": False})
+    known, unflagged = both({"label": LABEL, "tumour_labelled": True}), both({"label": LABEL})
+    assert "tumour_labelled" not in unknown and "tumour_labelled" not in known
+    assert torch.equal(known["label"], unflagged["label"]) and torch.equal(known["label"], LabelToTarget("both")(LABEL))
+    assert int((unknown["label"][1] < 0).sum()) == int((LABEL > 0).sum())  # every liver pixel, tumour included

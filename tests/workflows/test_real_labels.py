@@ -243,9 +243,17 @@ def test_the_recipe_runs_end_to_end_on_a_small_study_and_2d_set(tmp_path, capsys
             mask[10:14, 10:14] = 255 if k % 2 else 127
             cv2.imwrite(str(data / "set" / "images" / f"{case}_{k}.png"), image)
             cv2.imwrite(str(data / "set" / "masks" / f"{case}_{k}.png"), mask)
+    for k in range(3):  # a set that labels the liver only (0/255, as CHAOS)
+        for folder in ("images", "masks"):
+            (data / "liveronly" / folder).mkdir(parents=True, exist_ok=True)
+        image = np.full((32, 32), 60, np.uint8)
+        image[4:24, 8:28] = 150
+        cv2.imwrite(str(data / "liveronly" / "images" / f"9_{k}.png"), image)
+        cv2.imwrite(str(data / "liveronly" / "masks" / f"9_{k}.png"), np.where(image > 100, 255, 0).astype(np.uint8))
     assert main(["--data", str(data), "--output", str(tmp_path / "out"), "--epochs", "2"]) == 0
     printed = capsys.readouterr().out
     assert "set: 2D set (label map 127:1,255:2)" in printed and "study: DICOM study with SEG" in printed
+    assert "liveronly: 1 volume(s), 3 slices; labels the liver only: trains the liver, its tumour unknown" in printed
     assert "whole: liver + tumour on whole slices, 2 epoch(s) of" in printed and "measured" not in printed
     assert "liver_crop: the tumour on crops around the liver, 2 epoch(s) of" in printed  # --epochs: no speed probe
     summary = __import__("json").loads((tmp_path / "out" / "summary.json").read_text())
@@ -256,12 +264,15 @@ def test_the_recipe_runs_end_to_end_on_a_small_study_and_2d_set(tmp_path, capsys
                                                                                        "its slices stacked into a volume"}
     assert summary["epochs"] == 2 and summary["plan"] == "--epochs" and summary["threads"] >= 1
     assert summary["stages"] == 2 and summary["context"] == 1
+    assert summary["liver_only_volumes"] and set(summary["liver_only_volumes"]) <= set(summary["split"]["train"])
+    chunk = __import__("json").loads((tmp_path / "out" / "lists" / "chunk_0.json").read_text())["training"]
+    assert {e["volume_id"] for e in chunk if e.get("tumour_labelled") is False} == set(summary["liver_only_volumes"])
     assert summary["cpu_model"] and summary["training_images_per_second"] > 0
     for stage in ("whole_slices", "tumour_on_liver_crop"):
         log = __import__("json").loads((tmp_path / "out" / "models" / stage / "training_log.json").read_text())
         assert [e["epochs"] for e in log] == [2]
     for flag, value, started in (("--epochs", "3", "2"), ("--context", "0", "1"), ("--stages", "1", "2"),
-                                 ("--precision", "fp32", "auto")):
+                                 ("--precision", "fp32", "auto"), ("--liver-only-sources", "leave-out", "train")):
         with pytest.raises(SystemExit) as refused:  # the same folder with another plan: refused before anything runs
             main(["--data", str(data), "--output", str(tmp_path / "out"), flag, value])
         err = capsys.readouterr().err

@@ -213,3 +213,21 @@ def test_the_bundle_trains_on_imported_reference_lists(tmp_path):
     log = workflow.run()[-1]
     workflow.finalize()
     assert [e["chunk"] for e in log] == [0] and (tmp_path / "models" / "model.pt").exists()
+
+
+def test_volumes_that_label_the_liver_only_train_with_their_tumour_marked_unknown(slice_set, tmp_path):
+    rows = read_manifest(slice_set)
+    volumes = sorted({r["volume_id"] for r in rows})
+    plan = plan_split(rows, target="both", positives=10**6, negatives=10**6, val_fraction=0.3, seed=1,
+                      liver_only={volumes[0]})
+    assert volumes[0] in plan.volumes["train"]
+    write_split(plan, tmp_path / "lists", slice_set)
+    entries = [e for k in range(len(plan.chunks))
+               for e in json.loads((tmp_path / "lists" / f"chunk_{k}.json").read_text())["training"]]
+    flagged = {e["volume_id"] for e in entries if e.get("tumour_labelled") is False}
+    assert flagged == {volumes[0]}
+    assert all("tumour_labelled" not in e for e in entries if e["volume_id"] != volumes[0])
+    val = json.loads((tmp_path / "lists" / "val.json").read_text())["validation"]
+    assert val and all("tumour_labelled" not in e for e in val)
+    with pytest.raises(ValueError, match=rf"{volumes[0]} label the liver but not tumours"):
+        plan_split(rows, target="both", test_volumes=[volumes[0]], liver_only={volumes[0]})

@@ -190,26 +190,37 @@ def plan_split(
     val_fraction: float = 0.2, test_fraction: float = 0.0, chunk_size: int = 2_000, seed: int = 0,
     val_balanced: int = 2_000, val_volumes: list[str] | None = None, test_volumes: list[str] | None = None,
     conversion: dict | list[dict] | None = None, groups: dict[str, str] | None = None,
+    liver_only: set[str] | None = None,
 ) -> SplitPlan:
     """Everything ``write_split`` writes, decided from the manifest rows; deterministic for a seed.
     ``conversion`` is the slice sets' ``convert.json`` (what their masks hold); ``groups`` maps volume ids to
-    patients."""
+    patients. ``liver_only``: volumes whose source labels the liver but not tumours (their masks' tumour count as
+    unknown, as a 0/255 set's). With ``target="both"``, volumes whose tumour is unknown train only (they cannot
+    validate or test a tumour), and their datalist entries say ``"tumour_labelled": false``, so the loss leaves their
+    tumour channel out inside the liver."""
     if target not in TARGETS:
         raise ValueError(f"`target` must be one of {TARGETS}, got {target!r}.")
     if chunk_size < 1 or positives < 0 or negatives < 0 or positives + negatives < 1:
         raise ValueError(f"need --chunk-size >= 1 and some slices to sample, got chunk size {chunk_size}, "
                          f"{positives} positives, {negatives} negatives.")
-    labelled = [r for r in rows if r["mask"]]
+    labelled = [{**r, "tumor_pixels": None} if r["volume_id"] in (liver_only or ()) else r for r in rows if r["mask"]]
     if not labelled:
         raise ValueError("the slice set has no masks; a split for training needs labelled slices.")
     if target != "liver" and all(r["tumor_pixels"] is None for r in labelled):
         raise ValueError("the slice set's masks do not tell tumour apart (a Kaggle-style 0/255 set): use --target liver.")
+    unknown = sorted({r["volume_id"] for r in labelled if r["tumor_pixels"] is None}) if target == "both" else []
+    named = sorted(set(unknown) & set((val_volumes or []) + (test_volumes or [])))
+    if named:
+        raise ValueError(f"volume(s) {', '.join(named)} label the liver but not tumours: they cannot validate or test a "
+                         "liver + tumour model; name volumes whose masks mark tumours, or split with --target liver.")
     for settings in (conversion if isinstance(conversion, list) else [conversion or {}]):
         converted_target = settings.get("target", "both")
         if converted_target != "both" and converted_target != target:
             raise ValueError(f"the slice set's masks were converted with --target {converted_target}; they cannot "
                              f"train --target {target}. Convert again with --target both (the default) or {target}.")
-    volumes = split_volumes(labelled, val_fraction, test_fraction, seed, val_volumes, test_volumes, groups)
+    volumes = split_volumes([r for r in labelled if r["volume_id"] not in unknown], val_fraction, test_fraction, seed,
+                            val_volumes, test_volumes, groups)
+    volumes["train"] = sorted(volumes["train"] + unknown, key=lambda v: (len(v), v))
     rng = np.random.default_rng(seed)
     by_split = {split: [r for r in labelled if r["volume_id"] in set(ids)] for split, ids in volumes.items()}
     messages = []
@@ -278,8 +289,10 @@ def _entries(rows: list[dict], target: str, lists_dir: Path) -> list[dict]:
     def rel(path: str) -> str:
         return os.path.relpath(path, lists_dir)
 
+    unknown = {"tumour_labelled": False}  # only where it is so: lists of fully labelled sources stay as they were
     return [{"image": rel(r["image"]), "label": rel(r["mask"]), "volume_id": r["volume_id"],
-             "slice_index": r["slice_index"], "positive": _is_positive(r, target)} for r in rows]
+             "slice_index": r["slice_index"], "positive": _is_positive(r, target),
+             **(unknown if target == "both" and r["tumor_pixels"] is None else {})} for r in rows]
 
 
 def write_split(plan: SplitPlan, lists_dir: str | os.PathLike,
