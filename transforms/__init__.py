@@ -8,7 +8,7 @@ from .labels import (
 )
 from .lesion_synthesis import LESION_TYPES, SynthesizeLesions, SynthesizeLesionsd, parse_lesion_types
 from .loading import LoadScan, LoadScand, dicom_series_files, is_dicom_series_folder, is_nifti, nifti_stem
-from .postprocessing import TargetToLabel, TargetToLabeld, TumourInLiver, TumourInLiverd
+from .postprocessing import MIN_TUMOUR_MM3, TargetToLabel, TargetToLabeld, TumourInLiver, TumourInLiverd
 from .preprocessing import GREY_LEVELS, ResizeSlices, ResizeSlicesd, canonical_grey, network_input
 from .slicing import CANONICAL_AXCODES, AxialSlices, AxialSlicesd, axial_axis, to_canonical
 from .validation import (
@@ -21,7 +21,7 @@ __all__ = [
     "check_lits_labels", "liver_mask", "parse_label_map", "target_to_lits", "tumour_mask",
     "LESION_TYPES", "SynthesizeLesions", "SynthesizeLesionsd", "parse_lesion_types",
     "LoadScan", "LoadScand", "dicom_series_files", "is_dicom_series_folder", "is_nifti", "nifti_stem",
-    "TargetToLabel", "TargetToLabeld", "TumourInLiver", "TumourInLiverd",
+    "MIN_TUMOUR_MM3", "TargetToLabel", "TargetToLabeld", "TumourInLiver", "TumourInLiverd",
     "GREY_LEVELS", "ResizeSlices", "ResizeSlicesd", "canonical_grey", "network_input",
     "CANONICAL_AXCODES", "AxialSlices", "AxialSlicesd", "axial_axis", "to_canonical",
     "InvalidScanError", "ValidateScan", "ValidateScand", "check_label_grid", "check_volume", "unwrap_transform_error",

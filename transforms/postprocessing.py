@@ -21,7 +21,7 @@ from scipy import ndimage
 
 from transforms.labels import LITS_LABELS, target_to_lits, tumour_mask
 
-__all__ = ["TargetToLabel", "TargetToLabeld", "TumourInLiver", "TumourInLiverd"]
+__all__ = ["MIN_TUMOUR_MM3", "TargetToLabel", "TargetToLabeld", "TumourInLiver", "TumourInLiverd"]
 
 
 class TargetToLabel(Transform):
@@ -51,16 +51,24 @@ class TargetToLabeld(MapTransform):
         return d
 
 
+#: the smallest tumour inference keeps (mm³): about a 10 mm sphere, RECIST's smallest measurable lesion on CT. On the
+#: recipe's held-out and unseen scans it removed 45-90% of the false lesions and no lesion found (benchmarks page)
+MIN_TUMOUR_MM3 = 500.0
+
+
 class TumourInLiver(Transform):
     """Keep tumour where it can be: on a LiTS map ``(1, X, Y, Z)``, drop tumour components (26-connected) that
     touch no liver voxel, and give components smaller than ``min_tumour_mm3`` the tissue around them (liver when the
     map has liver). A map without liver (a tumour-only model) keeps its tumour: the liver is unknown, not absent.
+    On one 2D image (``Z == 1``) a lesion's volume is unknown: it is kept when its area reaches the middle section of a
+    sphere of ``min_tumour_mm3`` (a disc of the sphere's diameter).
 
     Args:
-        min_tumour_mm3: smallest tumour kept, in mm³ (voxel size from the MetaTensor's affine); 0 keeps all.
+        min_tumour_mm3: smallest tumour kept, in mm³ (voxel size from the MetaTensor's affine); 0 keeps all. The
+            bundle's default, 500 mm³, is about a sphere of 10 mm, RECIST's smallest measurable lesion on CT.
     """
 
-    def __init__(self, min_tumour_mm3: float = 10.0) -> None:
+    def __init__(self, min_tumour_mm3: float = MIN_TUMOUR_MM3) -> None:
         if min_tumour_mm3 < 0:
             raise ValueError(f"`min_tumour_mm3` must be >= 0, got {min_tumour_mm3!r}.")
         self.min_tumour_mm3 = float(min_tumour_mm3)
@@ -78,8 +86,12 @@ class TumourInLiver(Transform):
             touching = np.unique(components[grown & tumour])
             out[0][tumour & ~np.isin(components, touching)] = 0
         if self.min_tumour_mm3 > 0:
-            pixdim = [float(s) for s in label.pixdim] if isinstance(label, MetaTensor) else 1.0
-            kept = remove_small_objects(tumour_mask(out[0])[None], min_size=self.min_tumour_mm3, connectivity=3,
+            pixdim = [float(s) for s in label.pixdim] if isinstance(label, MetaTensor) else [1.0, 1.0, 1.0]
+            min_size = self.min_tumour_mm3
+            if out.shape[-1] == 1:  # one image: the area of the sphere's middle section, times the nominal thickness
+                radius = (3 * self.min_tumour_mm3 / (4 * np.pi)) ** (1 / 3)
+                min_size = np.pi * radius ** 2 * pixdim[-1]
+            kept = remove_small_objects(tumour_mask(out[0])[None], min_size=min_size, connectivity=3,
                                         by_measure=True, pixdim=pixdim)
             specks = tumour_mask(out[0]) & ~np.asarray(kept[0], bool)
             out[0][specks] = LITS_LABELS["liver"] if has_liver else 0
@@ -89,7 +101,7 @@ class TumourInLiver(Transform):
 class TumourInLiverd(MapTransform):
     """Dictionary-based wrapper of :class:`TumourInLiver`."""
 
-    def __init__(self, keys: KeysCollection, min_tumour_mm3: float = 10.0, allow_missing_keys: bool = False) -> None:
+    def __init__(self, keys: KeysCollection, min_tumour_mm3: float = MIN_TUMOUR_MM3, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.clean = TumourInLiver(min_tumour_mm3)
 

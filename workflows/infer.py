@@ -1,7 +1,7 @@
 """One-line inference, the reference's ``python inference.py --image new_ct.jpg --model unet_liver_final.pth``.
 
 ``python -m workflows.infer --input IMAGE_OR_SCAN --model WEIGHTS [--output DIR] [--target liver|tumor|both]
-[--channels 64 128 256 512] [--spatial-size 256] [--min-tumour-mm3 10] [--shard I/N] [--overwrite]``
+[--channels 64 128 256 512] [--spatial-size 256] [--min-tumour-mm3 500] [--shard I/N] [--overwrite]``
 
 IMAGE_OR_SCAN is one 2D slice (PNG/JPG, windowed like the Kaggle export), a NIfTI file, a DICOM series folder, or a
 folder of those. WEIGHTS is the bundle's ``model.pt``, a training checkpoint, the reference project's own
@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
                                                               "64 128 256 512)")
     parser.add_argument("--spatial-size", type=int, help="size the network was trained at (default: the model "
                                                          "file's, else 256)")
-    parser.add_argument("--min-tumour-mm3", type=float, default=10.0, help="drop smaller tumour specks (10 mm³)")
+    parser.add_argument("--min-tumour-mm3", type=float,
+                        help="tumours smaller than this become liver (default 500 mm³, about a 10 mm sphere)")
     parser.add_argument("--deidentify", action="store_true",
                         help="outputs named scan-001, ... and no file names, series notes or DICOM SEG in them")
     parser.add_argument("--shard", metavar="I/N", help="segment share I of N of the scans (N machines, one output)")
@@ -46,9 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     from workflows.inference import SomeScansFailed
 
     settings = {"input": args.input, "output_dir": args.output, "ckpt_file": args.model,
-                "min_tumour_mm3": args.min_tumour_mm3, "deidentify": args.deidentify, "threads": args.threads,
+                "deidentify": args.deidentify, "threads": args.threads,
                 "shard": args.shard, "overwrite": args.overwrite}
-    given = {"target": args.target, "spatial_size": args.spatial_size,
+    given = {"target": args.target, "spatial_size": args.spatial_size, "min_tumour_mm3": args.min_tumour_mm3,
              "network_def#channels": list(args.channels) if args.channels else None}
     settings.update({key: value for key, value in given.items() if value is not None})  # else the model file's
     try:

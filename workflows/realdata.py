@@ -52,7 +52,7 @@ import numpy as np
 
 from workflows.command_line import add_output, add_threads, interruptible, USER_ERRORS, error_line
 
-__all__ = ["RECIPE", "find_real_sources", "main"]
+__all__ = ["RECIPE", "OTHER_SCANS", "find_real_sources", "segment_and_score", "main"]
 
 #: What the recipe trains and holds out. The test list holds a DICOM HCC patient with a real tumour (~4,000 voxels)
 #: and a 2D patient; ``original_rgb`` is case 0 of ``liver_png_2d`` as published (512 RGB): one patient.
@@ -419,6 +419,7 @@ def _score_held_out(run: RecipeRun, data: Path) -> tuple[dict, dict, dict]:
 
     from transforms import window_range
     from workflows.bundle import config_file
+    from workflows.data.held_out_volumes import stack_2d_patient, truth_as_lits
     from workflows.engine.model_file import model_settings
 
     out = run.out
@@ -437,13 +438,14 @@ def _score_held_out(run: RecipeRun, data: Path) -> tuple[dict, dict, dict]:
         else:
             scan, truth = stack_2d_patient(volume_rows, pred_dir / "input", window_hu)
             where = "bundle inference on its slices stacked into a volume, scored against their masks"
-        patients[volume_id] = {**_segment_and_score(run, scan, truth, pred_dir), "where": where}
+        patients[volume_id] = {**segment_and_score(run.model, run.threads, scan, truth, pred_dir), "where": where}
     other_scans = {}
     for name, (scan, truth, label_map, what) in OTHER_SCANS.items():
         if (data / scan).is_file() and (data / truth).is_file():
             pred_dir = out / "other_collections" / name
-            truth_path = _truth_as_lits(data / truth, label_map, pred_dir / "truth")
-            other_scans[name] = {**_segment_and_score(run, data / scan, truth_path, pred_dir), "where": what}
+            truth_path = truth_as_lits(data / truth, label_map, pred_dir / "truth")
+            other_scans[name] = {**segment_and_score(run.model, run.threads, data / scan, truth_path, pred_dir),
+                                 "where": what}
     return slice_level, patients, other_scans
 
 
@@ -457,39 +459,20 @@ OTHER_SCANS = {
 }
 
 
-def _truth_as_lits(path: Path, label_map: dict | None, folder: Path) -> Path:
-    """``path`` as a LiTS label map: itself, or remapped by ``label_map`` into ``folder``."""
-    if label_map is None:
-        return path
-    import gzip
-
-    import nibabel as nib
-
-    from workflows.machine.atomic import write_bytes_atomic
-
-    source = nib.load(path)
-    labels = np.asarray(source.dataobj)
-    lits = np.zeros(labels.shape, np.uint8)
-    for value, lits_value in label_map.items():
-        lits[labels == value] = lits_value
-    target = folder / path.name
-    write_bytes_atomic(target, gzip.compress(nib.Nifti1Image(lits, source.affine).to_bytes(), mtime=0))
-    return target
-
-
-def _segment_and_score(run: RecipeRun, scan: Path, truth: Path, pred_dir: Path) -> dict:
-    """One scan through the bundle's ``inference`` workflow, scored against ``truth``."""
+def segment_and_score(model: Path, threads: int, scan: Path, truth: Path, pred_dir: Path) -> dict:
+    """One scan through the bundle's ``inference`` workflow with ``model`` into ``pred_dir``, scored against
+    ``truth``; the figures carry the scan and truth they came from."""
     from monai.bundle import run as run_bundle
 
     from workflows.bundle import config_file
-    from workflows.engine.volume_evaluation import evaluate_volumes
+    from workflows.engine.volume_evaluation import evaluate_volumes, held_out_scores
 
     started = time.perf_counter()
     run_bundle("inference", config_file=config_file("inference"), input=str(scan), output_dir=str(pred_dir),
-               ckpt_file=str(run.model), threads=run.threads)
+               ckpt_file=str(model), threads=threads)
     seconds = time.perf_counter() - started
     scored = evaluate_volumes(next(pred_dir.glob("*_seg.nii.gz")), truth, pred_dir / "evaluation", progress=False)
-    return {**held_out_scores(scored), "inference_seconds": round(seconds, 1)}
+    return {**held_out_scores(scored), "inference_seconds": round(seconds, 1), "scan": str(scan), "truth": str(truth)}
 
 
 def _write_summary(run: RecipeRun, argv, slice_level: dict, patients: dict, other_scans: dict) -> None:
@@ -527,49 +510,6 @@ def _write_summary(run: RecipeRun, argv, slice_level: dict, patients: dict, othe
     print(f"training {training['minutes']:.1f} min, whole recipe {summary['wall_minutes']} min wall, "
           f"{summary['cpu_minutes']} CPU-min; model {run.model}; summary {out / 'summary.json'}; "
           f"pictures {out / 'held_out'} (overlays) and {out / 'held_out_dice.png'}")
-
-
-def held_out_scores(scored: dict) -> dict:
-    """One patient's figures from :func:`~workflows.engine.volume_evaluation.evaluate_volumes`'s summary: liver and
-    tumour Dice, lesions found (recall, precision, how many there are, how many found at IoU > 0.5), false lesions
-    (predicted lesions matching none) and the liver's mean surface distance (mm)."""
-    lesions = scored["lesions"]
-    matched = round((lesions["precision"] or 0) * lesions["predicted"])
-    return {"liver_dice": scored["liver"]["dice_per_case"]["mean"],
-            "tumour_dice": scored["tumour"]["dice_per_case"]["mean"], "lesion_recall": lesions["recall"],
-            "lesion_precision": lesions["precision"], "lesions_true": lesions["true"],
-            "lesions_found": round((lesions["recall"] or 0) * lesions["true"]),
-            "false_lesions": lesions["predicted"] - matched, "liver_assd_mm": scored["liver"]["assd_mm"]["mean"]}
-
-
-def stack_2d_patient(rows: list[dict], folder: Path, window_hu: list[float]) -> tuple[Path, Path]:
-    """A 2D patient's slices (manifest rows of one volume, in slice order) stacked into ``<id>.nii.gz`` and its label
-    map ``<id>_label.nii.gz`` in ``folder``, for inference and scoring as a volume. The grey levels become the HU that
-    the model's window (``window_hu``) turns back into the very same grey levels; the grid is the canonical
-    orientation at the spacing the set records, or :data:`~workflows.data.liver_boxes.UNKNOWN_SPACING_MM` in-plane
-    and 1 mm between slices (the metrics in mm are then nominal)."""
-    import gzip
-
-    import nibabel as nib
-
-    from workflows.data.liver_boxes import UNKNOWN_SPACING_MM
-    from workflows.data.slice_set import read_grey_slice, read_mask
-    from workflows.machine.atomic import write_bytes_atomic
-
-    grey = np.stack([read_grey_slice(r["image"])[0] for r in rows], axis=-1).astype(np.float32)
-    label = np.stack([read_mask(r["mask"]) for r in rows], axis=-1).astype(np.uint8)
-    lo, hi = window_hu
-    row_mm = rows[0]["spacing_row_mm"] if np.isfinite(rows[0]["spacing_row_mm"]) else UNKNOWN_SPACING_MM
-    col_mm = rows[0]["spacing_col_mm"] if np.isfinite(rows[0]["spacing_col_mm"]) else UNKNOWN_SPACING_MM
-    step = rows[0]["slice_thickness_mm"] if np.isfinite(rows[0]["slice_thickness_mm"]) else 1.0
-    # the canonical orientation ("PLS"): axis 0 toward posterior, axis 1 toward the patient's left, axis 2 superior
-    affine = np.array([[0, -col_mm, 0, 0], [-row_mm, 0, 0, 0], [0, 0, step, 0], [0, 0, 0, 1]], dtype=float)
-    folder.mkdir(parents=True, exist_ok=True)
-    volume_id = rows[0]["volume_id"]
-    paths = folder / f"{volume_id}.nii.gz", folder / f"{volume_id}_label.nii.gz"
-    for path, data in zip(paths, ((lo + grey * (hi - lo) / 255.0).astype(np.float32), label)):
-        write_bytes_atomic(path, gzip.compress(nib.Nifti1Image(data, affine).to_bytes(), mtime=0))
-    return paths
 
 
 def _picture(patients: dict, path: Path, save_figure) -> None:

@@ -66,7 +66,7 @@ def _child(command: list[str], log: Path, env: dict | None = None) -> dict:
 
 def _score(pred: Path, truth: Path, out: Path) -> dict:
     from workflows.engine.volume_evaluation import evaluate_volumes
-    from workflows.realdata import held_out_scores
+    from workflows.engine.volume_evaluation import held_out_scores
 
     return held_out_scores(evaluate_volumes(pred, truth, out, progress=False))
 

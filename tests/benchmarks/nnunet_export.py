@@ -5,7 +5,7 @@ and ``labelsTr/case_NNN.nii.gz`` for the training and validation patients, ``ima
 held-out ones, ``dataset.json`` (one CT channel; labels background 0, liver 1, tumour 2, as LiTS), and
 ``splits_final.json`` (one fold: our training patients train, our validation patient validates), with
 ``case_ids.json`` mapping nnU-Net's case names to our volume ids. Each patient is its slices stacked into a volume
-(:func:`workflows.realdata.stack_2d_patient`: the grey levels as the HU the abdomen window turns back into them, the
+(:func:`workflows.data.held_out_volumes.stack_2d_patient`: the grey levels as the HU the abdomen window turns back into them, the
 spacing the slice set records), so nnU-Net sees the very pixels our network sees.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from workflows.data.slice_set import read_slice_sets
 from workflows.data.splitting import slices_dirs_of
 from workflows.engine.training_checks import read_split
-from workflows.realdata import stack_2d_patient
+from workflows.data.held_out_volumes import stack_2d_patient
 
 __all__ = ["export_nnunet"]
 

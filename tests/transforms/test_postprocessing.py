@@ -35,6 +35,21 @@ def test_tumour_size_is_measured_in_mm3_from_the_affine():
     assert TumourInLiver(min_tumour_mm3=30.0)(speck)[0].numpy()[10, 10, 7] == 1
 
 
+def test_on_one_image_a_tumour_is_kept_when_its_area_reaches_the_middle_section_of_the_sphere():
+    """500 mm³ is a sphere of 9.85 mm: on one 2D image (0.8 mm pixels) a disc of that diameter stays, a smaller goes."""
+    def one_image(radius_mm):
+        label = np.zeros((64, 64, 1), np.uint8)
+        label[4:60, 4:60] = 1
+        rows, cols = np.mgrid[0:64, 0:64] * 0.8
+        label[(rows - 25.6) ** 2 + (cols - 25.6) ** 2 <= radius_mm ** 2, 0] = 2
+        return MetaTensor(torch.as_tensor(label)[None], affine=torch.diag(torch.tensor([0.8, 0.8, 1.0, 1.0])))
+
+    assert (TumourInLiver(min_tumour_mm3=500)(one_image(5.4))[0].numpy() == 2).any()
+    assert not (TumourInLiver(min_tumour_mm3=500)(one_image(4.4))[0].numpy() == 2).any()
+    volume = one_image(5.4).repeat(1, 1, 1, 3)  # the same disc on 3 slices of 1 mm: 3 x 92 mm³, under 500
+    assert not (TumourInLiver(min_tumour_mm3=500)(volume)[0].numpy() == 2).any()
+
+
 def test_a_tumour_only_map_keeps_its_tumour_and_zero_keeps_every_speck():
     label = _map()
     tumour_only = MetaTensor(torch.where(label == 1, 0, label), affine=label.affine)

@@ -282,3 +282,13 @@ def test_the_recipe_runs_end_to_end_on_a_small_study_and_2d_set(tmp_path, capsys
     assert settings["tumour_stage"]["stage"] == "liver_crop" and settings["tumour_stage"]["context"] == 1
     assert settings["context"] == 1 and set(state) == {"model", "settings", "tumour_model"}
     assert settings["target"] == "both" and settings["channels"] == [16, 32, 64, 128]
+
+
+def test_the_recipe_refuses_a_source_folder_that_is_not_there_in_one_line(real_data, tmp_path, capsys):
+    from workflows.realdata import main
+    with pytest.raises(SystemExit) as refused:
+        main(["--data", str(real_data), "--output", str(tmp_path / "out"), "--sources", "hcc_tace_0697", "nope",
+              "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert refused.value.code == 2 and "--sources nope: no such folder in" in err and "Traceback" not in err
+    assert not (tmp_path / "out" / "slices").exists()

@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from transforms import LoadScan, canonical_grey, to_canonical
-from workflows.realdata import stack_2d_patient
+from workflows.data.held_out_volumes import stack_2d_patient
 
 
 def test_stacked_slices_come_back_through_inference_as_the_same_grey_levels_and_labels(tmp_path):
@@ -40,14 +40,15 @@ def test_a_held_out_scan_counts_lesions_found_and_false_lesions_against_a_remapp
     import nibabel as nib
 
     from workflows.engine.volume_evaluation import evaluate_volumes
-    from workflows.realdata import _truth_as_lits, held_out_scores
+    from workflows.data.held_out_volumes import truth_as_lits
+    from workflows.engine.volume_evaluation import held_out_scores
 
     affine = np.diag([1.5, 1.5, 2.0, 1.0])
     organs = np.zeros((40, 40, 10), np.uint8)
     organs[5:35, 5:35, 1:9] = 5  # the liver
     organs[2:4, 2:4, :] = 3  # another organ, not liver
     nib.save(nib.Nifti1Image(organs, affine), tmp_path / "organs.nii.gz")
-    truth = _truth_as_lits(tmp_path / "organs.nii.gz", {5: 1}, tmp_path / "truth")
+    truth = truth_as_lits(tmp_path / "organs.nii.gz", {5: 1}, tmp_path / "truth")
     lits = np.asarray(nib.load(truth).dataobj)
     assert set(np.unique(lits)) == {0, 1} and (lits == 1).sum() == (organs == 5).sum()
     lits[10:18, 10:18, 3:7] = 2  # one real lesion

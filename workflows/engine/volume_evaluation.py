@@ -27,7 +27,7 @@ from workflows.data.pictures import save_figure  # noqa: E402
 from workflows.data.slice_set import volume_sort_key  # noqa: E402
 from workflows.engine.volume_metrics import case_metrics, flatten_case, summarise_cases  # noqa: E402
 
-__all__ = ["pair_files", "load_truth", "evaluate_volumes"]
+__all__ = ["pair_files", "load_truth", "evaluate_volumes", "held_out_scores"]
 
 _ID_PATTERNS = (re.compile(r"^segmentation-(.+)$"), re.compile(r"^(?:volume-)?(.+)_seg$"))
 
@@ -134,3 +134,16 @@ def _figure(rows: list[dict], path: Path) -> None:
     ax.set_ylabel("Dice per case")
     ax.legend()
     save_figure(fig, path)
+
+
+def held_out_scores(scored: dict) -> dict:
+    """One patient's figures from :func:`~workflows.engine.volume_evaluation.evaluate_volumes`'s summary: liver and
+    tumour Dice, lesions found (recall, precision, how many there are, how many found at IoU > 0.5), false lesions
+    (predicted lesions matching none) and the liver's mean surface distance (mm)."""
+    lesions = scored["lesions"]
+    matched = round((lesions["precision"] or 0) * lesions["predicted"])
+    return {"liver_dice": scored["liver"]["dice_per_case"]["mean"],
+            "tumour_dice": scored["tumour"]["dice_per_case"]["mean"], "lesion_recall": lesions["recall"],
+            "lesion_precision": lesions["precision"], "lesions_true": lesions["true"],
+            "lesions_found": round((lesions["recall"] or 0) * lesions["true"]),
+            "false_lesions": lesions["predicted"] - matched, "liver_assd_mm": scored["liver"]["assd_mm"]["mean"]}
