@@ -52,7 +52,8 @@ class TargetToLabeld(MapTransform):
 
 
 #: the smallest tumour inference keeps (mm³): about a 10 mm sphere, RECIST's smallest measurable lesion on CT. On the
-#: recipe's held-out and unseen scans it removed 45-90% of the false lesions and no lesion found (benchmarks page)
+#: recipe's held-out and unseen scans it removed 37-100% of the false lesions per scan and no lesion found
+#: (benchmarks page)
 MIN_TUMOUR_MM3 = 500.0
 
 
