@@ -1,4 +1,5 @@
-"""Where the bundle lives and how Python code runs its workflows (the same configs the command line runs)."""
+"""Where the bundle lives, the trained weights it ships, and how Python code runs its workflows (the same configs
+the command line runs)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["BUNDLE_NAME", "BundleCommandError", "bundle_root", "config_file", "one_line_errors", "run_workflow",
-           "quiet_input_echo", "unknown_setting", "refuse_unknown_settings"]
+           "quiet_input_echo", "unknown_setting", "refuse_unknown_settings", "SHIPPED_WEIGHTS", "shipped_weights",
+           "check_shipped_weights", "default_model"]
 
 #: the arguments of ``python -m monai.bundle run`` itself, not settings of a config
 RUN_ARGUMENTS = frozenset({"config_file", "meta_file", "logging_file", "init_id", "run_id", "final_id", "tracking",
@@ -18,11 +20,74 @@ RUN_ARGUMENTS = frozenset({"config_file", "meta_file", "logging_file", "init_id"
 
 BUNDLE_NAME = "liver_tumor_ct_segmentation"
 
+#: the trained weights the bundle ships, under its folder; ``large_files.yml`` (the model zoo's form) records their
+#: sha256. Training writes ``models/model.pt`` beside them, never on them.
+SHIPPED_WEIGHTS = Path("models") / "shipped" / "model.pt"
+
 
 def bundle_root() -> str:
     """The bundle folder of this installation (``bundles/liver_tumor_ct_segmentation``), absolute, so the configs
     run from the repository root, from the bundle's own folder or from anywhere else."""
     return str(Path(__file__).resolve().parents[1] / "bundles" / BUNDLE_NAME)
+
+
+def _recorded_sha256(root: Path) -> dict[str, str]:
+    """``path: sha256`` of the files ``root/large_files.yml`` lists."""
+    import yaml
+
+    listed = root / "large_files.yml"
+    try:
+        entries = (yaml.safe_load(listed.read_text()) or {}).get("large_files") or []
+    except (OSError, yaml.YAMLError, AttributeError) as err:
+        raise ValueError(f"{listed}: not a readable list of large files ({err}); restore it with `git checkout -- "
+                         f"{listed}`.") from None
+    return {str(e.get("path")): str(e.get("hash_val", "")).lower() for e in entries
+            if isinstance(e, dict) and e.get("hash_type", "sha256") == "sha256"}
+
+
+def shipped_weights(root: str | Path | None = None) -> Path:
+    """The bundle's shipped weights (:data:`SHIPPED_WEIGHTS` under ``root``, the bundle by default), their bytes
+    checked against the sha256 that ``large_files.yml`` records; ``ValueError`` (one line) when they are missing or
+    differ."""
+    import hashlib
+
+    root = Path(root or bundle_root())
+    path = root / SHIPPED_WEIGHTS
+    recorded = _recorded_sha256(root).get(SHIPPED_WEIGHTS.as_posix())
+    if not path.is_file() or not recorded:
+        raise ValueError(f"{path}: the bundle's shipped weights are missing (or {root / 'large_files.yml'} lists no "
+                         "sha256 for them); restore them with `git checkout -- " f"{path}`, or name a model with "
+                         "--ckpt_file MODEL.pt.")
+    found = hashlib.sha256(path.read_bytes()).hexdigest()
+    if found != recorded:
+        raise ValueError(f"{path}: sha256 {found[:12]}... differs from the {recorded[:12]}... that large_files.yml "
+                         f"records: the shipped weights were changed or damaged; restore them with `git checkout -- "
+                         f"{path}`, or name a model with --ckpt_file MODEL.pt.")
+    return path
+
+
+def check_shipped_weights(ckpt_file: str | Path, root: str | Path | None = None) -> None:
+    """When ``ckpt_file`` is the bundle's shipped weights (named or found by default), check their sha256."""
+    root = Path(root or bundle_root())
+    if Path(ckpt_file).resolve() == (root / SHIPPED_WEIGHTS).resolve():
+        shipped_weights(root)
+
+
+def default_model(ckpt_dir: str | Path, root: str | Path | None = None) -> str:
+    """The model inference runs when none is named: ``ckpt_dir/model.pt`` when a training wrote one there (it takes
+    precedence), else the bundle's shipped weights (checked); one log line says which."""
+    import logging
+
+    logger = logging.getLogger("liver_ct.model")
+    trained = Path(ckpt_dir) / "model.pt"
+    if trained.is_file():
+        logger.info(f"model: {trained} (trained into the bundle's models folder; it takes precedence over the shipped "
+                    "weights; --ckpt_file names another)")
+        return str(trained)
+    shipped = shipped_weights(root)
+    logger.info(f"model: the shipped weights {shipped} (sha256 checked; the bundle README's model card says how they "
+                "were trained and how well they do; --ckpt_file names another model)")
+    return str(shipped)
 
 
 class BundleCommandError(SystemExit):

@@ -1,10 +1,12 @@
 """One-line inference, the reference's ``python inference.py --image new_ct.jpg --model unet_liver_final.pth``.
 
-``python -m workflows.infer --input IMAGE_OR_SCAN --model WEIGHTS [--output DIR] [--target liver|tumor|both]
+``python -m workflows.infer --input IMAGE_OR_SCAN [--model WEIGHTS] [--output DIR] [--target liver|tumor|both]
 [--channels 64 128 256 512] [--spatial-size 256] [--min-tumour-mm3 500] [--shard I/N] [--overwrite]``
 
 IMAGE_OR_SCAN is one 2D slice (PNG/JPG, windowed like the Kaggle export), a NIfTI file, a DICOM series folder, or a
-folder of those. WEIGHTS is the bundle's ``model.pt``, a training checkpoint, the reference project's own
+folder of those. Without ``--model`` it runs the model a training wrote into the bundle's ``models/`` folder, else the
+weights the bundle ships (``models/shipped/model.pt``, sha256 checked); the log says which. WEIGHTS is a
+``model.pt``, a training checkpoint, the reference project's own
 state_dict, or a TorchScript ``.ts`` from ``ckpt_export``. A model.pt from training carries its settings (widths,
 size, target, window), so no flag is needed; for other weights the defaults are the reference's network (full width
 at 256x256, liver), and a flag that contradicts the model file is refused. It runs the bundle's ``inference`` workflow with these settings, so the image path is the
@@ -26,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workflows.infer", description=__doc__.split("\n\n")[0])
     parser.add_argument("--input", "--image", dest="input", required=True,
                         help="2D slice, NIfTI file, DICOM series folder, or a folder of them (--image: old spelling)")
-    parser.add_argument("--model", required=True, help="model.pt, a training checkpoint, or the reference's .pth")
+    parser.add_argument("--model", help="model.pt, a training checkpoint, or the reference's .pth (default: the bundle's "
+                                        "models/model.pt where a training wrote one, else its shipped weights)")
     parser.add_argument("--output", default="predictions", help="output folder (default ./predictions)")
     parser.add_argument("--target", choices=TARGETS, help="what the model was trained for (default: what the model "
                                                           "file records, else liver)")
@@ -46,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     from workflows.bundle import run_workflow  # after --help: the bundle's imports take seconds
     from workflows.inference import SomeScansFailed
 
-    settings = {"input": args.input, "output_dir": args.output, "ckpt_file": args.model,
+    settings = {"input": args.input, "output_dir": args.output, **({"ckpt_file": args.model} if args.model else {}),
                 "deidentify": args.deidentify, "threads": args.threads,
                 "shard": args.shard, "overwrite": args.overwrite}
     given = {"target": args.target, "spatial_size": args.spatial_size, "min_tumour_mm3": args.min_tumour_mm3,

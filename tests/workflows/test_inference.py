@@ -123,7 +123,8 @@ def test_torchscript_export_gives_the_same_masks(weights, tmp_path):
     case = generate_case(0, seed=6, size=32, slices=10)
     nib.save(case.stored_image(case.hu), tmp_path / "volume-0.nii.gz")
     ckpt_export("network_def", filepath=str(tmp_path / "model.ts"), ckpt_file=str(weights), config_file=INFERENCE,
-                meta_file=str(Path(INFERENCE).with_name("metadata.json")), **{"network_def#channels": list(CHANNELS)})
+                meta_file=str(Path(INFERENCE).with_name("metadata.json")), ckpt_dir=str(weights.parent),
+                **{"network_def#channels": list(CHANNELS)})  # ckpt_dir: the config reads the model's settings there
     _infer(weights, tmp_path / "volume-0.nii.gz", tmp_path / "from_pt")
     _infer(tmp_path / "model.ts", tmp_path / "volume-0.nii.gz", tmp_path / "from_ts")
     assert (tmp_path / "from_ts" / "volume-0_seg.nii.gz").read_bytes() == (tmp_path / "from_pt" / "volume-0_seg.nii.gz").read_bytes()
