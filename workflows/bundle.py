@@ -75,7 +75,8 @@ def check_shipped_weights(ckpt_file: str | Path, root: str | Path | None = None)
 
 def default_model(ckpt_dir: str | Path, root: str | Path | None = None) -> str:
     """The model inference runs when none is named: ``ckpt_dir/model.pt`` when a training wrote one there (it takes
-    precedence), else the bundle's shipped weights (checked); one log line says which."""
+    precedence), else the bundle's shipped weights, whose bytes :func:`check_shipped_weights` checks once, first thing
+    in ``initialize``; one log line says which."""
     import logging
 
     logger = logging.getLogger("liver_ct.model")
@@ -84,9 +85,11 @@ def default_model(ckpt_dir: str | Path, root: str | Path | None = None) -> str:
         logger.info(f"model: {trained} (trained into the bundle's models folder; it takes precedence over the shipped "
                     "weights; --ckpt_file names another)")
         return str(trained)
-    shipped = shipped_weights(root)
-    logger.info(f"model: the shipped weights {shipped} (sha256 checked; the bundle README's model card says how they "
-                "were trained and how well they do; --ckpt_file names another model)")
+    shipped = Path(root or bundle_root()) / SHIPPED_WEIGHTS
+    if not shipped.is_file():
+        shipped_weights(root)  # says what is missing and the way out
+    logger.info(f"model: the shipped weights {shipped} (sha256 checked before use; the bundle README's model card says "
+                "how they were trained and how well they do; --ckpt_file names another model)")
     return str(shipped)
 
 
