@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--format", choices=("png", "jpg"), help="image format (default png; a 2D set keeps its own)")
     parser.add_argument("--workers", type=int, default=1, help="volumes converted in parallel (default 1)")
     parser.add_argument("--size", type=int, help="resize slices to SIZE x SIZE (default: keep the scan's matrix)")
+    parser.add_argument("--grey-scale", type=float, metavar="F",
+                        help="2D sets only: multiply the grey levels by F (air stays 0), for a set exported in another "
+                             "window (the conversion's warning names the factor that matches the other sources' liver)")
     sharing = parser.add_mutually_exclusive_group()
     sharing.add_argument("--shard", metavar="I/N", help="convert share I of N of the volumes (N machines, one output)")
     sharing.add_argument("--merge", action="store_true", help="convert nothing: write the manifest of the volumes "
@@ -67,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = ConvertSettings(
             target=args.target, window=None if args.window_hu else args.window,
             window_hu=tuple(args.window_hu) if args.window_hu else None, format=args.format, size=args.size,
-            label_map=parse_label_map(args.label_map) if args.label_map else None,
+            label_map=parse_label_map(args.label_map) if args.label_map else None, grey_scale=args.grey_scale,
         )
         window_range(settings.window, settings.window_hu)
         if args.size is not None and args.size < 8:

@@ -8,7 +8,8 @@ in one command on a laptop CPU.
    (liver and tumour), and 2D slice sets (``images/`` + ``masks/``), reading each 2D set's mask values to choose its
    label map (0/127/255: liver 127, lesion 255; 0/255: liver only);
 2. converts each into its own slice set (``DIR/slices/<source>``), compares the sources' liver grey levels and says
-   when they disagree; sources that label the liver only (no tumour) train the liver with their tumour unknown (the
+   when they disagree; a 2D set in another window than the scans' is converted again with its grey levels scaled so
+   that its liver matches the training scans' (``--grey-match liver``, the default); sources that label the liver only (no tumour) train the liver with their tumour unknown (the
    loss leaves it out inside their liver, except where a synthetic lesion was put: ``--liver-only-sources train``),
    or are left out (``leave-out``);
 3. splits by patient (``DIR/lists``): the held-out patients (:data:`RECIPE["test"]`, one of them a DICOM HCC
@@ -84,6 +85,10 @@ RECIPE = {
     # the tumour stage: the same network on crops around the liver, jittered (shift and scale) in training
     "tumour_stage": {"stage": "liver_crop", "crop_margin_mm": 15.0},
 }
+
+
+#: the folder suffix of a 2D set converted again with its grey levels scaled (``--grey-match liver``)
+GREY_SCALED = "_grey_x"
 
 
 def _mask_values(masks_dir: Path, probe: int = 40) -> set[int]:
@@ -189,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="sources that label the liver but not tumours: train (default "
                              f"{RECIPE['liver_only_sources']}; the liver, with their tumour left out of the loss except "
                              "where a synthetic lesion was put) or leave-out")
+    parser.add_argument("--grey-match", choices=("liver", "off"), default="liver",
+                        help="2D sets in another window than the scans' (liver grey more than 40 of 255 apart): liver "
+                             "(default; converted again with their grey levels scaled so their liver matches the "
+                             "scans', python -m workflows.convert --grey-scale) or off (as found)")
     args = parser.parse_args(argv)
     data = Path(args.data)
     if not data.is_dir():
@@ -214,14 +223,15 @@ def main(argv: list[str] | None = None) -> int:
                  "--precision": args.precision, "--architecture": args.architecture, "--synthetic": args.synthetic,
                  "--liver-only-sources": args.liver_only_sources,
                  "--sources": " ".join(sorted(args.sources)) if args.sources else "(all)",
-                 "--validation-fraction": args.validation_fraction}
+                 "--validation-fraction": args.validation_fraction, "--grey-match": args.grey_match}
         started = {"--epochs": planned.get("epochs"), "--stages": planned.get("stages", 1),
                    "--context": planned.get("context", 0), "--precision": planned.get("precision", "fp32"),
                    "--architecture": planned.get("architecture", "three_level_unet"),
                    "--synthetic": planned.get("synthetic", 0.0),
                    "--liver-only-sources": planned.get("liver_only_sources", "leave-out"),
                    "--sources": " ".join(planned.get("sources") or []) or "(all)",
-                   "--validation-fraction": planned.get("validation_fraction", 0.15)}
+                   "--validation-fraction": planned.get("validation_fraction", 0.15),
+                   "--grey-match": planned.get("grey_match", "off")}
         for name, value in given.items():
             if value is not None and value != started[name]:
                 parser.exit(2, f"error: {name} {value}: {args.output} was started with {name} {started[name]} "
@@ -249,6 +259,7 @@ class RecipeRun:
     kept: list = field(default_factory=list)
     liver_only: set = field(default_factory=set)
     left_out: dict = field(default_factory=dict)
+    grey_scaled: dict = field(default_factory=dict)
     rows: list = field(default_factory=list)
     plan: object = None
     settings: dict = field(default_factory=dict)
@@ -312,7 +323,11 @@ def _convert_sources(run: RecipeRun, data: Path) -> None:
         run.kept.append(target)
         tumour_sources += 1
         print(f"{source['name']}: {len(volumes)} volume(s), {len(rows)} slices, {sum(bool(t) for t in tumour)} with tumour")
-    records = {v: r for d in (run.out / "slices").iterdir() if d.is_dir() for v, r in read_grey_levels(d).items()}
+    converted = [run.out / "slices" / s["name"] for s in run.sources]
+    if run.args.grey_match == "liver":
+        _match_liver_grey(run)
+        converted = [next((k for k in run.kept if k.name.startswith(d.name + GREY_SCALED)), d) for d in converted]
+    records = {v: r for d in converted if d.is_dir() for v, r in read_grey_levels(d).items()}
     groups = source_groups(records)
     for name, group in groups.items():
         print(f"liver grey level {_f(group['liver_median'], 0)} in {name} ({group['window']})")
@@ -327,6 +342,30 @@ def _convert_sources(run: RecipeRun, data: Path) -> None:
     if not tumour_sources:
         raise ValueError(f"--data {data}: no source labels liver and tumour (DICOM studies with SEG objects, or 2D "
                          "sets whose masks mark lesions); the recipe trains both, so it needs at least one.")
+
+
+def _match_liver_grey(run: RecipeRun) -> None:
+    """2D sets trained on whose liver grey disagrees with the scans' (another window) converted again, their grey
+    levels scaled so that their liver's median matches (``DIR/slices/<source>_grey_x<F>``, trained on in their place;
+    the set as found stays beside it)."""
+    from workflows.data.conversion import ConvertSettings, convert
+    from workflows.data.grey_levels import liver_grey_scale, read_grey_levels, source_groups
+
+    # the held-out patients' grey levels are not looked at: the factor is the training data's alone
+    groups = source_groups({v: r for d in run.kept for v, r in read_grey_levels(d).items() if v not in RECIPE["test"]})
+    for index, folder in enumerate(list(run.kept)):
+        names = set(source_groups(read_grey_levels(folder)))
+        factor = liver_grey_scale(groups, next(iter(names))) if len(names) == 1 else None
+        if not factor:
+            continue
+        source = next(s for s in run.sources if s["name"] == folder.name)
+        scaled = folder.with_name(f"{folder.name}{GREY_SCALED}{factor:g}")
+        convert(source["path"], scaled, ConvertSettings(label_map=source["label_map"], grey_scale=factor),
+                progress=False)
+        run.kept[index] = scaled
+        run.grey_scaled[folder.name] = factor
+        print(f"{folder.name}: liver grey {groups[next(iter(names))]['liver_median']:.0f} against the scans' "
+              f"(another window): converted again with its grey levels x{factor:g} into {scaled}")
 
 
 def _split_patients(run: RecipeRun) -> None:
@@ -395,7 +434,8 @@ def _train_stages(run: RecipeRun) -> None:
                                       "architecture": args.architecture, "synthetic": args.synthetic,
                                       "liver_only_sources": args.liver_only_sources,
                                       "sources": sorted(args.sources) if args.sources else None,
-                                      "validation_fraction": args.validation_fraction})
+                                      "validation_fraction": args.validation_fraction,
+                                      "grey_match": args.grey_match})
     for stage, _ in stages:
         what = "liver + tumour on whole slices" if stage == "whole" else "the tumour on crops around the liver"
         print(f"{stage}: {what}, {epochs} epoch(s) of {slices[stage]} slices"
@@ -406,9 +446,15 @@ def _train_stages(run: RecipeRun) -> None:
     for stage, where in stages:
         run_bundle("training", config_file=config_file("train"), progress=False,
                    **{**common, **where, "stage": stage, "epochs_per_chunk": epochs})
-    minutes = (time.time() - train_started) / 60
+    # the time of every run that trained into this folder: a rerun that carries on (or finds every epoch done) adds
+    # its own, so the summary and the release record keep the first run's training time
+    time_file = out / "models" / "training_time.json"
+    spent = json.loads(time_file.read_text()) if time_file.is_file() else {"minutes": 0.0, "cpu_minutes": 0.0}
+    spent = {"minutes": spent["minutes"] + (time.time() - train_started) / 60,
+             "cpu_minutes": spent["cpu_minutes"] + (time.process_time() - train_cpu) / 60}
+    write_json_atomic(time_file, spent)
     run.training = {"epochs": epochs, "speed": speed, "slices": {stage: slices[stage] for stage, _ in stages},
-                    "minutes": minutes, "cpu_minutes": (time.process_time() - train_cpu) / 60,
+                    "minutes": spent["minutes"], "cpu_minutes": spent["cpu_minutes"],
                     "images": sum(epochs * slices[stage] for stage, _ in stages), "whole": {**common, **stages[0][1]}}
 
 
@@ -494,7 +540,7 @@ def _write_summary(run: RecipeRun, argv, slice_level: dict, patients: dict, othe
         "threads": run.threads, "cpu_model": cpu_model(), "plan": "--epochs" if args.epochs is not None else "--minutes",
         "stages": args.stages, "context": args.context, "precision": args.precision, "architecture": args.architecture,
         "synthetic": args.synthetic, "liver_only_sources": args.liver_only_sources,
-        "liver_only_volumes": sorted(run.liver_only),
+        "liver_only_volumes": sorted(run.liver_only), "grey_match": args.grey_match, "grey_scaled": run.grey_scaled,
         "probe_images_per_second": round(training["speed"], 2) if training["speed"] is not None else None,
         "epochs": training["epochs"], "slices_per_epoch": training["slices"],
         "training_images_per_second": round(training["images"] / max(1e-9, training["minutes"] * 60), 2),

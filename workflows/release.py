@@ -48,6 +48,8 @@ RELEASE = {
     # no synthetic lesions: with these sources they found no tumour either way (tumour Dice 0 on every held-out scan)
     # and cost the liver 0.008-0.013 Dice and 6 false lesions on crlm_1100 (benchmarks page, one seed)
     "synthetic": 0.0,
+    # CHAOS's PNGs are in another window (liver grey 240 against the scans' 138): scaled to match (--grey-match liver)
+    "grey_match": "liver",
     # half precision is kept when no held-out Dice moves by more than this
     "fp16_tolerance": 0.005,
 }
@@ -96,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
 
     recipe_args = ["--data", str(data), "--output", str(out / "recipe"), "--sources", *RELEASE["sources"],
                    "--epochs", str(RELEASE["epochs"]), "--seed", str(RELEASE["seed"]), "--validation-fraction", "0",
-                   "--liver-only-sources", "train", "--synthetic", str(RELEASE["synthetic"])] + (["--threads", str(args.threads)] if args.threads else [])
+                   "--liver-only-sources", "train", "--synthetic", str(RELEASE["synthetic"]),
+                   "--grey-match", RELEASE["grey_match"]] + (["--threads", str(args.threads)] if args.threads else [])
     status = realdata.main(recipe_args)
     if status:
         return status

@@ -151,6 +151,33 @@ def test_real_chaos_pngs_read_as_a_2d_set(real_data, tmp_path):
     assert Path(first["image"]).read_bytes() == (real_data / "chaos_ct_p1" / "images" / "slice_000.png").read_bytes()
 
 
+def test_a_2d_set_in_another_window_is_rescaled_by_its_factor_and_volumes_are_refused_it(raw_set, tmp_path, capsys):
+    """CHAOS's PNGs: the liver at grey 240 where the scans' is ~140. --grey-scale multiplies the grey levels (air stays
+    0, the bright end stays in order), the masks are untouched, and the slice set records the factor."""
+    grey = np.array([[0, 60, 120, 240], [250, 255, 1, 2]], np.uint8).repeat(4, 0).repeat(4, 1)
+    mask = np.zeros_like(grey)
+    mask[:, 8:] = 255
+    root = tmp_path / "other_window"
+    for folder in ("images", "masks"):
+        (root / folder).mkdir(parents=True)
+    for k in range(2):
+        cv2.imwrite(str(root / "images" / f"slice_{k}.png"), grey)
+        cv2.imwrite(str(root / "masks" / f"slice_{k}.png"), mask)
+    assert main(["--input", str(root), "--output", str(tmp_path / "scaled"), "--grey-scale", "0.6"]) == 0
+    rows = read_manifest(tmp_path / "scaled")
+    image = cv2.imread(rows[0]["image"], cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(image, np.rint(grey * 0.6).astype(np.uint8)) and image.max() == 153 and image.min() == 0
+    assert np.array_equal(read_mask(rows[0]["mask"]), (mask > 0).astype(np.uint8))
+    record = __import__("json").loads((tmp_path / "scaled" / "grey_levels.json").read_text())
+    assert record["other_window"]["window"] == "unknown (8-bit 2D source), grey levels x0.6"
+    for given, why in (([str(raw_set)], "windowed by --window / --window-hu"), ([str(root)], "positive number")):
+        with pytest.raises(SystemExit) as refused:
+            main(["--input", *given, "--output", str(tmp_path / "refused"), "--grey-scale", "0" if given[0] == str(root) else "0.6"])
+        err = capsys.readouterr().err
+        last = err.strip().splitlines()[-1]
+        assert refused.value.code == 2 and "Traceback" not in err and "--grey-scale" in last and why in last
+
+
 def test_kaggle_jpg_masks_are_thresholded_at_half_range(tmp_path):
     kaggle = tmp_path / "kaggle"
     (kaggle / "train_images" / "train_images").mkdir(parents=True)

@@ -2,6 +2,7 @@
 grey images saved as RGB."""
 
 import csv
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -243,18 +244,25 @@ def test_the_recipe_runs_end_to_end_on_a_small_study_and_2d_set(tmp_path, capsys
             mask[10:14, 10:14] = 255 if k % 2 else 127
             cv2.imwrite(str(data / "set" / "images" / f"{case}_{k}.png"), image)
             cv2.imwrite(str(data / "set" / "masks" / f"{case}_{k}.png"), mask)
-    for k in range(3):  # a set that labels the liver only (0/255, as CHAOS)
+    for k in range(3):  # a set that labels the liver only (0/255), in another window (as CHAOS: liver grey 240)
         for folder in ("images", "masks"):
             (data / "liveronly" / folder).mkdir(parents=True, exist_ok=True)
-        image = np.full((32, 32), 60, np.uint8)
-        image[4:24, 8:28] = 150
+        image = np.full((32, 32), 120, np.uint8)
+        image[4:24, 8:28] = 240
         cv2.imwrite(str(data / "liveronly" / "images" / f"9_{k}.png"), image)
-        cv2.imwrite(str(data / "liveronly" / "masks" / f"9_{k}.png"), np.where(image > 100, 255, 0).astype(np.uint8))
+        cv2.imwrite(str(data / "liveronly" / "masks" / f"9_{k}.png"), np.where(image > 200, 255, 0).astype(np.uint8))
     assert main(["--data", str(data), "--output", str(tmp_path / "out"), "--epochs", "2",
                  "--liver-only-sources", "train"]) == 0
     printed = capsys.readouterr().out
     assert "set: 2D set (label map 127:1,255:2)" in printed and "study: DICOM study with SEG" in printed
     assert "liveronly: 1 volume(s), 3 slices; labels the liver only: trains the liver, its tumour unknown" in printed
+    # the set in another window is converted again, its liver brought to the scan's grey, and trained on so
+    study_liver = __import__("json").loads((tmp_path / "out" / "slices" / "study" / "grey_levels.json").read_text())
+    factor = round(next(iter(study_liver.values()))["liver_median"] / 240, 3)
+    assert f"liveronly: liver grey 240 against the scans' (another window): converted again with its grey levels x{factor:g}" in printed
+    scaled = tmp_path / "out" / "slices" / f"liveronly_grey_x{factor:g}"
+    liver = [cv2.imread(r["image"], 0)[10, 10] for r in read_manifest(scaled)]
+    assert liver == [round(240 * factor)] * 3 and "WARNING (sources trained on)" not in printed
     assert "whole: liver + tumour on whole slices, 2 epoch(s) of" in printed and "measured" not in printed
     assert "liver_crop: the tumour on crops around the liver, 2 epoch(s) of" in printed  # --epochs: no speed probe
     summary = __import__("json").loads((tmp_path / "out" / "summary.json").read_text())
@@ -266,6 +274,9 @@ def test_the_recipe_runs_end_to_end_on_a_small_study_and_2d_set(tmp_path, capsys
     assert summary["epochs"] == 2 and summary["plan"] == "--epochs" and summary["threads"] >= 1
     assert summary["stages"] == 2 and summary["context"] == 1
     assert summary["liver_only_volumes"] and set(summary["liver_only_volumes"]) <= set(summary["split"]["train"])
+    assert summary["grey_match"] == "liver" and summary["grey_scaled"] == {"liveronly": factor}
+    assert {Path(e["image"]).parts[2] for e in __import__("json").loads((tmp_path / "out" / "lists" / "chunk_0.json")
+            .read_text())["training"] if e["volume_id"] in summary["liver_only_volumes"]} == {scaled.name}
     chunk = __import__("json").loads((tmp_path / "out" / "lists" / "chunk_0.json").read_text())["training"]
     assert {e["volume_id"] for e in chunk if e.get("tumour_labelled") is False} == set(summary["liver_only_volumes"])
     assert summary["cpu_model"] and summary["training_images_per_second"] > 0
@@ -273,11 +284,20 @@ def test_the_recipe_runs_end_to_end_on_a_small_study_and_2d_set(tmp_path, capsys
         log = __import__("json").loads((tmp_path / "out" / "models" / stage / "training_log.json").read_text())
         assert [e["epochs"] for e in log] == [2]
     for flag, value, started in (("--epochs", "3", "2"), ("--context", "0", "1"), ("--stages", "1", "2"),
-                                 ("--precision", "fp32", "auto"), ("--liver-only-sources", "leave-out", "train")):
+                                 ("--precision", "fp32", "auto"), ("--liver-only-sources", "leave-out", "train"),
+                                 ("--grey-match", "off", "liver")):
         with pytest.raises(SystemExit) as refused:  # the same folder with another plan: refused before anything runs
-            main(["--data", str(data), "--output", str(tmp_path / "out"), flag, value])
+            main(["--data", str(data), "--output", str(tmp_path / "out"), "--liver-only-sources", "train", flag, value])
         err = capsys.readouterr().err
         assert refused.value.code == 2 and f"{flag} {value}: " in err and f"was started with {flag} {started}" in err
+    # a rerun that finds every epoch done trains nothing and keeps the training time the first run measured
+    spent = __import__("json").loads((tmp_path / "out" / "models" / "training_time.json").read_text())
+    assert main(["--data", str(data), "--output", str(tmp_path / "out"), "--epochs", "2",
+                 "--liver-only-sources", "train"]) == 0
+    again = __import__("json").loads((tmp_path / "out" / "models" / "training_time.json").read_text())
+    assert again["minutes"] >= spent["minutes"] > 0 and again["cpu_minutes"] >= spent["cpu_minutes"] > 0
+    rerun = __import__("json").loads((tmp_path / "out" / "summary.json").read_text())
+    assert rerun["training_minutes"] == round(again["minutes"], 1) >= summary["training_minutes"]
     state = torch.load(tmp_path / "out" / "models" / "tumour_on_liver_crop" / "model.pt", weights_only=True)
     settings = state["settings"]  # one file, both stages
     assert settings["tumour_stage"]["stage"] == "liver_crop" and settings["tumour_stage"]["context"] == 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures as futures
 import csv
 import json
+import math
 import multiprocessing
 import os
 import threading
@@ -30,7 +31,7 @@ from transforms import (
 )
 from workflows.machine.atomic import remove_stale_temporaries, write_bytes_atomic, write_json_atomic
 from workflows.data.discovery import VolumeSource, describe_sources, find_volume_sources
-from workflows.data.grey_levels import GREY_LEVELS_NAME, GreyLevels, disagreeing_sources, source_groups
+from workflows.data.grey_levels import GREY_LEVELS_NAME, UNKNOWN_WINDOW, GreyLevels, disagreeing_sources, source_groups
 from workflows.machine.locking import LOCK_PREFIX, folder_lock
 from workflows.machine.memory import peak_memory_mib
 from workflows.machine.shards import share, shard_lock
@@ -57,6 +58,9 @@ class ConvertSettings:
     format: str | None = None  # None: png for volumes, the source's own format for 2D sets
     size: int | None = None
     label_map: dict[int, int] | None = field(default=None, hash=False)
+    #: 2D sets only: grey levels multiplied by this (rounded, clipped to 255), for a set exported in another window
+    #: than the abdomen window (air stays 0; :func:`workflows.data.grey_levels.liver_grey_scale` finds the factor)
+    grey_scale: float | None = None
 
     def as_json(self) -> dict:
         out = asdict(self)
@@ -167,8 +171,10 @@ class _Converter:
                 raise InvalidScanError(str(err)) from None
             source_fmt = "jpg" if item.image.suffix.lower() in (".jpg", ".jpeg") else "png"
             fmt = self.settings.format or source_fmt
-            copy_bytes = as_stored and fmt == source_fmt and self.resize_image is None
+            copy_bytes = as_stored and fmt == source_fmt and self.resize_image is None and not self.settings.grey_scale
             grey = self._resized(grey, mask=False)
+            if self.settings.grey_scale:
+                grey = np.clip(np.rint(grey.astype(np.float32) * self.settings.grey_scale), 0, 255).astype(np.uint8)
             row = {"volume_id": source.volume_id, "slice_index": item.slice_index, "source": str(item.image),
                    "label_source": str(item.mask or "")}
             mask = None
@@ -195,7 +201,9 @@ class _Converter:
             for row in rows:
                 row["tumor_pixels"] = None
         # an 8-bit source's window is not known: its grey levels are compared with the other sources', not assumed
-        self.grey_summary = self.grey_levels.summary(f"2D set {source.set_name}", "unknown (8-bit 2D source)")
+        window = UNKNOWN_WINDOW + (f", grey levels x{self.settings.grey_scale:g}"
+                                                if self.settings.grey_scale else "")
+        self.grey_summary = self.grey_levels.summary(f"2D set {source.set_name}", window)
         return rows
 
 
@@ -332,6 +340,11 @@ def convert(input_path: str | os.PathLike, output: str | os.PathLike, settings: 
             (f"; {notes[0]}" if notes else "")
         raise ValueError(f"--input {input_path}: nothing to convert in it (no NIfTI volume, DICOM series or 2D slice "
                          f"set{why}); check the path.")
+    volumes = [s for s in sources if s.kind != "2d"]
+    if settings.grey_scale is not None and (volumes or not 0 < settings.grey_scale < math.inf):
+        raise ValueError(f"--grey-scale {settings.grey_scale:g}: " + (
+            f"{volumes[0].where} is a scan in HU, windowed by --window / --window-hu; the factor rescales 2D sets only "
+            "(convert the 2D set on its own)." if volumes else "the factor must be a positive number (e.g. 0.63)."))
     say = tqdm.write if progress else (lambda *_: None)
     say(describe_sources(sources))
     for note in notes:

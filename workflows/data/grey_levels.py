@@ -16,14 +16,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["GREY_LEVELS_NAME", "LIVER_GREY_MARGIN", "GreyLevels", "source_groups", "disagreeing_sources",
-           "read_grey_levels"]
+__all__ = ["GREY_LEVELS_NAME", "LIVER_GREY_MARGIN", "UNKNOWN_WINDOW", "GreyLevels", "source_groups",
+           "disagreeing_sources", "liver_grey_scale", "read_grey_levels"]
 
 GREY_LEVELS_NAME = "grey_levels.json"
 #: sources whose median liver grey levels differ by more than this (of 0..255) are flagged: ~63 HU in the abdomen
 #: window, more than patients and contrast phases move the liver (measured on the real samples: DICOM HCC patients
 #: 144-151, a 2D set's patients 158-180 in the same window; a 2D set in another window 240)
 LIVER_GREY_MARGIN = 40
+#: how a 2D source's window is recorded: 8-bit grey levels, whatever window made them
+UNKNOWN_WINDOW = "unknown (8-bit 2D source)"
 
 
 class GreyLevels:
@@ -80,10 +82,31 @@ def disagreeing_sources(groups: dict[str, dict], margin: float = LIVER_GREY_MARG
     if len(known) < 2 or max(known.values()) - min(known.values()) <= margin:
         return None
     shown = ", ".join(f"{name} ({groups[name]['window']}) {value:.0f}" for name, value in sorted(known.items(), key=lambda x: x[1]))
+    factors = {name: liver_grey_scale(groups, name, margin) for name in known}
+    rescale = "; ".join(f"{name}: --grey-scale {f:g}" for name, f in factors.items() if f)
     return (f"the sources' liver grey levels differ by more than {margin} of 255 (median liver grey: {shown}): they "
             "were not made with the same window, and a network trained on them mixed learns the liver twice. Convert "
-            "every source in one window (2D sets: export them in the abdomen window, level 40 / width 400), or "
-            "convert the odd source into a separate slice set and leave it out of training.")
+            "every source in one window (2D sets: export them in the abdomen window, level 40 / width 400" +
+            (f", or convert a 2D set again with python -m workflows.convert ... --grey-scale F, which brings its "
+             f"liver to the windowed sources' grey ({rescale})" if rescale else "") +
+            "), or convert the odd source into a separate slice set and leave it out of training.")
+
+
+def liver_grey_scale(groups: dict[str, dict], name: str, margin: float = LIVER_GREY_MARGIN) -> float | None:
+    """The factor that brings 2D source ``name``'s median liver grey to that of the sources windowed in HU (the median
+    of their medians), when the two differ by more than ``margin``; None when they agree, when ``name`` is not a 2D
+    source in an unknown window, or when no source windowed in HU is there to match.
+
+    A factor, not a shift: air (grey 0) stays 0 and the grey levels keep their order; a window that cut off the
+    liver's bright side (CHAOS's PNGs: 10% of the liver at 255) stays cut off, only lower."""
+    group = groups.get(name) or {}
+    windowed = [g["liver_median"] for g in groups.values()
+                if g["liver_median"] is not None and not g["window"].startswith(UNKNOWN_WINDOW)]
+    own = group.get("liver_median")
+    if not windowed or not own or group.get("window") != UNKNOWN_WINDOW:
+        return None
+    target = float(np.median(windowed))
+    return round(target / own, 3) if abs(own - target) > margin else None
 
 
 def read_grey_levels(slices_dir: str | os.PathLike) -> dict[str, dict]:
