@@ -2,7 +2,8 @@
 (``networks.build_network``, what the bundle configs build) and the loss."""
 
 from .choice import NETWORKS, build_network
+from .ensemble import MeanOfNetworks
 from .losses import BCEDiceLoss
 from .three_level_unet import ThreeLevelUNet, load_reference_state_dict
 
-__all__ = ["ThreeLevelUNet", "load_reference_state_dict", "NETWORKS", "build_network", "BCEDiceLoss"]
+__all__ = ["ThreeLevelUNet", "load_reference_state_dict", "NETWORKS", "build_network", "MeanOfNetworks", "BCEDiceLoss"]

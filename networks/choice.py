@@ -44,13 +44,20 @@ def dynunet_levels(spatial_size: int, most: int = 6) -> int:
 
 
 def build_network(name: str = "three_level_unet", spatial_dims: int = 2, in_channels: int = 1, out_channels: int = 1,
-                  channels: Sequence[int] = (64, 128, 256, 512), spatial_size: int = 256) -> torch.nn.Module:
+                  channels: Sequence[int] = (64, 128, 256, 512), spatial_size: int = 256,
+                  members: int = 1) -> torch.nn.Module:
     """The network ``name`` (:data:`NETWORKS`) for inputs ``(B, in_channels, spatial_size, spatial_size)`` returning
-    logits ``(B, out_channels, spatial_size, spatial_size)``.
+    logits ``(B, out_channels, spatial_size, spatial_size)``; with ``members`` > 1, that many of them whose logits are
+    averaged (:class:`networks.ensemble.MeanOfNetworks`: a model file of several networks).
 
     Raises:
         ValueError: an unknown name (the message lists the known ones).
     """
+    if int(members) > 1:
+        from .ensemble import MeanOfNetworks
+
+        return MeanOfNetworks([build_network(name, spatial_dims, in_channels, out_channels, channels, spatial_size)
+                               for _ in range(int(members))])
     if isinstance(channels, str):  # "[64,128,256,512]" from a command line that left it as text
         channels = [int(width) for width in re.findall(r"\d+", channels)]
     channels = [int(width) for width in channels]

@@ -18,7 +18,7 @@ def test_the_packages_import_from_another_folder(tmp_path):
 
 
 COMMANDS = ["liver-ct-convert", "liver-ct-explore", "liver-ct-split", "liver-ct-evaluate", "liver-ct-infer",
-            "liver-ct-synthetic", "liver-ct-quickstart", "liver-ct-realdata"]
+            "liver-ct-synthetic", "liver-ct-quickstart", "liver-ct-realdata", "liver-ct-ensemble"]
 
 
 def _installed(command):
@@ -32,7 +32,7 @@ def test_every_command_line_is_installed_and_one_answers(tmp_path):
 
 
 @pytest.mark.parametrize("command", ["convert", "explore", "split", "evaluate", "infer", "synthetic", "quickstart",
-                                     "realdata"])
+                                     "realdata", "ensemble"])
 def test_help_answers_without_importing_torch_or_monai(command):
     code = (f"import sys\nfrom workflows.{command} import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
             "print(sorted(m for m in ('torch', 'monai') if m in sys.modules))")

@@ -69,6 +69,6 @@ def test_there_is_no_import_circle():
 
 def test_the_library_is_in_subpackages_and_the_command_lines_at_the_top():
     top = sorted(p.stem for p in WORKFLOWS.glob("*.py") if p.stem != "__init__")
-    assert top == ["bundle", "command_line", "convert", "evaluate", "explore", "infer", "quickstart", "realdata",
-                   "release", "split", "synthetic"]
+    assert top == ["bundle", "command_line", "convert", "ensemble", "evaluate", "explore", "infer", "quickstart",
+                   "realdata", "release", "split", "synthetic"]
     assert sorted(p.name for p in WORKFLOWS.iterdir() if p.is_dir() and p.name != "__pycache__") == sorted(LAYERS)

@@ -2,16 +2,19 @@
 in one command on a laptop CPU.
 
 ``python -m workflows.realdata --data ../shared/data/real --output DIR [--minutes 30 | --epochs N] [--threads N]
-[--stages 2] [--context 1] [--architecture three_level_unet] [--synthetic P] [--liver-only-sources train|leave-out] [--seed S]``
+[--stages 2] [--context 1] [--architecture three_level_unet] [--synthetic P] [--liver-only-sources train|leave-out]
+[--healthy-sources FOLDER ...] [--grey-match liver|off] [--seed S]``
 
 1. finds the labelled sources under DATA: DICOM studies whose series carry DICOM SEG objects made by another tool
    (liver and tumour), and 2D slice sets (``images/`` + ``masks/``), reading each 2D set's mask values to choose its
    label map (0/127/255: liver 127, lesion 255; 0/255: liver only);
 2. converts each into its own slice set (``DIR/slices/<source>``), compares the sources' liver grey levels and says
    when they disagree; a 2D set in another window than the scans' is converted again with its grey levels scaled so
-   that its liver matches the training scans' (``--grey-match liver``, the default); sources that label the liver only (no tumour) train the liver with their tumour unknown (the
-   loss leaves it out inside their liver, except where a synthetic lesion was put: ``--liver-only-sources train``),
-   or are left out (``leave-out``);
+   that its liver matches the training scans' (``--grey-match liver``, the default); sources that label the liver
+   only (no tumour) train the liver with their tumour unknown (the loss leaves it out inside their liver, except
+   where a synthetic lesion was put: ``--liver-only-sources train``), or are left out (``leave-out``); those whose
+   livers hold no tumour by design (``--healthy-sources``, default CHAOS's potential liver donors) train as
+   tumour-free livers instead;
 3. splits by patient (``DIR/lists``): the held-out patients (:data:`RECIPE["test"]`, one of them a DICOM HCC
    patient) are the test list, one 2D patient validates, the rest train (every slice, tumour slices first);
 4. trains through the bundle (a narrow network at 256x256, augmentation on, ``--context`` neighbouring slices on
@@ -78,10 +81,15 @@ RECIPE = {
     # crlm_1100 together, mean tumour Dice 0.325 against 0.218 with real lesions only (2 seeds, Intel Xeon AMX), at
     # three times the false lesions (benchmarks page)
     "synthetic": 0.5,
-    # sources that label the liver only (CHAOS, dcmqi's slices): "train" (their tumour unknown, synthetic lesions put
-    # in) or "leave-out". Trained on, 2 seeds: tumour Dice on HCC 2144 + crlm_1100 a tie (0.335 against 0.325), the
-    # liver of HCC 2144 0.776 in one seed and more false lesions (benchmarks page): left out
-    "liver_only_sources": "leave-out",
+    # sources that label the liver only (CHAOS, dcmqi's slices): "train" (synthetic lesions put in; the tumour of a
+    # healthy source below a known 0, of the others unknown) or "leave-out". Trained so, 2 seeds (Intel Xeon AMX): tumour
+    # Dice on HCC 2144 + crlm_1100 0.427 against 0.333 left out, the liver of case 7, crlm_1100 and TotalSegmentator's
+    # example higher, fewer false lesions (benchmarks page)
+    "liver_only_sources": "train",
+    # liver-only sources whose livers hold no tumour by design, trained (with --liver-only-sources train) as tumour-free:
+    # a known 0 in the tumour channel, a synthetic lesion a known 1 (the set-up of Hu et al., CVPR 2023)
+    "healthy_sources": {"chaos_ct_p1": "CHAOS CT: potential liver donors, livers without tumours or lesions (Kavur et "
+                                       "al., Medical Image Analysis 69, 2021)"},
     # the tumour stage: the same network on crops around the liver, jittered (shift and scale) in training
     "tumour_stage": {"stage": "liver_crop", "crop_margin_mm": 15.0},
 }
@@ -194,6 +202,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="sources that label the liver but not tumours: train (default "
                              f"{RECIPE['liver_only_sources']}; the liver, with their tumour left out of the loss except "
                              "where a synthetic lesion was put) or leave-out")
+    parser.add_argument("--healthy-sources", nargs="*", metavar="FOLDER",
+                        help="with --liver-only-sources train: those of them whose livers hold no tumour by design, "
+                             "trained as tumour-free (a known 0 in the tumour channel) instead of tumour unknown "
+                             f"(default {' '.join(sorted(RECIPE['healthy_sources']))}: CHAOS's potential liver donors; "
+                             "the flag alone: none)")
     parser.add_argument("--grey-match", choices=("liver", "off"), default="liver",
                         help="2D sets in another window than the scans' (liver grey more than 40 of 255 apart): liver "
                              "(default; converted again with their grey levels scaled so their liver matches the "
@@ -202,6 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     data = Path(args.data)
     if not data.is_dir():
         parser.exit(2, f"error: --data {data}: no such folder (the real samples live in ../shared/data/real).\n")
+    missing = [name for name in args.healthy_sources or () if not (data / name).is_dir()]
+    if args.healthy_sources is None:  # the recipe's own, where --data holds them
+        args.healthy_sources = sorted(RECIPE["healthy_sources"])
+    elif missing:
+        parser.exit(2, f"error: --healthy-sources {' '.join(missing)}: no such folder in {data}; name folders of "
+                       "--data whose livers hold no tumour.\n")
     if args.minutes is not None and not 0 < args.minutes < math.inf:  # nan fails both comparisons
         parser.exit(2, f"error: --minutes must be a positive, finite number of minutes, got {args.minutes}.\n")
     if args.epochs is not None and args.epochs < 1:
@@ -223,7 +242,10 @@ def main(argv: list[str] | None = None) -> int:
                  "--precision": args.precision, "--architecture": args.architecture, "--synthetic": args.synthetic,
                  "--liver-only-sources": args.liver_only_sources,
                  "--sources": " ".join(sorted(args.sources)) if args.sources else "(all)",
-                 "--validation-fraction": args.validation_fraction, "--grey-match": args.grey_match}
+                 "--validation-fraction": args.validation_fraction, "--grey-match": args.grey_match,
+                 # which liver-only sources are healthy matters only where they train
+                 "--healthy-sources": (" ".join(sorted(args.healthy_sources)) or "(none)")
+                 if args.liver_only_sources == "train" else None}
         started = {"--epochs": planned.get("epochs"), "--stages": planned.get("stages", 1),
                    "--context": planned.get("context", 0), "--precision": planned.get("precision", "fp32"),
                    "--architecture": planned.get("architecture", "three_level_unet"),
@@ -231,7 +253,8 @@ def main(argv: list[str] | None = None) -> int:
                    "--liver-only-sources": planned.get("liver_only_sources", "leave-out"),
                    "--sources": " ".join(planned.get("sources") or []) or "(all)",
                    "--validation-fraction": planned.get("validation_fraction", 0.15),
-                   "--grey-match": planned.get("grey_match", "off")}
+                   "--grey-match": planned.get("grey_match", "off"),
+                   "--healthy-sources": " ".join(planned.get("healthy_sources") or []) or "(none)"}
         for name, value in given.items():
             if value is not None and value != started[name]:
                 parser.exit(2, f"error: {name} {value}: {args.output} was started with {name} {started[name]} "
@@ -258,6 +281,7 @@ class RecipeRun:
     notes_by_folder: dict = field(default_factory=dict)
     kept: list = field(default_factory=list)
     liver_only: set = field(default_factory=set)
+    healthy: set = field(default_factory=set)
     left_out: dict = field(default_factory=dict)
     grey_scaled: dict = field(default_factory=dict)
     rows: list = field(default_factory=list)
@@ -314,8 +338,14 @@ def _convert_sources(run: RecipeRun, data: Path) -> None:
                 run.left_out[source["name"]] = ("labels the liver only (--liver-only-sources leave-out)")
                 print(f"left out {source['name']}: {run.left_out[source['name']]}")
                 continue
-            run.liver_only |= volumes
             run.kept.append(target)
+            if source["name"] in run.args.healthy_sources:
+                run.healthy |= volumes
+                print(f"{source['name']}: {len(volumes)} volume(s), {len(rows)} slices; labels the liver only, and its "
+                      "livers hold no tumour (--healthy-sources): trains the liver and a tumour-free liver"
+                      + (" (with synthetic lesions put in)" if run.args.synthetic else ""))
+                continue
+            run.liver_only |= volumes
             print(f"{source['name']}: {len(volumes)} volume(s), {len(rows)} slices; labels the liver only: trains the "
                   "liver, its tumour unknown (left out of the loss" + (", except where a synthetic lesion is put)"
                                                                         if run.args.synthetic else ")"))
@@ -374,7 +404,9 @@ def _split_patients(run: RecipeRun) -> None:
     from workflows.data.splitting import plan_split, write_split
 
     print("\n== 3/6 splitting by patient")
-    run.rows = read_slice_sets([str(d) for d in run.kept])
+    # a healthy source's 0/255 masks say "no tumour" for certain: its slices count as labelled tumour-free
+    run.rows = [{**r, "tumor_pixels": 0} if r["volume_id"] in run.healthy and r["mask"] else r
+                for r in read_slice_sets([str(d) for d in run.kept])]
     present = {r["volume_id"] for r in run.rows}
     test, val = [v for v in RECIPE["test"] if v in present], [v for v in RECIPE["val"] if v in present]
     groups_present = {k: v for k, v in RECIPE["groups"].items() if k in present}
@@ -435,7 +467,8 @@ def _train_stages(run: RecipeRun) -> None:
                                       "liver_only_sources": args.liver_only_sources,
                                       "sources": sorted(args.sources) if args.sources else None,
                                       "validation_fraction": args.validation_fraction,
-                                      "grey_match": args.grey_match})
+                                      "grey_match": args.grey_match,
+                                      "healthy_sources": sorted(args.healthy_sources)})
     for stage, _ in stages:
         what = "liver + tumour on whole slices" if stage == "whole" else "the tumour on crops around the liver"
         print(f"{stage}: {what}, {epochs} epoch(s) of {slices[stage]} slices"
@@ -540,7 +573,8 @@ def _write_summary(run: RecipeRun, argv, slice_level: dict, patients: dict, othe
         "threads": run.threads, "cpu_model": cpu_model(), "plan": "--epochs" if args.epochs is not None else "--minutes",
         "stages": args.stages, "context": args.context, "precision": args.precision, "architecture": args.architecture,
         "synthetic": args.synthetic, "liver_only_sources": args.liver_only_sources,
-        "liver_only_volumes": sorted(run.liver_only), "grey_match": args.grey_match, "grey_scaled": run.grey_scaled,
+        "liver_only_volumes": sorted(run.liver_only), "healthy_volumes": sorted(run.healthy),
+        "grey_match": args.grey_match, "grey_scaled": run.grey_scaled,
         "probe_images_per_second": round(training["speed"], 2) if training["speed"] is not None else None,
         "epochs": training["epochs"], "slices_per_epoch": training["slices"],
         "training_images_per_second": round(training["images"] / max(1e-9, training["minutes"] * 60), 2),

@@ -50,6 +50,8 @@ RELEASE = {
     "synthetic": 0.0,
     # CHAOS's PNGs are in another window (liver grey 240 against the scans' 138): scaled to match (--grey-match liver)
     "grey_match": "liver",
+    # CHAOS's tumour channel unknown, as the shipped weights were trained (not yet measured as tumour-free here)
+    "healthy_sources": [],
     # half precision is kept when no held-out Dice moves by more than this
     "fp16_tolerance": 0.005,
 }
@@ -99,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     recipe_args = ["--data", str(data), "--output", str(out / "recipe"), "--sources", *RELEASE["sources"],
                    "--epochs", str(RELEASE["epochs"]), "--seed", str(RELEASE["seed"]), "--validation-fraction", "0",
                    "--liver-only-sources", "train", "--synthetic", str(RELEASE["synthetic"]),
-                   "--grey-match", RELEASE["grey_match"]] + (["--threads", str(args.threads)] if args.threads else [])
+                   "--grey-match", RELEASE["grey_match"], "--healthy-sources", *RELEASE["healthy_sources"]] + (["--threads", str(args.threads)] if args.threads else [])
     status = realdata.main(recipe_args)
     if status:
         return status

@@ -11,7 +11,8 @@ copied to the others); a run already finished is read back, so the benchmark car
 reference trains in fp32, the default in bf16 where the CPU has it natively (``default_fp32``: the same in fp32);
 ``real_only`` and ``synthetic`` are the default's set-up with real lesions only and with lesions synthesised in half
 the samples (sources that label the liver only left out), ``liver_only_sources`` the synthetic one with those sources
-trained on, ``reference_synthetic`` the reference's with synthetic lesions. ``--seeds 0 1``: each run once per seed
+trained on (their tumour unknown), ``healthy_liver_sources`` the same with CHAOS's livers trained as tumour-free
+(``--healthy-sources`` default), ``reference_synthetic`` the reference's with synthetic lesions. ``--seeds 0 1``: each run once per seed
 (``DIR/<set-up>_<budget>_seed1``). Prints one row per run (epochs, training CPU-minutes, held-out liver and tumour Dice per
 patient and for the other collections' scans it never trains on, lesions found at IoU > 0.5 and false lesions) and
 writes ``DIR/recipe_time_to_accuracy.json`` and
@@ -36,7 +37,9 @@ SETUPS = {
     "real_only": ["--synthetic", "0", *_LEAVE_OUT],  # the default's set-up, real lesions only
     "synthetic": ["--synthetic", "0.5", *_LEAVE_OUT],  # the default's set-up, lesions synthesised in half the samples
     # and the sources that label the liver only trained on (their tumour unknown, synthetic lesions put in)
-    "liver_only_sources": ["--synthetic", "0.5", "--liver-only-sources", "train"],
+    "liver_only_sources": ["--synthetic", "0.5", "--liver-only-sources", "train", "--healthy-sources"],
+    # the same with CHAOS (potential liver donors) trained as tumour-free livers, not tumour unknown
+    "healthy_liver_sources": ["--synthetic", "0.5", "--liver-only-sources", "train"],
     "reference_synthetic": ["--stages", "1", "--context", "0", "--precision", "fp32", "--synthetic", "0.5", *_LEAVE_OUT],
 }
 
@@ -125,7 +128,8 @@ def _plot(results: list[dict], path: Path) -> None:
     for ax, pid in zip(axes[0], patients):
         for setup, style, marker in (("reference", "--", "s"), ("default", "-", "o"), ("default_fp32", ":", "^"),
                                      ("real_only", "-.", "v"), ("synthetic", "-", "D"),
-                                     ("reference_synthetic", "--", "P"), ("liver_only_sources", ":", "X")):
+                                     ("reference_synthetic", "--", "P"), ("liver_only_sources", ":", "X"),
+                                     ("healthy_liver_sources", "-", "*")):
             runs = sorted((r for r in results if r["setup"] == setup and pid in r["held_out"]),
                           key=lambda r: r["training_cpu_minutes"] or r["training_minutes"])
             if not runs:

@@ -8,7 +8,10 @@ logits of a few transformed copies of the input, each transformed back (a script
 - ``mirror``: the slice and its left-right mirror image (the test-time flip most tools use; training here never
   mirrors: a liver is on one side of the body);
 - ``rotate``: the slice and the slice rotated by +-0.12 rad about its centre (inside training's rotation range of
-  +-0.26 rad).
+  +-0.26 rad);
+- ``pair``: the average of two networks, the run's and its partner's (``--runs`` given in pairs: the same set-up
+  trained with two seeds), stage by stage: the model file ``python -m workflows.ensemble`` writes of the two, at twice
+  the training; scored once per pair.
 
 Each DIR is a finished ``python -m workflows.realdata`` output (``summary.json`` records each scan and its truth).
 Prints one row per run, scan and vote (liver / tumour Dice, lesions found, false lesions, seconds), then the means
@@ -53,22 +56,34 @@ def voting(forward, vote: str):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.bench_vote", description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", nargs="+", required=True, help="finished recipe output folders")
-    parser.add_argument("--votes", nargs="+", default=["none", "mirror", "rotate"], choices=("none", "mirror", "rotate"))
+    parser.add_argument("--votes", nargs="+", default=["none", "mirror", "rotate"],
+                        choices=("none", "mirror", "rotate", "pair"))
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
+    from workflows.engine.model_file import combine_model_files
     from workflows.realdata import segment_and_score
 
     forward = precision.InferenceNetwork.forward
     table: dict[tuple[str, str], list[dict]] = {}
-    for run in map(Path, args.runs):
+    runs = list(map(Path, args.runs))
+    if "pair" in args.votes and len(runs) % 2:
+        parser.exit(2, "error: --votes pair takes --runs in pairs (the same set-up, two seeds).\n")
+    for index, run in enumerate(runs):
         summary = json.loads((run / "summary.json").read_text())
+        partner = runs[index + 1] if index % 2 == 0 and "pair" in args.votes else None
         for name, scores in {**summary["held_out"], **summary.get("other_collections", {})}.items():
             for vote in args.votes:
-                precision.InferenceNetwork.forward = voting(forward, vote)
+                if vote == "pair" and partner is None:
+                    continue  # the pair was scored with its first run
+                precision.InferenceNetwork.forward = forward if vote == "pair" else voting(forward, vote)
                 try:
                     with tempfile.TemporaryDirectory() as work:
-                        s = segment_and_score(Path(summary["model"]), args.threads, Path(scores["scan"]),
-                                              Path(scores["truth"]), Path(work))
+                        model = Path(summary["model"])
+                        if vote == "pair":
+                            other = Path(json.loads((partner / "summary.json").read_text())["model"])
+                            model = combine_model_files([model, other], Path(work) / "pair.pt")
+                        s = segment_and_score(model, args.threads, Path(scores["scan"]), Path(scores["truth"]),
+                                              Path(work) / "out")
                 finally:
                     precision.InferenceNetwork.forward = forward
                 table.setdefault((name, vote), []).append(s)

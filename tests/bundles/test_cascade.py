@@ -3,6 +3,7 @@ tumour on crops around it, one model file holds both, and inference and evaluati
 
 import json
 import math
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -178,3 +179,62 @@ def test_a_liver_only_source_trains_the_liver_and_carries_synthetic_lesions_its_
     assert all(bool((t[1][t[0] == 0] == 0).all()) for t in unknown)  # outside the liver the tumour is known absent
     assert all(set(t.unique().tolist()) <= {0.0, 1.0} for t in samples if not bool((t[1] < 0).any()))
     assert log and all(math.isfinite(e["mean_loss_last_epoch"]) for e in log)
+
+
+def _other_seed(model: Path, path: Path) -> Path:
+    """``model`` with other weights (as another seed would give), its settings unchanged."""
+    state = torch.load(model, weights_only=True)
+    generator = torch.Generator().manual_seed(1)
+    for key in ("model", "tumour_model"):
+        state[key] = {k: v + 0.05 * torch.randn(v.shape, generator=generator)
+                      if v.is_floating_point() and "running" not in k else v for k, v in state[key].items()}
+    torch.save(state, path)
+    return path
+
+
+def test_two_model_files_averaged_in_one_vote_stage_by_stage_and_inference_runs_it(both_lists, cascade, tmp_path,
+                                                                                   capfd):
+    from networks import build_network, load_reference_state_dict
+    from workflows.ensemble import main
+    first, second = cascade / "tumour" / "model.pt", _other_seed(cascade / "tumour" / "model.pt", tmp_path / "b.pt")
+    assert main(["--models", str(first), str(second), "--output", str(tmp_path / "pair.pt")]) == 0
+    pair = torch.load(tmp_path / "pair.pt", weights_only=True)
+    assert pair["settings"]["members"] == 2 and pair["settings"]["tumour_stage"]["members"] == 2
+    for key, settings, out in (("model", pair["settings"], 2), ("tumour_model", pair["settings"]["tumour_stage"], 1)):
+        def built(members):
+            return build_network(settings["architecture"], 2, 3, out, settings["channels"], settings["spatial_size"],
+                                 members=members).eval()
+        voted = load_reference_state_dict(built(2), pair[key])  # strictly: every member's weights, nothing else
+        singles = [load_reference_state_dict(built(1), torch.load(f, weights_only=True)[key]) for f in (first, second)]
+        x = torch.rand(2, 3, settings["spatial_size"], settings["spatial_size"])
+        with torch.no_grad():
+            assert torch.allclose(voted(x), (singles[0](x) + singles[1](x)) / 2, atol=1e-5)
+            assert not torch.allclose(singles[0](x), singles[1](x), atol=1e-3)
+    scan = sorted((both_lists.parent / "raw").glob("volume-*.nii.gz"))[0]
+    capfd.readouterr()
+    run_workflow("inference", ["inference"], "infer", input=str(scan), output_dir=str(tmp_path / "out"),
+                 ckpt_file=str(tmp_path / "pair.pt"))
+    assert "2 networks averaged per stage" in "".join(capfd.readouterr())  # the log says the file votes
+    seg = nib.load(tmp_path / "out" / f"{scan.name.split('.')[0]}_seg.nii.gz")
+    assert seg.shape == nib.load(scan).shape
+    metrics = run_workflow("evaluating", ["train", "evaluate"], "eval", dataset_dir=str(both_lists),
+                           ckpt_file=str(tmp_path / "pair.pt"), output_dir=str(tmp_path / "eval"), progress=False)
+    assert metrics and (tmp_path / "eval" / "metrics.json").is_file()
+
+
+def test_model_files_of_other_set_ups_are_not_averaged_and_nothing_is_overwritten(cascade, tmp_path, capsys):
+    from workflows.ensemble import main
+    both, whole = cascade / "tumour" / "model.pt", cascade / "whole" / "model.pt"
+    wider = torch.load(both, weights_only=True)
+    wider["settings"]["context"] = 2
+    torch.save(wider, tmp_path / "context2.pt")
+    (tmp_path / "taken.pt").write_bytes(b"mine")
+    for models, output, why in (([both, tmp_path / "context2.pt"], "a.pt", "its context is 2"),
+                                ([both, whole], "b.pt", "has no tumour stage"),
+                                ([both], "c.pt", "at least two model files"),
+                                ([both, both], "taken.pt", "already exists")):
+        with pytest.raises(SystemExit) as refused:
+            main(["--models", *map(str, models), "--output", str(tmp_path / output)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert refused.value.code == 2 and len(err) == 1 and why in err[0], err
+    assert (tmp_path / "taken.pt").read_bytes() == b"mine" and not (tmp_path / "a.pt").exists()

@@ -37,7 +37,7 @@ BAD = {
     "tensorboard": "maybe", "mlflow": "false-ish", "evaluation_samples": -1, "sw_batch_size": 0,
     "largest_liver": "maybe", "min_tumour_mm3": "nan", "deidentify": "yes", "overwrite": "2", "shard": "3/2",
     "channels_last": "maybe", "device": "cuda:7" if not torch.cuda.is_available() else "tpu", "threads": -1,
-    "num_workers": -1, "pin_memory": "maybe", "precision": "fp16", "context": 9, "stage": "tumour",
+    "num_workers": -1, "pin_memory": "maybe", "precision": "fp16", "context": 9, "members": 0, "stage": "tumour",
     "crop_margin_mm": -1, "liver_model": "/nonexistent/model.pt", "synthetic_lesions": 1.5, "lesion_types": "round:1",
 }
 #: the override that sets a setting where its id is not its name

@@ -42,3 +42,16 @@ def test_dynunet_follows_nnunets_depth_and_width_rule():
 def test_an_unknown_network_is_refused_by_name():
     with pytest.raises(ValueError, match=r"--architecture must be one of three_level_unet, dynunet, segresnet, got 'vnet'"):
         build_network("vnet")
+
+
+@pytest.mark.parametrize("name", NETWORKS)
+def test_members_are_networks_of_their_own_whose_logits_are_averaged(name):
+    torch.manual_seed(0)
+    pair = build_network(name, 2, 3, 2, (4, 8, 16, 32), 32, members=2).eval()
+    assert len(pair.members) == 2 and all(k.startswith("members.") for k in pair.state_dict())
+    x = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        first, second = pair.members[0](x), pair.members[1](x)
+        assert pair(x).shape == (1, 2, 32, 32) and torch.allclose(pair(x), (first + second) / 2, atol=1e-6)
+        assert not torch.allclose(first, second)  # initialised apart, as two trainings would be
+    assert build_network(name, 2, 3, 2, (4, 8, 16, 32), 32, members=1).__class__ is not pair.__class__

@@ -229,8 +229,9 @@ def test_the_recipe_finds_the_real_sources_with_their_label_maps(real_data):
     assert "totalseg_example" in notes
 
 
-def test_the_recipe_runs_end_to_end_on_a_small_study_and_2d_set(tmp_path, capsys):
-    from workflows.realdata import main
+def _recipe_data(tmp_path):
+    """A study with its SEG, a 2D set with lesions (three cases) and a 2D set that labels the liver only, in another
+    window (as CHAOS: liver grey 240)."""
     data = tmp_path / "data"
     study, _, _ = _study_with_seg(data)  # data/study: a series with its SEG, and an unlabelled series
     for case in range(3):
@@ -251,6 +252,12 @@ def test_the_recipe_runs_end_to_end_on_a_small_study_and_2d_set(tmp_path, capsys
         image[4:24, 8:28] = 240
         cv2.imwrite(str(data / "liveronly" / "images" / f"9_{k}.png"), image)
         cv2.imwrite(str(data / "liveronly" / "masks" / f"9_{k}.png"), np.where(image > 200, 255, 0).astype(np.uint8))
+    return data
+
+
+def test_the_recipe_runs_end_to_end_on_a_small_study_and_2d_set(tmp_path, capsys):
+    from workflows.realdata import main
+    data = _recipe_data(tmp_path)
     assert main(["--data", str(data), "--output", str(tmp_path / "out"), "--epochs", "2",
                  "--liver-only-sources", "train"]) == 0
     printed = capsys.readouterr().out
@@ -303,6 +310,29 @@ def test_the_recipe_runs_end_to_end_on_a_small_study_and_2d_set(tmp_path, capsys
     assert settings["tumour_stage"]["stage"] == "liver_crop" and settings["tumour_stage"]["context"] == 1
     assert settings["context"] == 1 and set(state) == {"model", "settings", "tumour_model"}
     assert settings["target"] == "both" and settings["channels"] == [16, 32, 64, 128]
+
+
+def test_a_healthy_liver_only_source_trains_as_tumour_free_and_an_unknown_one_is_refused(tmp_path, capsys):
+    """CHAOS's livers are potential donors' (no tumour): named healthy, a liver-only source's tumour channel is a known
+    0, not unknown; a folder that is not there is refused in one line before anything runs."""
+    from workflows.realdata import main
+    data = _recipe_data(tmp_path)
+    with pytest.raises(SystemExit) as refused:
+        main(["--data", str(data), "--output", str(tmp_path / "out"), "--healthy-sources", "nope"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert refused.value.code == 2 and err[-1].startswith("error: --healthy-sources nope: no such folder in")
+    assert main(["--data", str(data), "--output", str(tmp_path / "out"), "--epochs", "1", "--stages", "1",
+                 "--liver-only-sources", "train", "--healthy-sources", "liveronly"]) == 0
+    assert "liveronly: 1 volume(s), 3 slices; labels the liver only, and its livers hold no tumour" in capsys.readouterr().out
+    summary = __import__("json").loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["healthy_volumes"] and not summary["liver_only_volumes"]
+    chunk = __import__("json").loads((tmp_path / "out" / "lists" / "chunk_0.json").read_text())["training"]
+    healthy = [e for e in chunk if e["volume_id"] in summary["healthy_volumes"]]
+    assert len(healthy) == 3 and not any("tumour_labelled" in e for e in healthy)  # labelled: no tumour, for certain
+    with pytest.raises(SystemExit) as refused:  # a rerun with the tumour unknown again: another plan, refused
+        main(["--data", str(data), "--output", str(tmp_path / "out"), "--stages", "1", "--liver-only-sources", "train",
+              "--healthy-sources"])
+    assert refused.value.code == 2 and "was started with --healthy-sources liveronly" in capsys.readouterr().err
 
 
 def test_the_recipe_refuses_a_source_folder_that_is_not_there_in_one_line(real_data, tmp_path, capsys):

@@ -9,6 +9,10 @@ project's weights, or a model.pt from before release 0.3) has no settings: the b
 A two-stage (cascade) model file holds the liver stage as above and the tumour stage beside it:
 ``{"model": liver_state_dict, "settings": {..., "tumour_stage": {its settings}}, "tumour_model": state_dict}``;
 everything that reads one stage reads the first, and inference runs the second on crops around the liver.
+
+A model file of several networks (:func:`combine_model_files`: the same set-up trained with several seeds) records
+``"members": N`` in its settings (and its tumour stage's) and holds each member's weights under ``members.<i>.``;
+``networks.build_network(..., members=N)`` builds the network whose logits are their mean.
 """
 
 from __future__ import annotations
@@ -23,13 +27,16 @@ import torch
 
 from workflows.machine.atomic import write_bytes_atomic
 
-__all__ = ["DEFAULT_SETTINGS", "SETTING_FLAGS", "read_torch_file", "model_settings", "check_model_settings",
-           "save_model_file", "model_file_bytes"]
+__all__ = ["DEFAULT_SETTINGS", "SETTING_FLAGS", "MEMBER_SETTINGS", "read_torch_file", "model_settings",
+           "check_model_settings", "save_model_file", "model_file_bytes", "combine_model_files"]
 
 #: what a model without recorded settings is taken to be: the reference network, liver, abdomen window
 DEFAULT_SETTINGS = {"architecture": "three_level_unet", "target": "liver", "spatial_size": 256,
                     "channels": [64, 128, 256, 512], "window": "abdomen",
-                    "window_hu": None, "slice_thickness_mm": None, "context": 0, "tumour_stage": None}
+                    "window_hu": None, "slice_thickness_mm": None, "context": 0, "tumour_stage": None, "members": 1}
+#: the settings the members of one model file must share (each stage's): the network and what it reads and writes
+MEMBER_SETTINGS = ("architecture", "target", "spatial_size", "channels", "context", "stage", "crop_margin_mm", "window",
+                   "window_hu")
 #: the command-line flag that sets each recorded setting
 SETTING_FLAGS = {"architecture": "--architecture", "target": "--target", "spatial_size": "--spatial_size",
                  "channels": "--network_def#channels", "window": "--window", "window_hu": "--window_hu"}
@@ -152,3 +159,48 @@ def model_file_bytes(state_dict: dict, settings: dict, liver_model: str | None =
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     return buffer.getvalue()
+
+
+def combine_model_files(paths: list[str | os.PathLike], output: str | os.PathLike) -> Path:
+    """One model file whose networks are the mean of those of ``paths`` (model files of the same set-up, e.g. trained
+    with other seeds), stage by stage; the settings are the first file's with ``members`` set and ``member_files``
+    naming the files.
+
+    Raises:
+        ValueError: fewer than two files, a file of several members already, or files whose networks differ (the
+            setting is named with both values)."""
+    if len(paths) < 2:
+        raise ValueError(f"--models: give at least two model files to average, got {len(paths)}.")
+    states = [read_torch_file(path) for path in paths]
+    first_path, first = paths[0], states[0]
+    for path, state in zip(paths, states):
+        settings = state.get("settings")
+        if not isinstance(settings, dict) or not isinstance(state.get("model"), dict):
+            raise ValueError(f"{path}: records no settings (a plain state_dict); average model files that training "
+                             "wrote.")
+        if int(settings.get("members") or 1) > 1:
+            raise ValueError(f"{path}: holds {settings['members']} networks already; average the model files it was "
+                             "made from.")
+        if ("tumour_model" in state) != ("tumour_model" in first):
+            raise ValueError(f"{path}: {'has' if 'tumour_model' in state else 'has no'} tumour stage, {first_path} "
+                             f"{'has' if 'tumour_model' in first else 'has none'}; only networks of one set-up are "
+                             "averaged.")
+        for stage, own, theirs in (("", settings, first["settings"]),
+                                   ("tumour stage ", settings.get("tumour_stage") or {},
+                                    first["settings"].get("tumour_stage") or {})):
+            for name in MEMBER_SETTINGS:
+                if own.get(name) != theirs.get(name):
+                    raise ValueError(f"{path}: its {stage}{name} is {own.get(name)!r}, {first_path}'s "
+                                     f"{theirs.get(name)!r}; only networks of one set-up are averaged.")
+
+    def members(key: str) -> dict:
+        return {f"members.{i}.{name}": tensor for i, state in enumerate(states) for name, tensor in state[key].items()}
+
+    settings = {**first["settings"], "members": len(states), "member_files": [Path(p).name for p in paths]}
+    payload = {"model": members("model"), "settings": settings}
+    if "tumour_model" in first:
+        settings["tumour_stage"] = {**settings["tumour_stage"], "members": len(states)}
+        payload["tumour_model"] = members("tumour_model")
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    return write_bytes_atomic(output, buffer.getvalue())

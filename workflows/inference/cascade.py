@@ -58,7 +58,8 @@ class TumourStage:
                                  "--stage liver_crop --liver_model this file.")
             network = build_network(settings.get("architecture") or "three_level_unet", spatial_dims=2,
                                     in_channels=2 * int(settings.get("context") or 0) + 1, out_channels=1,
-                                    channels=settings["channels"], spatial_size=int(settings["spatial_size"]))
+                                    channels=settings["channels"], spatial_size=int(settings["spatial_size"]),
+                                    members=int(settings.get("members") or 1))
             load_reference_state_dict(network, state["tumour_model"])
         if network is None or settings is None:
             raise ValueError("TumourStage needs a model file, or a network and its settings.")

@@ -319,6 +319,9 @@ class ScanInference:
                 self.evaluator.network = scripted
         else:
             load_weights(self.network, self.ckpt_file)
+            members = getattr(self.network, "members", None)
+            if members is not None:
+                logger.info(f"{len(members)} networks averaged per stage ({self.ckpt_file}, python -m workflows.ensemble)")
         found = self.dataset.found  # first: an input that is no file or folder (a symlink loop) is named as such
         source = self.dataset.input.resolve()
         if source.is_dir() and source in [self.output_dir.resolve(), *self.output_dir.resolve().parents]:

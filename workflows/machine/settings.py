@@ -193,6 +193,7 @@ SETTINGS: dict[str, Callable[[Any], Any]] = {
     "window": _optional(_window),
     "window_hu": _optional(_window_hu),
     "context": lambda v: whole_number("context", v, 0, 8),
+    "members": lambda v: whole_number("members", v, 1, 16),
     "stage": lambda v: choice("stage", v, ("whole", "liver_crop")),
     "crop_margin_mm": lambda v: number("crop_margin_mm", v, 0.0, 200.0, unit=" (mm)"),
     "liver_model": _optional(_text("liver_model")),
