@@ -352,11 +352,14 @@ def _convert_sources(run: RecipeRun, data: Path) -> None:
             continue
         run.kept.append(target)
         tumour_sources += 1
+        if source["name"] in run.args.healthy_sources:
+            print(f"--healthy-sources {source['name']}: it labels tumours itself, so its own labels are used")
         print(f"{source['name']}: {len(volumes)} volume(s), {len(rows)} slices, {sum(bool(t) for t in tumour)} with tumour")
     converted = [run.out / "slices" / s["name"] for s in run.sources]
     if run.args.grey_match == "liver":
         _match_liver_grey(run)
-        converted = [next((k for k in run.kept if k.name.startswith(d.name + GREY_SCALED)), d) for d in converted]
+        converted = [d.with_name(f"{d.name}{GREY_SCALED}{run.grey_scaled[d.name]:g}") if d.name in run.grey_scaled
+                     else d for d in converted]
     records = {v: r for d in converted if d.is_dir() for v, r in read_grey_levels(d).items()}
     groups = source_groups(records)
     for name, group in groups.items():

@@ -322,8 +322,10 @@ def test_a_healthy_liver_only_source_trains_as_tumour_free_and_an_unknown_one_is
     err = capsys.readouterr().err.strip().splitlines()
     assert refused.value.code == 2 and err[-1].startswith("error: --healthy-sources nope: no such folder in")
     assert main(["--data", str(data), "--output", str(tmp_path / "out"), "--epochs", "1", "--stages", "1",
-                 "--liver-only-sources", "train", "--healthy-sources", "liveronly"]) == 0
-    assert "liveronly: 1 volume(s), 3 slices; labels the liver only, and its livers hold no tumour" in capsys.readouterr().out
+                 "--liver-only-sources", "train", "--healthy-sources", "liveronly", "set"]) == 0
+    printed = capsys.readouterr().out
+    assert "liveronly: 1 volume(s), 3 slices; labels the liver only, and its livers hold no tumour" in printed
+    assert "--healthy-sources set: it labels tumours itself, so its own labels are used" in printed  # said, not guessed
     summary = __import__("json").loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["healthy_volumes"] and not summary["liver_only_volumes"]
     chunk = __import__("json").loads((tmp_path / "out" / "lists" / "chunk_0.json").read_text())["training"]
@@ -332,7 +334,7 @@ def test_a_healthy_liver_only_source_trains_as_tumour_free_and_an_unknown_one_is
     with pytest.raises(SystemExit) as refused:  # a rerun with the tumour unknown again: another plan, refused
         main(["--data", str(data), "--output", str(tmp_path / "out"), "--stages", "1", "--liver-only-sources", "train",
               "--healthy-sources"])
-    assert refused.value.code == 2 and "was started with --healthy-sources liveronly" in capsys.readouterr().err
+    assert refused.value.code == 2 and "was started with --healthy-sources liveronly set" in capsys.readouterr().err
 
 
 def test_the_recipe_refuses_a_source_folder_that_is_not_there_in_one_line(real_data, tmp_path, capsys):
