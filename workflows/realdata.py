@@ -3,7 +3,7 @@ in one command on a laptop CPU.
 
 ``python -m workflows.realdata --data ../shared/data/real --output DIR [--minutes 30 | --epochs N] [--threads N]
 [--stages 2] [--context 1] [--architecture three_level_unet] [--synthetic P] [--liver-only-sources train|leave-out]
-[--healthy-sources FOLDER ...] [--grey-match liver|off] [--seed S]``
+[--healthy-sources FOLDER ...] [--grey-match liver|off] [--seed S] [--members N]``
 
 1. finds the labelled sources under DATA: DICOM studies whose series carry DICOM SEG objects made by another tool
    (liver and tumour), and 2D slice sets (``images/`` + ``masks/``), reading each 2D set's mask values to choose its
@@ -25,7 +25,10 @@ in one command on a laptop CPU.
    machine, however busy; the same weights only on one CPU family and thread count: AMD EPYC and Intel Xeon with
    AMX give other bf16 sums, and the tumour Dice moves with them); in bf16 where the CPU has it natively (``--precision auto``, the default; ``fp32``
    forces full precision); ``--synthetic P`` puts lesions synthesised inside the liver into that share of the
-   training samples of both stages (:mod:`transforms.lesion_synthesis`);
+   training samples of both stages (:mod:`transforms.lesion_synthesis`); ``--members N`` trains N networks so
+   (seeds S..S+N-1, one split; the others in ``DIR/models/seed_<s>``) and averages them in one model file
+   (``DIR/models/ensemble_<N>/model.pt``, as ``python -m workflows.ensemble`` writes it; scored in
+   ``DIR/ensemble_<N>/``, beside the first network's scores), at N times the training;
 5. scores the test list's slices with the bundle's ``evaluating`` workflow (the reference's slice metrics, whole-slice
    stage), and segments every held-out patient with the bundle's ``inference`` workflow, as a user would: a DICOM
    series as it is (mask on the scan's grid, DICOM SEG, overlay), a 2D patient as the volume its slices stack into
@@ -33,9 +36,9 @@ in one command on a laptop CPU.
    :data:`OTHER_SCANS` found under DATA, from collections never trained on (``other_collections/<name>``): the
    CRLM metastasis patient, and TotalSegmentator's example, where no tumour is labelled (its predicted lesions are
    false lesions);
-6. writes ``DIR/models/model.pt`` (it carries its settings), ``DIR/summary.json`` (with the epochs, the CPU model,
-   the threads, the training images/s measured, the seconds of inference per held-out patient and the peak memory)
-   and pictures.
+6. writes the model file (``DIR/models/tumour_on_liver_crop/model.pt``, both stages; it carries its settings),
+   ``DIR/summary.json`` (with the epochs, the CPU model, the threads, the training images/s measured, the seconds of
+   inference per held-out patient and the peak memory) and pictures.
 
 Rerunning carries on: converted volumes, trained epochs (progress checkpoints) and finished files are kept.
 """
@@ -189,6 +192,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="the network: three_level_unet (default, the reference's), dynunet or segresnet (MONAI's "
                              "stock networks, networks.build_network); the model file records it")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and the training (0)")
+    parser.add_argument("--members", type=int, default=1,
+                        help="networks of the set-up to train and average (1..16; default 1): member k trains with "
+                             "seed S+k on the same split, the model file holds them all (python -m workflows.ensemble); "
+                             "a rerun with more members trains the missing ones")
     parser.add_argument("--synthetic", type=float, default=RECIPE["synthetic"],
                         help="the chance that a training sample gets lesions synthesised inside its liver "
                              f"(transforms.lesion_synthesis; default {RECIPE['synthetic']:g}; 0: real lesions only)")
@@ -233,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"error: --synthetic must be a chance from 0 to 1, got {args.synthetic}.\n")
     if not 0 <= args.validation_fraction < 1:  # nan fails too
         parser.exit(2, f"error: --validation-fraction must be from 0 to below 1, got {args.validation_fraction}.\n")
+    if not 1 <= args.members <= 16:
+        parser.exit(2, f"error: --members must be 1..16 networks, got {args.members}.\n")
     if not 0 <= args.context <= 8:
         parser.exit(2, f"error: --context must be 0..8 neighbouring slices on each side, got {args.context}.\n")
     plan_file = Path(args.output) / "models" / "recipe.json"
@@ -289,12 +298,14 @@ class RecipeRun:
     settings: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
     model: Path | None = None
+    member_models: list = field(default_factory=list)
+    scored: Path | None = None  # where the held-out scans are segmented and scored
 
 
 def _recipe(args: argparse.Namespace, argv: list[str] | None, data: Path, out: Path) -> int:
     from workflows.machine.threads import set_threads
 
-    run = RecipeRun(args, out)
+    run = RecipeRun(args, out, scored=out)
     run.threads = set_threads(args.threads)
     print(f"real-data recipe in {out} ({run.threads} torch thread(s))")
     _convert_sources(run, data)
@@ -428,12 +439,13 @@ def _split_patients(run: RecipeRun) -> None:
 
 
 def _train_stages(run: RecipeRun) -> None:
-    """Step 4: each stage through the bundle's ``training`` workflow, for the epochs planned (recorded in
-    ``models/recipe.json``, so a rerun carries on with the plan it started with)."""
+    """Step 4: each stage of each network (``--members``) through the bundle's ``training`` workflow, for the epochs
+    planned; several networks are then averaged in one model file."""
     from monai.bundle import run as run_bundle
 
     from workflows.bundle import config_file
     from workflows.data.liver_boxes import LiverBoxes
+    from workflows.engine.model_file import combine_model_files
     from workflows.engine.training_checks import read_datalist
     from workflows.machine.atomic import write_json_atomic
 
@@ -441,47 +453,31 @@ def _train_stages(run: RecipeRun) -> None:
     print("\n== 4/6 training through the bundle")
     run.settings = settings = {**RECIPE["overrides"], "context": args.context, "precision": args.precision,
                                "architecture": args.architecture, "synthetic_lesions": args.synthetic}
-    common = {"dataset_dir": str(out / "lists"), "seed": args.seed, "threads": run.threads, **settings}
-    stages = [("whole", {"ckpt_dir": str(out / "models" / "whole_slices")})]
-    if args.stages == 2:
-        stages.append(("liver_crop", {"ckpt_dir": str(out / "models" / "tumour_on_liver_crop"),
-                                      "liver_model": str(out / "models" / "whole_slices" / "model.pt"),
-                                      **RECIPE["tumour_stage"]}))
-    run.model = Path(stages[-1][1]["ckpt_dir"]) / "model.pt"
-    plan_file = out / "models" / "recipe.json"
+    common = {"dataset_dir": str(out / "lists"), "threads": run.threads, **settings}
+    members = [_member_stages(out / "models" if k == 0 else out / "models" / f"seed_{args.seed + k}", args.stages)
+               for k in range(args.members)]
     chunk = read_datalist(out / "lists" / "chunk_0.json")
     slices = {"whole": len(chunk), "liver_crop": len(LiverBoxes(out / "lists", "liver_crop").rows(chunk))}
-    if plan_file.exists():  # a rerun carries on with the plan it started with (checkpoints record the epochs)
-        recorded = json.loads(plan_file.read_text())
-        epochs, speed = int(recorded["epochs"]), recorded.get("images_per_second")
-    elif args.epochs is not None:
-        speed, epochs = None, args.epochs
-    else:
-        speed = _training_speed(settings)
-        # the budget split evenly between the stages; 0.85 for loading, augmentation and validation: a probe of 4
-        # steps once read 13.2 images/s where training ran 8.6 (30 minutes became 40), 12 steps hold steadier
-        share = args.minutes * 60 * 0.85 / len(stages)
-        epochs = int(max(1, min(RECIPE["max_epochs"], share * speed // max(1, max(slices.values())))))
-    if not plan_file.exists():
-        plan_file.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(plan_file, {"epochs": epochs, "images_per_second": speed, "stages": args.stages,
-                                      "context": args.context, "precision": args.precision,
-                                      "architecture": args.architecture, "synthetic": args.synthetic,
-                                      "liver_only_sources": args.liver_only_sources,
-                                      "sources": sorted(args.sources) if args.sources else None,
-                                      "validation_fraction": args.validation_fraction,
-                                      "grey_match": args.grey_match,
-                                      "healthy_sources": sorted(args.healthy_sources)})
-    for stage, _ in stages:
+    epochs, speed = _plan_epochs(run, settings, len(members[0]), slices)
+    for stage, _ in members[0]:
         what = "liver + tumour on whole slices" if stage == "whole" else "the tumour on crops around the liver"
         print(f"{stage}: {what}, {epochs} epoch(s) of {slices[stage]} slices"
               + (f" ({speed:.1f} training images/s measured at {settings['spatial_size']}x{settings['spatial_size']}, "
                  f"{args.minutes:g} minutes)" if speed else " (--epochs)")
               + (f", synthetic lesions in {args.synthetic:.0%} of the samples" if args.synthetic else ""))
     train_started, train_cpu = time.time(), time.process_time()
-    for stage, where in stages:
-        run_bundle("training", config_file=config_file("train"), progress=False,
-                   **{**common, **where, "stage": stage, "epochs_per_chunk": epochs})
+    for k, stages in enumerate(members):
+        if len(members) > 1:
+            print(f"network {k + 1} of {len(members)}: seed {args.seed + k}")
+        for stage, where in stages:
+            run_bundle("training", config_file=config_file("train"), progress=False,
+                       **{**common, "seed": args.seed + k, **where, "stage": stage, "epochs_per_chunk": epochs})
+    run.member_models = [Path(stages[-1][1]["ckpt_dir"]) / "model.pt" for stages in members]
+    run.model = run.member_models[0]
+    if len(members) > 1:  # their networks averaged in one model file, as python -m workflows.ensemble writes it
+        run.model = combine_model_files(run.member_models, out / "models" / f"ensemble_{len(members)}" / "model.pt")
+        run.scored = out / f"ensemble_{len(members)}"  # its scores beside the first network's, never over them
+        print(f"{run.model}: the {len(members)} networks averaged per stage")
     # the time of every run that trained into this folder: a rerun that carries on (or finds every epoch done) adds
     # its own, so the summary and the release record keep the first run's training time
     time_file = out / "models" / "training_time.json"
@@ -489,9 +485,49 @@ def _train_stages(run: RecipeRun) -> None:
     spent = {"minutes": spent["minutes"] + (time.time() - train_started) / 60,
              "cpu_minutes": spent["cpu_minutes"] + (time.process_time() - train_cpu) / 60}
     write_json_atomic(time_file, spent)
-    run.training = {"epochs": epochs, "speed": speed, "slices": {stage: slices[stage] for stage, _ in stages},
+    run.training = {"epochs": epochs, "speed": speed, "slices": {stage: slices[stage] for stage, _ in members[0]},
                     "minutes": spent["minutes"], "cpu_minutes": spent["cpu_minutes"],
-                    "images": sum(epochs * slices[stage] for stage, _ in stages), "whole": {**common, **stages[0][1]}}
+                    "images": len(members) * sum(epochs * slices[stage] for stage, _ in members[0]),
+                    "whole": {**common, "seed": args.seed, **members[0][0][1]}}
+
+
+def _member_stages(base: Path, stages: int) -> list[tuple[str, dict]]:
+    """The bundle's training runs of one network of the set-up, its folders under ``base``: whole slices, then
+    (``--stages 2``) the tumour on crops around the liver, starting from the first stage's weights."""
+    planned = [("whole", {"ckpt_dir": str(base / "whole_slices")})]
+    if stages == 2:
+        planned.append(("liver_crop", {"ckpt_dir": str(base / "tumour_on_liver_crop"),
+                                       "liver_model": str(base / "whole_slices" / "model.pt"), **RECIPE["tumour_stage"]}))
+    return planned
+
+
+def _plan_epochs(run: RecipeRun, settings: dict, stages: int, slices: dict) -> tuple[int, float | None]:
+    """The epochs per stage (and the training speed probed, for ``--minutes``), recorded in ``models/recipe.json``
+    with the set-up, so a rerun carries on with the plan it started with (checkpoints record the epochs)."""
+    from workflows.machine.atomic import write_json_atomic
+
+    args = run.args
+    plan_file = run.out / "models" / "recipe.json"
+    if plan_file.exists():
+        recorded = json.loads(plan_file.read_text())
+        return int(recorded["epochs"]), recorded.get("images_per_second")
+    if args.epochs is not None:
+        speed, epochs = None, args.epochs
+    else:
+        speed = _training_speed(settings)
+        # the budget split evenly between the stages and the networks; 0.85 for loading, augmentation and
+        # validation: a probe of 4 steps once read 13.2 images/s where training ran 8.6 (30 minutes became 40)
+        share = args.minutes * 60 * 0.85 / (stages * args.members)
+        epochs = int(max(1, min(RECIPE["max_epochs"], share * speed // max(1, max(slices.values())))))
+    plan_file.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(plan_file, {"epochs": epochs, "images_per_second": speed, "stages": args.stages,
+                                  "context": args.context, "precision": args.precision,
+                                  "architecture": args.architecture, "synthetic": args.synthetic,
+                                  "liver_only_sources": args.liver_only_sources,
+                                  "sources": sorted(args.sources) if args.sources else None,
+                                  "validation_fraction": args.validation_fraction, "grey_match": args.grey_match,
+                                  "healthy_sources": sorted(args.healthy_sources)})
+    return epochs, speed
 
 
 def _score_held_out(run: RecipeRun, data: Path) -> tuple[dict, dict, dict]:
@@ -505,10 +541,12 @@ def _score_held_out(run: RecipeRun, data: Path) -> tuple[dict, dict, dict]:
     from workflows.data.held_out_volumes import stack_2d_patient, truth_as_lits
     from workflows.engine.model_file import model_settings
 
-    out = run.out
+    out = run.scored
     print("\n== 5/6 scoring the held-out patients")
+    # several networks: the file that averages them (its liver stage), as a user would run it
+    averaged = {"ckpt_file": str(run.model)} if len(run.member_models) > 1 else {}
     run_bundle("evaluating", config_file=[config_file("train"), config_file("evaluate")],
-               **{**run.training["whole"], "output_dir": str(out / "eval_test"), "val_datalist": "test.json"})
+               **{**run.training["whole"], **averaged, "output_dir": str(out / "eval_test"), "val_datalist": "test.json"})
     slice_level = json.loads((out / "eval_test" / "metrics.json").read_text())
     window_hu = model_settings(run.model)["window_hu"] or list(window_range("abdomen", None))
     patients = {}
@@ -575,6 +613,7 @@ def _write_summary(run: RecipeRun, argv, slice_level: dict, patients: dict, othe
         "command": "python -m workflows.realdata " + " ".join(argv if argv is not None else sys.argv[1:]),
         "threads": run.threads, "cpu_model": cpu_model(), "plan": "--epochs" if args.epochs is not None else "--minutes",
         "stages": args.stages, "context": args.context, "precision": args.precision, "architecture": args.architecture,
+        "members": args.members, "member_models": [str(m) for m in run.member_models],
         "synthetic": args.synthetic, "liver_only_sources": args.liver_only_sources,
         "liver_only_volumes": sorted(run.liver_only), "healthy_volumes": sorted(run.healthy),
         "grey_match": args.grey_match, "grey_scaled": run.grey_scaled,
@@ -590,10 +629,10 @@ def _write_summary(run: RecipeRun, argv, slice_level: dict, patients: dict, othe
         "slice_level_test": slice_level["channels"], "model": str(run.model), "settings": run.settings,
     }
     write_json_atomic(out / "summary.json", json.loads(json.dumps(summary, default=str)))
-    _picture({**patients, **other_scans}, out / "held_out_dice.png", save_figure)
+    _picture({**patients, **other_scans}, run.scored / "held_out_dice.png", save_figure)
     print(f"training {training['minutes']:.1f} min, whole recipe {summary['wall_minutes']} min wall, "
           f"{summary['cpu_minutes']} CPU-min; model {run.model}; summary {out / 'summary.json'}; "
-          f"pictures {out / 'held_out'} (overlays) and {out / 'held_out_dice.png'}")
+          f"pictures {run.scored / 'held_out'} (overlays) and {run.scored / 'held_out_dice.png'}")
 
 
 def _picture(patients: dict, path: Path, save_figure) -> None:

@@ -337,6 +337,38 @@ def test_a_healthy_liver_only_source_trains_as_tumour_free_and_an_unknown_one_is
     assert refused.value.code == 2 and "was started with --healthy-sources liveronly set" in capsys.readouterr().err
 
 
+def test_more_members_train_the_missing_networks_with_the_next_seeds_and_the_averaged_file_is_scored(tmp_path, capsys):
+    """``--members 2`` on a finished run trains a second network (seed 1, the same split) beside the first, which is
+    left as it was, and scores the model file that averages the two."""
+    import json
+
+    from workflows.realdata import main
+    data, out = _recipe_data(tmp_path), tmp_path / "out"
+    run = ["--data", str(data), "--output", str(out), "--epochs", "1", "--stages", "1"]
+    with pytest.raises(SystemExit) as refused:
+        main(run + ["--members", "0"])
+    assert refused.value.code == 2 and "error: --members must be 1..16 networks, got 0." in capsys.readouterr().err
+    assert main(run) == 0
+    first = out / "models" / "whole_slices" / "model.pt"
+    first_bytes, lists = first.read_bytes(), (out / "lists" / "chunk_0.json").read_text()
+    capsys.readouterr()
+    assert main(run + ["--members", "2"]) == 0
+    assert "network 2 of 2: seed 1" in capsys.readouterr().out
+    assert first.read_bytes() == first_bytes and (out / "lists" / "chunk_0.json").read_text() == lists
+    summary = json.loads((out / "summary.json").read_text())
+    ensemble = out / "models" / "ensemble_2" / "model.pt"
+    assert summary["members"] == 2 and summary["model"] == str(ensemble)
+    assert list((out / "ensemble_2" / "held_out").glob("*/*_seg.nii.gz")) and list((out / "held_out").glob("*/*_seg.nii.gz"))
+    assert all(0 <= s["liver_dice"] <= 1 for s in summary["held_out"].values())
+    state = torch.load(ensemble, weights_only=True)
+    assert state["settings"]["members"] == 2
+    assert state["settings"]["member_files"] == ["whole_slices/model.pt", "seed_1/whole_slices/model.pt"]
+    one, two = (torch.load(m, weights_only=True)["model"] for m in (first, out / "models" / "seed_1" / "whole_slices" / "model.pt"))
+    assert all(torch.equal(state["model"][f"members.0.{k}"], v) and torch.equal(state["model"][f"members.1.{k}"], two[k])
+               for k, v in one.items())
+    assert any(not torch.equal(v, two[k]) for k, v in one.items())  # another seed, another network
+
+
 def test_the_recipe_refuses_a_source_folder_that_is_not_there_in_one_line(real_data, tmp_path, capsys):
     from workflows.realdata import main
     with pytest.raises(SystemExit) as refused:

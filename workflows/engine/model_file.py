@@ -196,7 +196,10 @@ def combine_model_files(paths: list[str | os.PathLike], output: str | os.PathLik
     def members(key: str) -> dict:
         return {f"members.{i}.{name}": tensor for i, state in enumerate(states) for name, tensor in state[key].items()}
 
-    settings = {**first["settings"], "members": len(states), "member_files": [Path(p).name for p in paths]}
+    # the files named from the folder they share (no machine's paths in a model file that may be shared)
+    common = Path(os.path.commonpath([Path(p).resolve().parent for p in paths]))
+    settings = {**first["settings"], "members": len(states),
+                "member_files": [Path(p).resolve().relative_to(common).as_posix() for p in paths]}
     payload = {"model": members("model"), "settings": settings}
     if "tumour_model" in first:
         settings["tumour_stage"] = {**settings["tumour_stage"], "members": len(states)}
