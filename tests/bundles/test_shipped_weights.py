@@ -45,9 +45,9 @@ def test_inference_without_a_model_segments_a_held_out_real_patient_with_the_shi
     segmentation = next((tmp_path / "out").glob("*_seg.nii.gz"))
     assert (tmp_path / "out" / "report.html").is_file() and list((tmp_path / "out").glob("*_overlay.png"))
     scored = evaluate_volumes(segmentation, series, tmp_path / "scored", progress=False)  # on the scan's own grid
-    # 0.890 with these weights (the model card), bf16 on AMX; the margin covers other CPUs' sums. The issue's 0.90
-    # is not reached on this patient with the sources whose licences allow shipping the weights
-    assert scored["liver"]["dice_per_case"]["mean"] >= 0.87
+    # 0.895 with these weights (the model card: two networks averaged), bf16 on AMX; the margin covers other CPUs'
+    # sums. The issue's 0.90 is not reached on this patient with the sources whose licences allow shipping the weights
+    assert scored["liver"]["dice_per_case"]["mean"] >= 0.88
 
 
 def _bundle_copy(root: Path, monkeypatch) -> Path:
