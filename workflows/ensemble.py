@@ -6,9 +6,10 @@ averages their logits, stage by stage.
 The model files must share their networks' settings (architecture, widths, input size, context, target, window; the
 tumour stage's too); the file written records ``members`` and the files it came from, and runs through the bundle's
 inference (``--ckpt_file ENSEMBLE.pt``, or ``python -m workflows.infer --model ENSEMBLE.pt``) with no other flag.
-Measured on the real-data recipe's default (two seeds of ``--epochs 6``): tumour Dice on HCC 2144 and ``crlm_1100``
-0.524 and 0.490 against the single networks' 0.416 and 0.436, the liver higher on every scan, at twice the training
-and 1.2x the inference command's time (HCC 2144: 18.7-20.2 s against 16.2-16.7 s on 2 cores, Intel Xeon with AMX;
+The real-data recipe trains and averages such networks itself (``--members N``). Measured on its default (``--epochs
+6``, seeds 0 and 1): tumour Dice on HCC 2144 and ``crlm_1100`` 0.524 and 0.490 against the single networks' 0.416 and
+0.436 (seeds 2 and 3: 0.405 and 0.076 against 0.326 and 0.081), the liver higher, fewer false lesions, at twice the
+training and 1.2x the inference command's time (HCC 2144: 18.7-20.2 s against 16.2-16.7 s on 2 cores, Intel Xeon with AMX;
 ``tests.benchmarks.bench_vote --votes pair``). An existing ``--output`` is never overwritten.
 """
 
