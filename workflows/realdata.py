@@ -299,13 +299,17 @@ class RecipeRun:
     training: dict = field(default_factory=dict)
     model: Path | None = None
     member_models: list = field(default_factory=list)
-    scored: Path | None = None  # where the held-out scans are segmented and scored
+
+    @property
+    def scored(self) -> Path:
+        """Where the held-out scans are segmented and scored: for several networks, beside the first one's scores."""
+        return self.out / f"ensemble_{len(self.member_models)}" if len(self.member_models) > 1 else self.out
 
 
 def _recipe(args: argparse.Namespace, argv: list[str] | None, data: Path, out: Path) -> int:
     from workflows.machine.threads import set_threads
 
-    run = RecipeRun(args, out, scored=out)
+    run = RecipeRun(args, out)
     run.threads = set_threads(args.threads)
     print(f"real-data recipe in {out} ({run.threads} torch thread(s))")
     _convert_sources(run, data)
@@ -476,7 +480,6 @@ def _train_stages(run: RecipeRun) -> None:
     run.model = run.member_models[0]
     if len(members) > 1:  # their networks averaged in one model file, as python -m workflows.ensemble writes it
         run.model = combine_model_files(run.member_models, out / "models" / f"ensemble_{len(members)}" / "model.pt")
-        run.scored = out / f"ensemble_{len(members)}"  # its scores beside the first network's, never over them
         print(f"{run.model}: the {len(members)} networks averaged per stage")
     # the time of every run that trained into this folder: a rerun that carries on (or finds every epoch done) adds
     # its own, so the summary and the release record keep the first run's training time
@@ -543,10 +546,10 @@ def _score_held_out(run: RecipeRun, data: Path) -> tuple[dict, dict, dict]:
 
     out = run.scored
     print("\n== 5/6 scoring the held-out patients")
-    # several networks: the file that averages them (its liver stage), as a user would run it
-    averaged = {"ckpt_file": str(run.model)} if len(run.member_models) > 1 else {}
+    # the model file inference runs (its liver stage; with several networks, their mean), as a user would run it
     run_bundle("evaluating", config_file=[config_file("train"), config_file("evaluate")],
-               **{**run.training["whole"], **averaged, "output_dir": str(out / "eval_test"), "val_datalist": "test.json"})
+               **{**run.training["whole"], "ckpt_file": str(run.model), "output_dir": str(out / "eval_test"),
+                  "val_datalist": "test.json"})
     slice_level = json.loads((out / "eval_test" / "metrics.json").read_text())
     window_hu = model_settings(run.model)["window_hu"] or list(window_range("abdomen", None))
     patients = {}
