@@ -39,10 +39,24 @@ def test_a_folder_not_made_by_conversion_is_refused_and_left_untouched(raw, tmp_
 def test_a_source_changed_since_it_was_converted_is_refused_by_name(raw, tmp_path):
     convert(raw, tmp_path / "out", progress=False)
     volume = raw / "volume-1.nii.gz"
-    stat = volume.stat()
-    os.utime(volume, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    data = bytearray(volume.read_bytes())
+    data[-9] ^= 0xFF  # the same size, other content
+    volume.write_bytes(bytes(data))
     with pytest.raises(ValueError, match=r"volume-1.nii.gz changed since volume 1 was converted.*volume-1.csv"):
         convert(raw, tmp_path / "out", progress=False)
+
+
+def test_a_source_copied_again_with_new_times_is_not_converted_again(raw, tmp_path):
+    out = tmp_path / "out"
+    convert(raw, out, progress=False)
+    slices = {p: p.stat().st_mtime_ns for p in (out / "images").iterdir()}
+    for volume in raw.iterdir():  # what `cp -r` without -p or a new download does
+        stat = volume.stat()
+        os.utime(volume, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    summary = convert(raw, out, progress=False)
+    assert summary.converted == [] and sorted(summary.skipped) == ["0", "1"] and not summary.failed
+    assert {p: p.stat().st_mtime_ns for p in (out / "images").iterdir()} == slices
+    assert convert(raw, out, progress=False).skipped  # the record took the new times
 
 
 def test_only_the_tools_own_stale_temporaries_in_its_own_folders_are_removed(raw, tmp_path):

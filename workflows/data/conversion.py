@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures as futures
 import csv
+import hashlib
 import json
 import math
 import multiprocessing
@@ -232,7 +233,7 @@ def _convert_one(source: VolumeSource, slice_bar: bool = False) -> tuple[str, st
     on what the source left out)."""
     _worker.notes = []
     try:
-        fingerprint = source_fingerprint(source)
+        fingerprint = source_fingerprint(source, digest=True)
         rows = _worker.convert(source, slice_bar)
         write_json_atomic(_fingerprint_path(_worker.output, source.volume_id), fingerprint)
         write_json_atomic(_grey_path(_worker.output, source.volume_id), _worker.grey_summary)
@@ -293,16 +294,33 @@ def _check_settings(output: Path, settings: ConvertSettings, input_path: Path) -
     write_json_atomic(path, wanted)
 
 
-def source_fingerprint(source: VolumeSource) -> dict:
-    """Path, size and modification time of every file a volume is made of, to tell a changed source on a rerun."""
+def _source_files(source: VolumeSource) -> list[Path]:
     if source.kind == "2d":
-        files = [p for item in source.slices for p in (item.image, item.mask) if p is not None]
-    else:
-        files = [p for root in (source.image, source.label, *source.segs) if root is not None
-                 for p in (sorted(q for q in root.iterdir() if q.is_file()) if root.is_dir() else [root])]
+        return [p for item in source.slices for p in (item.image, item.mask) if p is not None]
+    return [p for root in (source.image, source.label, *source.segs) if root is not None
+            for p in (sorted(q for q in root.iterdir() if q.is_file()) if root.is_dir() else [root])]
+
+
+def content_digest(files: list[Path]) -> str:
+    """sha256 over the names and bytes of ``files``, in order: the same content copied elsewhere in time."""
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0")
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def source_fingerprint(source: VolumeSource, digest: bool = False) -> dict:
+    """Path, size and modification time of every file a volume is made of, to tell a changed source on a rerun;
+    ``digest``: with their content's sha256 (recorded at conversion), which tells a copy with new times (the data
+    downloaded or copied again) from a change."""
+    files = _source_files(source)
     stats = [(str(p), p.stat()) for p in files]
-    return {"files": len(stats), "bytes": sum(st.st_size for _, st in stats),
-            "newest_mtime_ns": max((st.st_mtime_ns for _, st in stats), default=0), "first": stats[0][0] if stats else ""}
+    found = {"files": len(stats), "bytes": sum(st.st_size for _, st in stats),
+             "newest_mtime_ns": max((st.st_mtime_ns for _, st in stats), default=0), "first": stats[0][0] if stats else ""}
+    return {**found, "sha256": content_digest(files)} if digest else found
 
 
 def _fingerprint_path(output: Path, volume_id: str) -> Path:
@@ -310,11 +328,21 @@ def _fingerprint_path(output: Path, volume_id: str) -> Path:
 
 
 def _check_unchanged(output: Path, source: VolumeSource) -> None:
-    recorded = _fingerprint_path(output, source.volume_id)
-    if recorded.exists() and json.loads(recorded.read_text()) != source_fingerprint(source):
-        raise ValueError(f"{source.where} changed since volume {source.volume_id} was converted into {output} (files, "
-                         f"size or modification time differ); delete {_part_path(output, source.volume_id)} to "
-                         "convert it again, or use another --output.")
+    """Refuse a source whose files differ from those converted; times alone may differ when the content is the same
+    (then the record takes the new times, so the next rerun does not read the files again)."""
+    path = _fingerprint_path(output, source.volume_id)
+    if not path.exists():
+        return
+    recorded, found = json.loads(path.read_text()), source_fingerprint(source)
+    if all(recorded.get(key) == value for key, value in found.items()):
+        return
+    same_files = all(recorded.get(key) == found[key] for key in ("files", "bytes", "first"))
+    if same_files and recorded.get("sha256") == content_digest(_source_files(source)):
+        write_json_atomic(path, {**found, "sha256": recorded["sha256"]})
+        return
+    raise ValueError(f"{source.where} changed since volume {source.volume_id} was converted into {output} (files, "
+                     f"size or content differ); delete {_part_path(output, source.volume_id)} to convert it again, or "
+                     "use another --output.")
 
 
 def shard_of(sources: list[VolumeSource], shard: tuple[int, int] | None) -> list[VolumeSource]:
