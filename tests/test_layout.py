@@ -1,5 +1,6 @@
 """The layout shows the jobs: ``workflows`` imports only downward (command lines and whole jobs, then inference,
-engine, data, machine) and has no import circle; each command line is a module at the top."""
+engine, data, machine) and has no import circle; each command line is a module at the top, and a command line's
+steps split by job live in a subpackage at the top (``recipe``)."""
 
 import ast
 from pathlib import Path
@@ -8,6 +9,8 @@ WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
 #: each subpackage's layer: a module may import its own layer and those below it, never above
 LAYERS = {"machine": 0, "data": 1, "engine": 2, "inference": 3}
 TOP = 4
+#: subpackages at the top layer: a command line's steps, split by job, that use whole workflows (the bundle's)
+TOP_PACKAGES = ["recipe"]
 
 
 def _module_name(path: Path) -> str:
@@ -71,4 +74,5 @@ def test_the_library_is_in_subpackages_and_the_command_lines_at_the_top():
     top = sorted(p.stem for p in WORKFLOWS.glob("*.py") if p.stem != "__init__")
     assert top == ["bundle", "command_line", "convert", "ensemble", "evaluate", "explore", "infer", "quickstart",
                    "realdata", "release", "split", "synthetic"]
-    assert sorted(p.name for p in WORKFLOWS.iterdir() if p.is_dir() and p.name != "__pycache__") == sorted(LAYERS)
+    assert sorted(p.name for p in WORKFLOWS.iterdir() if p.is_dir() and p.name != "__pycache__") == sorted(
+        [*LAYERS, *TOP_PACKAGES])

@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
 def _release(args: argparse.Namespace, argv: list[str] | None, out: Path) -> int:
     from workflows.bundle import SHIPPED_WEIGHTS, bundle_root
     from workflows.machine.atomic import write_bytes_atomic, write_json_atomic
-    from workflows.realdata import segment_and_score
+    from workflows.recipe.scoring import segment_and_score
 
     summary = json.loads((out / "recipe" / "summary.json").read_text())
     full = Path(summary["model"])

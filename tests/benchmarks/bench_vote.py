@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     from workflows.engine.model_file import combine_model_files
-    from workflows.realdata import segment_and_score
+    from workflows.recipe.scoring import segment_and_score
 
     forward = precision.InferenceNetwork.forward
     table: dict[tuple[str, str], list[dict]] = {}

@@ -220,7 +220,7 @@ def test_evaluate_pairs_one_prediction_with_a_series_and_its_seg(tmp_path, capsy
 
 
 def test_the_recipe_finds_the_real_sources_with_their_label_maps(real_data):
-    from workflows.realdata import find_real_sources
+    from workflows.recipe.sources import find_real_sources
     sources, notes = find_real_sources(real_data)
     found = {s["name"]: s for s in sources}
     assert {"hcc_tace_0697", "hcc_tace_2022", "hcc_tace_2144", "liver_png_2d", "chaos_ct_p1"} <= set(found)

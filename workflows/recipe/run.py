@@ -1,0 +1,89 @@
+"""What the recipe trains, holds out and scores, and what its steps hand on to each other."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["OTHER_SCANS", "RECIPE", "RecipeRun", "shown"]
+
+#: What the recipe trains and holds out. The test list holds a DICOM HCC patient with a real tumour (~4,000 voxels)
+#: and a 2D patient; ``original_rgb`` is case 0 of ``liver_png_2d`` as published (512 RGB): one patient.
+RECIPE = {
+    "test": ["hcc_tace_2144_31_EQP_Ax5.00mm", "liver_png_2d-7"],
+    "val": ["liver_png_2d-6"],
+    "groups": {"original_rgb": "liver_png_2d-0", "liver_png_2d-0": "liver_png_2d-0"},
+    "overrides": {
+        "context": 1,
+        "spatial_size": 256,
+        "network_def#channels": [16, 32, 64, 128],
+        "batch_size": 4,
+        "learning_rate": 0.001,
+        "lr_scheduler#gamma": 0.92,
+        "checkpoint_every": 50,
+        "augment": True,
+        # bf16 where the CPU has it natively (fp32 elsewhere): 1.56x faster here, tumour Dice within two seeds' spread
+        "precision": "auto",
+    },
+    "max_epochs": 40,
+    # the chance a training sample gets lesions synthesised in its liver (transforms.lesion_synthesis): on HCC 2144 and
+    # crlm_1100 together, mean tumour Dice 0.325 against 0.218 with real lesions only (2 seeds, Intel Xeon AMX), at
+    # three times the false lesions (benchmarks page)
+    "synthetic": 0.5,
+    # sources that label the liver only (CHAOS, dcmqi's slices): "train" (synthetic lesions put in; the tumour of a
+    # healthy source below a known 0, of the others unknown) or "leave-out". Trained so, 2 seeds (Intel Xeon AMX): tumour
+    # Dice on HCC 2144 + crlm_1100 0.427 against 0.333 left out, the liver of case 7, crlm_1100 and TotalSegmentator's
+    # example higher, fewer false lesions (benchmarks page)
+    "liver_only_sources": "train",
+    # liver-only sources whose livers hold no tumour by design, trained (with --liver-only-sources train) as tumour-free:
+    # a known 0 in the tumour channel, a synthetic lesion a known 1 (the set-up of Hu et al., CVPR 2023)
+    "healthy_sources": {"chaos_ct_p1": "CHAOS CT: potential liver donors, livers without tumours or lesions (Kavur et "
+                                       "al., Medical Image Analysis 69, 2021)"},
+    # the tumour stage: the same network on crops around the liver, jittered (shift and scale) in training
+    "tumour_stage": {"stage": "liver_crop", "crop_margin_mm": 15.0},
+}
+
+
+#: scans from collections the recipe never trains on, segmented and scored after training: ``name: (scan, label,
+#: label map to LiTS or None, what it is)``, paths under ``--data``
+OTHER_SCANS = {
+    "crlm_1100": ("crlm_1100/ct.nii.gz", "crlm_1100/label.nii.gz", None,
+                  "another collection (colorectal metastasis, portal venous), never trained on"),
+    "totalseg_example": ("totalseg_example/ct_3mm.nii.gz", "totalseg_example/seg_3mm.nii.gz", {5: 1},
+                         "no tumour labelled (its liver label is a model's): predicted lesions count as false"),
+}
+
+
+@dataclass
+class RecipeRun:
+    """What the recipe's steps hand on: the run's folder, its settings and what each step found or made."""
+
+    args: argparse.Namespace
+    out: Path
+    threads: int = 0
+    started: float = field(default_factory=time.time)
+    cpu_started: float = field(default_factory=time.process_time)
+    sources: list = field(default_factory=list)
+    notes_by_folder: dict = field(default_factory=dict)
+    kept: list = field(default_factory=list)
+    liver_only: set = field(default_factory=set)
+    healthy: set = field(default_factory=set)
+    left_out: dict = field(default_factory=dict)
+    grey_scaled: dict = field(default_factory=dict)
+    rows: list = field(default_factory=list)
+    plan: object = None
+    settings: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+    model: Path | None = None
+    member_models: list = field(default_factory=list)
+
+    @property
+    def scored(self) -> Path:
+        """Where the held-out scans are segmented and scored: for several networks, beside the first one's scores."""
+        return self.out / f"ensemble_{len(self.member_models)}" if len(self.member_models) > 1 else self.out
+
+
+def shown(value, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
