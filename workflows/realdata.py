@@ -2,7 +2,7 @@
 in one command on a laptop CPU.
 
 ``python -m workflows.realdata --data ../shared/data/real --output DIR [--minutes 30 | --epochs N] [--threads N]
-[--stages 2] [--context 1] [--architecture three_level_unet] [--synthetic P] [--liver-only-sources train|leave-out]
+[--stages 2] [--context 1] [--tumour-size 256] [--architecture three_level_unet] [--synthetic P] [--liver-only-sources train|leave-out]
 [--healthy-sources FOLDER ...] [--grey-match liver|off] [--seed S] [--members N]``
 
 1. finds the labelled sources under DATA: DICOM studies whose series carry DICOM SEG objects made by another tool
@@ -19,8 +19,8 @@ in one command on a laptop CPU.
    patient) are the test list, one 2D patient validates, the rest train (every slice, tumour slices first);
 4. trains through the bundle (a narrow network at 256x256, augmentation on, ``--context`` neighbouring slices on
    each side as channels): liver + tumour on whole slices (``--stage whole``), then, with ``--stages 2`` (the
-   default), the tumour on crops around the liver (``--stage liver_crop``, starting from the first stage's weights),
-   the two in one model file; for as many epochs as fit in ``--minutes`` on this machine, half the time each stage
+   default), the tumour on crops around the liver (``--stage liver_crop``, starting from the first stage's weights;
+   each crop resized to ``--tumour-size`` pixels a side), the two in one model file; for as many epochs as fit in ``--minutes`` on this machine, half the time each stage
    (a short probe measures the training speed), or for exactly ``--epochs N`` per stage (the same plan on any
    machine, however busy; the same weights only on one CPU family and thread count: AMD EPYC and Intel Xeon with
    AMX give other bf16 sums, and the tumour Dice moves with them); in bf16 where the CPU has it natively (``--precision auto``, the default; ``fp32``
@@ -72,6 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--context", type=int, default=RECIPE["overrides"]["context"],
                         help="neighbouring slices on each side given to the network as channels (default "
                              f"{RECIPE['overrides']['context']}; 0: one slice, as the reference)")
+    parser.add_argument("--tumour-size", type=int, default=RECIPE["overrides"]["spatial_size"],
+                        help="the tumour stage's crop around the liver is resized to this many pixels a side (default "
+                             f"{RECIPE['overrides']['spatial_size']}, the whole-slice stage's size; a multiple of 8: "
+                             "smaller sees more of the liver per pixel of the network's field, at less CPU)")
     parser.add_argument("--precision", choices=("fp32", "auto"), default=RECIPE["overrides"]["precision"],
                         help="training precision: auto (default: bf16 where the CPU has it natively, else fp32; the "
                              "probe times it) or fp32")
@@ -135,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"error: --validation-fraction must be from 0 to below 1, got {args.validation_fraction}.\n")
     if not 1 <= args.members <= 16:
         parser.exit(2, f"error: --members must be 1..16 networks, got {args.members}.\n")
+    if not (32 <= args.tumour_size <= 1024 and args.tumour_size % 8 == 0):
+        parser.exit(2, f"error: --tumour-size must be a multiple of 8 from 32 to 1024 pixels, got {args.tumour_size}.\n")
     if not 0 <= args.context <= 8:
         parser.exit(2, f"error: --context must be 0..8 neighbouring slices on each side, got {args.context}.\n")
     _check_rerun(parser, args)
@@ -157,6 +163,7 @@ def _check_rerun(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
                  "--liver-only-sources": args.liver_only_sources,
                  "--sources": " ".join(sorted(args.sources)) if args.sources else "(all)",
                  "--validation-fraction": args.validation_fraction, "--grey-match": args.grey_match,
+                 "--tumour-size": args.tumour_size if args.stages == 2 else None,
                  # which liver-only sources are healthy matters only where they train
                  "--healthy-sources": (" ".join(sorted(args.healthy_sources)) or "(none)")
                  if args.liver_only_sources == "train" else None}
@@ -168,6 +175,7 @@ def _check_rerun(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
                    "--sources": " ".join(planned.get("sources") or []) or "(all)",
                    "--validation-fraction": planned.get("validation_fraction", 0.15),
                    "--grey-match": planned.get("grey_match", "off"),
+                   "--tumour-size": planned.get("tumour_size", RECIPE["overrides"]["spatial_size"]),
                    "--healthy-sources": " ".join(planned.get("healthy_sources") or []) or "(none)"}
         for name, value in given.items():
             if value is not None and value != started[name]:

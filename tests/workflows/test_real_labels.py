@@ -271,7 +271,7 @@ def test_the_recipe_runs_end_to_end_on_a_small_study_and_2d_set(tmp_path, capsys
     liver = [cv2.imread(r["image"], 0)[10, 10] for r in read_manifest(scaled)]
     assert liver == [round(240 * factor)] * 3 and "WARNING (sources trained on)" not in printed
     assert "whole: liver + tumour on whole slices, 2 epoch(s) of" in printed and "measured" not in printed
-    assert "liver_crop: the tumour on crops around the liver, 2 epoch(s) of" in printed  # --epochs: no speed probe
+    assert "liver_crop: the tumour on crops around the liver at 256x256, 2 epoch(s) of" in printed  # no speed probe
     summary = __import__("json").loads((tmp_path / "out" / "summary.json").read_text())
     held_out = summary["held_out"]
     assert held_out and all(0 <= s["liver_dice"] <= 1 for s in held_out.values())
@@ -292,7 +292,7 @@ def test_the_recipe_runs_end_to_end_on_a_small_study_and_2d_set(tmp_path, capsys
         assert [e["epochs"] for e in log] == [2]
     for flag, value, started in (("--epochs", "3", "2"), ("--context", "0", "1"), ("--stages", "1", "2"),
                                  ("--precision", "fp32", "auto"), ("--liver-only-sources", "leave-out", "train"),
-                                 ("--grey-match", "off", "liver")):
+                                 ("--grey-match", "off", "liver"), ("--tumour-size", "128", "256")):
         with pytest.raises(SystemExit) as refused:  # the same folder with another plan: refused before anything runs
             main(["--data", str(data), "--output", str(tmp_path / "out"), "--liver-only-sources", "train", flag, value])
         err = capsys.readouterr().err
@@ -310,6 +310,26 @@ def test_the_recipe_runs_end_to_end_on_a_small_study_and_2d_set(tmp_path, capsys
     assert settings["tumour_stage"]["stage"] == "liver_crop" and settings["tumour_stage"]["context"] == 1
     assert settings["context"] == 1 and set(state) == {"model", "settings", "tumour_model"}
     assert settings["target"] == "both" and settings["channels"] == [16, 32, 64, 128]
+
+
+def test_the_tumour_stage_trains_and_runs_at_its_own_crop_size(tmp_path, capsys):
+    """``--tumour-size 64``: the crops around the liver are resized to 64 pixels a side in training, the model file
+    records it for inference (the liver stage stays at 256), and a size the network cannot halve three times is
+    refused in one line."""
+    import json
+
+    from workflows.realdata import main
+    data, out = _recipe_data(tmp_path), tmp_path / "out"
+    with pytest.raises(SystemExit) as refused:
+        main(["--data", str(data), "--output", str(out), "--tumour-size", "100"])
+    assert refused.value.code == 2 and "error: --tumour-size must be a multiple of 8 from 32 to 1024 pixels, got 100." \
+        in capsys.readouterr().err
+    assert main(["--data", str(data), "--output", str(out), "--epochs", "1", "--tumour-size", "64"]) == 0
+    assert "liver_crop: the tumour on crops around the liver at 64x64, 1 epoch(s)" in capsys.readouterr().out
+    settings = torch.load(out / "models" / "tumour_on_liver_crop" / "model.pt", weights_only=True)["settings"]
+    assert settings["spatial_size"] == 256 and settings["tumour_stage"]["spatial_size"] == 64
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tumour_size"] == 64 and summary["held_out"]  # segmented through the bundle at that size
 
 
 def test_a_healthy_liver_only_source_trains_as_tumour_free_and_an_unknown_one_is_refused(tmp_path, capsys):

@@ -88,7 +88,7 @@ def write_summary(run: RecipeRun, argv, slice_level: dict, patients: dict, other
     summary = {
         "command": "python -m workflows.realdata " + " ".join(argv if argv is not None else sys.argv[1:]),
         "threads": run.threads, "cpu_model": cpu_model(), "plan": "--epochs" if args.epochs is not None else "--minutes",
-        "stages": args.stages, "context": args.context, "precision": args.precision, "architecture": args.architecture,
+        "stages": args.stages, "tumour_size": args.tumour_size if args.stages == 2 else None, "context": args.context, "precision": args.precision, "architecture": args.architecture,
         "members": args.members, "member_models": [str(m) for m in run.member_models],
         "synthetic": args.synthetic, "liver_only_sources": args.liver_only_sources,
         "liver_only_volumes": sorted(run.liver_only), "healthy_volumes": sorted(run.healthy),

@@ -28,13 +28,15 @@ def train_stages(run: RecipeRun) -> None:
     run.settings = settings = {**RECIPE["overrides"], "context": args.context, "precision": args.precision,
                                "architecture": args.architecture, "synthetic_lesions": args.synthetic}
     common = {"dataset_dir": str(out / "lists"), "threads": run.threads, **settings}
-    members = [member_stages(out / "models" if k == 0 else out / "models" / f"seed_{args.seed + k}", args.stages)
+    members = [member_stages(out / "models" if k == 0 else out / "models" / f"seed_{args.seed + k}", args.stages,
+                             args.tumour_size)
                for k in range(args.members)]
     chunk = read_datalist(out / "lists" / "chunk_0.json")
     slices = {"whole": len(chunk), "liver_crop": len(LiverBoxes(out / "lists", "liver_crop").rows(chunk))}
     epochs, speed = plan_epochs(run, settings, len(members[0]), slices)
     for stage, _ in members[0]:
-        what = "liver + tumour on whole slices" if stage == "whole" else "the tumour on crops around the liver"
+        what = "liver + tumour on whole slices" if stage == "whole" else \
+            f"the tumour on crops around the liver at {args.tumour_size}x{args.tumour_size}"
         print(f"{stage}: {what}, {epochs} epoch(s) of {slices[stage]} slices"
               + (f" ({speed:.1f} training images/s measured at {settings['spatial_size']}x{settings['spatial_size']}, "
                  f"{args.minutes:g} minutes)" if speed else " (--epochs)")
@@ -64,12 +66,13 @@ def train_stages(run: RecipeRun) -> None:
                     "whole": {**common, "seed": args.seed, **members[0][0][1]}}
 
 
-def member_stages(base: Path, stages: int) -> list[tuple[str, dict]]:
+def member_stages(base: Path, stages: int, tumour_size: int) -> list[tuple[str, dict]]:
     """The bundle's training runs of one network of the set-up, its folders under ``base``: whole slices, then
-    (``--stages 2``) the tumour on crops around the liver, starting from the first stage's weights."""
+    (``--stages 2``) the tumour on crops around the liver resized to ``tumour_size``, starting from the first stage's
+    weights."""
     planned = [("whole", {"ckpt_dir": str(base / "whole_slices")})]
     if stages == 2:
-        planned.append(("liver_crop", {"ckpt_dir": str(base / "tumour_on_liver_crop"),
+        planned.append(("liver_crop", {"ckpt_dir": str(base / "tumour_on_liver_crop"), "spatial_size": tumour_size,
                                        "liver_model": str(base / "whole_slices" / "model.pt"), **RECIPE["tumour_stage"]}))
     return planned
 
@@ -99,7 +102,7 @@ def plan_epochs(run: RecipeRun, settings: dict, stages: int, slices: dict) -> tu
                                   "liver_only_sources": args.liver_only_sources,
                                   "sources": sorted(args.sources) if args.sources else None,
                                   "validation_fraction": args.validation_fraction, "grey_match": args.grey_match,
-                                  "healthy_sources": sorted(args.healthy_sources)})
+                                  "healthy_sources": sorted(args.healthy_sources), "tumour_size": args.tumour_size})
     return epochs, speed
 
 
