@@ -2,7 +2,7 @@
 in one command on a laptop CPU.
 
 ``python -m workflows.realdata --data ../shared/data/real --output DIR [--minutes 30 | --epochs N] [--threads N]
-[--stages 2] [--context 1] [--tumour-size 256] [--architecture three_level_unet] [--synthetic P] [--liver-only-sources train|leave-out]
+[--stages 2] [--context 1] [--tumour-size 192] [--architecture three_level_unet] [--synthetic P] [--liver-only-sources train|leave-out]
 [--healthy-sources FOLDER ...] [--grey-match liver|off] [--seed S] [--members N]``
 
 1. finds the labelled sources under DATA: DICOM studies whose series carry DICOM SEG objects made by another tool
@@ -17,14 +17,14 @@ in one command on a laptop CPU.
    tumour-free livers instead;
 3. splits by patient (``DIR/lists``): the held-out patients (:data:`RECIPE["test"]`, one of them a DICOM HCC
    patient) are the test list, one 2D patient validates, the rest train (every slice, tumour slices first);
-4. trains through the bundle (a narrow network at 256x256, augmentation on, ``--context`` neighbouring slices on
-   each side as channels): liver + tumour on whole slices (``--stage whole``), then, with ``--stages 2`` (the
+4. trains through the bundle (a narrow network, augmentation on, ``--context`` neighbouring slices on each side as
+   channels): liver + tumour on whole slices at 256x256 (``--stage whole``), then, with ``--stages 2`` (the
    default), the tumour on crops around the liver (``--stage liver_crop``, starting from the first stage's weights;
-   each crop resized to ``--tumour-size`` pixels a side), the two in one model file; for as many epochs as fit in ``--minutes`` on this machine, half the time each stage
-   (a short probe measures the training speed), or for exactly ``--epochs N`` per stage (the same plan on any
-   machine, however busy; the same weights only on one CPU family and thread count: AMD EPYC and Intel Xeon with
-   AMX give other bf16 sums, and the tumour Dice moves with them); in bf16 where the CPU has it natively (``--precision auto``, the default; ``fp32``
-   forces full precision); ``--synthetic P`` puts lesions synthesised inside the liver into that share of the
+   each crop resized to ``--tumour-size`` pixels a side, default 192), the two in one model file; for as many epochs
+   as fit in ``--minutes`` on this machine, half the time each stage (a short probe measures the training speed), or
+   for exactly ``--epochs N`` per stage (the same plan on any machine, however busy; the same weights only on one CPU
+   family and thread count: AMD EPYC and Intel Xeon with AMX give other bf16 sums, and the tumour Dice moves with
+   them); in bf16 where the CPU has it natively (``--precision auto``, the default; ``fp32`` forces full precision); ``--synthetic P`` puts lesions synthesised inside the liver into that share of the
    training samples of both stages (:mod:`transforms.lesion_synthesis`); ``--members N`` trains N networks so
    (seeds S..S+N-1, one split; the others in ``DIR/models/seed_<s>``) and averages them in one model file
    (``DIR/models/ensemble_<N>/model.pt``, as ``python -m workflows.ensemble`` writes it; scored in
@@ -72,10 +72,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--context", type=int, default=RECIPE["overrides"]["context"],
                         help="neighbouring slices on each side given to the network as channels (default "
                              f"{RECIPE['overrides']['context']}; 0: one slice, as the reference)")
-    parser.add_argument("--tumour-size", type=int, default=RECIPE["overrides"]["spatial_size"],
+    parser.add_argument("--tumour-size", type=int, default=RECIPE["tumour_size"],
                         help="the tumour stage's crop around the liver is resized to this many pixels a side (default "
-                             f"{RECIPE['overrides']['spatial_size']}, the whole-slice stage's size; a multiple of 8: "
-                             "smaller sees more of the liver per pixel of the network's field, at less CPU)")
+                             f"{RECIPE['tumour_size']}; the whole-slice stage's is {RECIPE['overrides']['spatial_size']}; "
+                             "a multiple of 8: smaller gives the network's field more of the liver, at less CPU)")
     parser.add_argument("--precision", choices=("fp32", "auto"), default=RECIPE["overrides"]["precision"],
                         help="training precision: auto (default: bf16 where the CPU has it natively, else fp32; the "
                              "probe times it) or fp32")
@@ -175,6 +175,7 @@ def _check_rerun(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
                    "--sources": " ".join(planned.get("sources") or []) or "(all)",
                    "--validation-fraction": planned.get("validation_fraction", 0.15),
                    "--grey-match": planned.get("grey_match", "off"),
+                   # a plan from before --tumour-size trained its crops at the whole-slice size
                    "--tumour-size": planned.get("tumour_size", RECIPE["overrides"]["spatial_size"]),
                    "--healthy-sources": " ".join(planned.get("healthy_sources") or []) or "(none)"}
         for name, value in given.items():

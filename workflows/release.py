@@ -53,6 +53,9 @@ RELEASE = {
     "grey_match": "liver",
     # CHAOS's tumour channel unknown (as healthy livers: measured only with synthetic lesions, which cost liver here)
     "healthy_sources": [],
+    # the tumour stage's crops at the whole-slice size, as the shipped weights were made (the recipe's default is now
+    # 192; with these sources the tumour stage found no tumour at 256, 192 unmeasured for the release)
+    "tumour_size": 256,
     # networks averaged in the model file (seeds 0, 1): liver Dice 0.895 / 0.885 / 0.942 against 0.890 / 0.882 / 0.928
     # with seed 0 alone (HCC 2144, crlm_1100, TotalSegmentator's example), at twice the training, 1.1-1.4x inference
     "members": 2,
@@ -106,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                    "--epochs", str(RELEASE["epochs"]), "--seed", str(RELEASE["seed"]), "--validation-fraction", "0",
                    "--liver-only-sources", "train", "--synthetic", str(RELEASE["synthetic"]),
                    "--grey-match", RELEASE["grey_match"], "--healthy-sources", *RELEASE["healthy_sources"],
-                   "--members", str(RELEASE["members"])] + (["--threads", str(args.threads)] if args.threads else [])
+                   "--members", str(RELEASE["members"]), "--tumour-size", str(RELEASE["tumour_size"])] + (["--threads", str(args.threads)] if args.threads else [])
     status = realdata.main(recipe_args)
     if status:
         return status

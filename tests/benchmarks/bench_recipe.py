@@ -12,8 +12,8 @@ reference trains in fp32, the default in bf16 where the CPU has it natively (``d
 ``real_only`` and ``synthetic`` are the default's set-up with real lesions only and with lesions synthesised in half
 the samples (sources that label the liver only left out), ``liver_only_sources`` the synthetic one with those sources
 trained on (their tumour unknown), ``healthy_liver_sources`` the same with CHAOS's livers trained as tumour-free
-(``--healthy-sources`` default), ``tumour_size_128`` that with the tumour stage's crops at 128 pixels a side
-(``--tumour-size 128``), ``reference_synthetic`` the reference's with synthetic lesions. ``--seeds 0 1``: each run once per seed
+(``--healthy-sources`` default), ``tumour_size_128`` and ``tumour_size_256`` that with the tumour stage's crops at
+128 or 256 pixels a side (``--tumour-size``; 192 by default), ``reference_synthetic`` the reference's with synthetic lesions. ``--seeds 0 1``: each run once per seed
 (``DIR/<set-up>_<budget>_seed1``). Prints one row per run (epochs, training CPU-minutes, held-out liver and tumour Dice per
 patient and for the other collections' scans it never trains on, lesions found at IoU > 0.5 and false lesions) and
 writes ``DIR/recipe_time_to_accuracy.json`` and
@@ -42,8 +42,9 @@ SETUPS = {
     # the same with CHAOS (potential liver donors) trained as tumour-free livers, not tumour unknown
     "healthy_liver_sources": ["--synthetic", "0.5", "--liver-only-sources", "train"],
     "reference_synthetic": ["--stages", "1", "--context", "0", "--precision", "fp32", "--synthetic", "0.5", *_LEAVE_OUT],
-    # healthy_liver_sources with the tumour stage's crops at 128 pixels a side (256 above)
+    # healthy_liver_sources with the tumour stage's crops at 128 and 256 pixels a side (192 by default)
     "tumour_size_128": ["--synthetic", "0.5", "--liver-only-sources", "train", "--tumour-size", "128"],
+    "tumour_size_256": ["--synthetic", "0.5", "--liver-only-sources", "train", "--tumour-size", "256"],
 }
 
 
@@ -132,7 +133,8 @@ def _plot(results: list[dict], path: Path) -> None:
         for setup, style, marker in (("reference", "--", "s"), ("default", "-", "o"), ("default_fp32", ":", "^"),
                                      ("real_only", "-.", "v"), ("synthetic", "-", "D"),
                                      ("reference_synthetic", "--", "P"), ("liver_only_sources", ":", "X"),
-                                     ("healthy_liver_sources", "-", "*"), ("tumour_size_128", "--", "*")):
+                                     ("healthy_liver_sources", "-", "*"), ("tumour_size_128", "--", "*"),
+                                     ("tumour_size_256", ":", "*")):
             runs = sorted((r for r in results if r["setup"] == setup and pid in r["held_out"]),
                           key=lambda r: r["training_cpu_minutes"] or r["training_minutes"])
             if not runs:

@@ -271,7 +271,7 @@ def test_the_recipe_runs_end_to_end_on_a_small_study_and_2d_set(tmp_path, capsys
     liver = [cv2.imread(r["image"], 0)[10, 10] for r in read_manifest(scaled)]
     assert liver == [round(240 * factor)] * 3 and "WARNING (sources trained on)" not in printed
     assert "whole: liver + tumour on whole slices, 2 epoch(s) of" in printed and "measured" not in printed
-    assert "liver_crop: the tumour on crops around the liver at 256x256, 2 epoch(s) of" in printed  # no speed probe
+    assert "liver_crop: the tumour on crops around the liver at 192x192, 2 epoch(s) of" in printed  # no speed probe
     summary = __import__("json").loads((tmp_path / "out" / "summary.json").read_text())
     held_out = summary["held_out"]
     assert held_out and all(0 <= s["liver_dice"] <= 1 for s in held_out.values())
@@ -292,7 +292,7 @@ def test_the_recipe_runs_end_to_end_on_a_small_study_and_2d_set(tmp_path, capsys
         assert [e["epochs"] for e in log] == [2]
     for flag, value, started in (("--epochs", "3", "2"), ("--context", "0", "1"), ("--stages", "1", "2"),
                                  ("--precision", "fp32", "auto"), ("--liver-only-sources", "leave-out", "train"),
-                                 ("--grey-match", "off", "liver"), ("--tumour-size", "128", "256")):
+                                 ("--grey-match", "off", "liver"), ("--tumour-size", "256", "192")):
         with pytest.raises(SystemExit) as refused:  # the same folder with another plan: refused before anything runs
             main(["--data", str(data), "--output", str(tmp_path / "out"), "--liver-only-sources", "train", flag, value])
         err = capsys.readouterr().err
