@@ -9,6 +9,7 @@ from pathlib import Path
 
 __all__ = ["OTHER_SCANS", "RECIPE", "RecipeRun", "shown"]
 
+
 #: What the recipe trains and holds out. The test list holds a DICOM HCC patient with a real tumour (~4,000 voxels)
 #: and a 2D patient; ``original_rgb`` is case 0 of ``liver_png_2d`` as published (512 RGB): one patient.
 RECIPE = {

@@ -16,6 +16,7 @@ from workflows.recipe.run import OTHER_SCANS, RecipeRun, shown
 
 __all__ = ["held_out_picture", "score_held_out", "segment_and_score", "write_summary"]
 
+
 def score_held_out(run: RecipeRun, data: Path) -> tuple[dict, dict, dict]:
     """Step 5: the test list's slices through the bundle's ``evaluating`` workflow, each held-out patient and each
     scan of :data:`OTHER_SCANS` (collections never trained on) through its ``inference`` workflow, as a user would,

@@ -13,6 +13,7 @@ from workflows.recipe.run import RECIPE, RecipeRun, shown
 
 __all__ = ["GREY_SCALED", "convert_sources", "find_real_sources", "match_liver_grey", "split_patients"]
 
+
 #: the folder suffix of a 2D set converted again with its grey levels scaled (``--grey-match liver``)
 GREY_SCALED = "_grey_x"
 

@@ -12,6 +12,7 @@ from workflows.recipe.run import RECIPE, RecipeRun
 
 __all__ = ["member_stages", "plan_epochs", "train_stages", "training_speed"]
 
+
 def train_stages(run: RecipeRun) -> None:
     """Step 4: each stage of each network (``--members``) through the bundle's ``training`` workflow, for the epochs
     planned; several networks are then averaged in one model file."""
