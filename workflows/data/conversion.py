@@ -316,7 +316,10 @@ def source_fingerprint(source: VolumeSource, digest: bool = False) -> dict:
     """Path, size and modification time of every file a volume is made of, to tell a changed source on a rerun;
     ``digest``: with their content's sha256 (recorded at conversion), which tells a copy with new times (the data
     downloaded or copied again) from a change."""
-    files = _source_files(source)
+    return _fingerprint(_source_files(source), digest)
+
+
+def _fingerprint(files: list[Path], digest: bool = False) -> dict:
     stats = [(str(p), p.stat()) for p in files]
     found = {"files": len(stats), "bytes": sum(st.st_size for _, st in stats),
              "newest_mtime_ns": max((st.st_mtime_ns for _, st in stats), default=0), "first": stats[0][0] if stats else ""}
@@ -333,11 +336,12 @@ def _check_unchanged(output: Path, source: VolumeSource) -> None:
     path = _fingerprint_path(output, source.volume_id)
     if not path.exists():
         return
-    recorded, found = json.loads(path.read_text()), source_fingerprint(source)
+    files = _source_files(source)
+    recorded, found = json.loads(path.read_text()), _fingerprint(files)
     if all(recorded.get(key) == value for key, value in found.items()):
         return
     same_files = all(recorded.get(key) == found[key] for key in ("files", "bytes", "first"))
-    if same_files and recorded.get("sha256") == content_digest(_source_files(source)):
+    if same_files and recorded.get("sha256") == content_digest(files):
         write_json_atomic(path, {**found, "sha256": recorded["sha256"]})
         return
     raise ValueError(f"{source.where} changed since volume {source.volume_id} was converted into {output} (files, "
