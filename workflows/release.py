@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
 def _release(args: argparse.Namespace, argv: list[str] | None, out: Path) -> int:
     from workflows.bundle import SHIPPED_WEIGHTS, bundle_root
     from workflows.machine.atomic import write_bytes_atomic, write_json_atomic
+    from workflows.recipe.run import scores_folder
     from workflows.recipe.scoring import segment_and_score
 
     summary = json.loads((out / "recipe" / "summary.json").read_text())
@@ -129,10 +130,7 @@ def _release(args: argparse.Namespace, argv: list[str] | None, out: Path) -> int
     half = half_precision(full, out / "fp16" / "model.pt")
     scored = {**summary["held_out"], **summary["other_collections"]}
     print("\n== release: scoring the half-precision model on the same scans")
-    # scored beside the full-precision scores' folder, one per number of networks (as the recipe's): a release rerun
-    # with more networks never meets the masks of the model before (which inference refuses to replace)
-    members = int(summary.get("members") or 1)
-    half_dir = out / "fp16" / f"ensemble_{members}" if members > 1 else out / "fp16"
+    half_dir = scores_folder(out / "fp16", int(summary.get("members") or 1))
     half_scores = {name: segment_and_score(half, summary["threads"], Path(s["scan"]), Path(s["truth"]), half_dir / name)
                    for name, s in scored.items()}
     moved = max(abs((half_scores[n][k] or 0) - (scored[n][k] or 0)) for n in scored for k in ("liver_dice", "tumour_dice"))

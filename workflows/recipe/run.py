@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["OTHER_SCANS", "RECIPE", "RecipeRun", "shown"]
+__all__ = ["OTHER_SCANS", "RECIPE", "RecipeRun", "scores_folder", "shown"]
 
 
 #: What the recipe trains and holds out. The test list holds a DICOM HCC patient with a real tumour (~4,000 voxels)
@@ -88,7 +88,13 @@ class RecipeRun:
     @property
     def scored(self) -> Path:
         """Where the held-out scans are segmented and scored: for several networks, beside the first one's scores."""
-        return self.out / f"ensemble_{len(self.member_models)}" if len(self.member_models) > 1 else self.out
+        return scores_folder(self.out, len(self.member_models))
+
+
+def scores_folder(base: Path, networks: int) -> Path:
+    """Where a model of ``networks`` networks is scored: ``base`` for one, ``base/ensemble_<N>`` for several, so a
+    rerun with more networks never meets the masks of the model before (which inference refuses to replace)."""
+    return base / f"ensemble_{networks}" if networks > 1 else base
 
 
 def shown(value, digits: int = 3) -> str:
