@@ -2,7 +2,7 @@
 in one command on a laptop CPU.
 
 ``python -m workflows.realdata --data ../shared/data/real --output DIR [--minutes 30 | --epochs N] [--threads N]
-[--stages 2] [--context 1] [--tumour-size 192] [--architecture three_level_unet] [--synthetic P] [--liver-only-sources train|leave-out]
+[--stages 2] [--context 1] [--tumour-size 192] [--tumour-epochs N] [--architecture three_level_unet] [--synthetic P] [--liver-only-sources train|leave-out]
 [--healthy-sources FOLDER ...] [--grey-match liver|off] [--seed S] [--members N]``
 
 1. finds the labelled sources under DATA: DICOM studies whose series carry DICOM SEG objects made by another tool
@@ -21,10 +21,10 @@ in one command on a laptop CPU.
    channels): liver + tumour on whole slices at 256x256 (``--stage whole``), then, with ``--stages 2`` (the
    default), the tumour on crops around the liver (``--stage liver_crop``, starting from the first stage's weights;
    each crop resized to ``--tumour-size`` pixels a side, default 192), the two in one model file; for as many epochs
-   as fit in ``--minutes`` on this machine, half the time each stage (a short probe measures the training speed), or
-   for exactly ``--epochs N`` per stage (the same plan on any machine, however busy; the same weights only on one CPU
+   as fit in ``--minutes`` on this machine (a short probe measures the training speed; a crop costs the pixels of
+   its size), or for exactly ``--epochs N`` (the same plan on any machine, however busy; the same weights only on one CPU
    family and thread count: AMD EPYC and Intel Xeon with AMX give other bf16 sums, and the tumour Dice moves with
-   them); in bf16 where the CPU has it natively (``--precision auto``, the default; ``fp32`` forces full precision); ``--synthetic P`` puts lesions synthesised inside the liver into that share of the
+   them); the tumour stage trains twice the whole-slice stage's epochs (``--tumour-epochs`` sets its own); in bf16 where the CPU has it natively (``--precision auto``, the default; ``fp32`` forces full precision); ``--synthetic P`` puts lesions synthesised inside the liver into that share of the
    training samples of both stages (:mod:`transforms.lesion_synthesis`); ``--members N`` trains N networks so
    (seeds S..S+N-1, one split; the others in ``DIR/models/seed_<s>``) and averages them in one model file
    (``DIR/models/ensemble_<N>/model.pt``, as ``python -m workflows.ensemble`` writes it; scored in
@@ -76,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="the tumour stage's crop around the liver is resized to this many pixels a side (default "
                              f"{RECIPE['tumour_size']}; the whole-slice stage's is {RECIPE['overrides']['spatial_size']}; "
                              "a multiple of 8: smaller gives the network's field more of the liver, at less CPU)")
+    parser.add_argument("--tumour-epochs", type=int,
+                        help="epochs of the tumour stage (default: "
+                             f"{RECIPE['tumour_epochs_factor']} times the whole-slice stage's, --epochs or as --minutes "
+                             "plan it; with --minutes, the whole-slice stage gets the rest of the budget)")
     parser.add_argument("--precision", choices=("fp32", "auto"), default=RECIPE["overrides"]["precision"],
                         help="training precision: auto (default: bf16 where the CPU has it natively, else fp32; the "
                              "probe times it) or fp32")
@@ -127,8 +131,9 @@ def main(argv: list[str] | None = None) -> int:
                        "--data whose livers hold no tumour.\n")
     if args.minutes is not None and not 0 < args.minutes < math.inf:  # nan fails both comparisons
         parser.exit(2, f"error: --minutes must be a positive, finite number of minutes, got {args.minutes}.\n")
-    if args.epochs is not None and args.epochs < 1:
-        parser.exit(2, f"error: --epochs must be a whole number >= 1, got {args.epochs}.\n")
+    for flag, value in (("--epochs", args.epochs), ("--tumour-epochs", args.tumour_epochs)):
+        if value is not None and value < 1:
+            parser.exit(2, f"error: {flag} must be a whole number >= 1, got {value}.\n")
     from networks import NETWORKS  # after --help, which answers without torch
 
     if args.architecture not in NETWORKS:
@@ -164,6 +169,7 @@ def _check_rerun(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
                  "--sources": " ".join(sorted(args.sources)) if args.sources else "(all)",
                  "--validation-fraction": args.validation_fraction, "--grey-match": args.grey_match,
                  "--tumour-size": args.tumour_size if args.stages == 2 else None,
+                 "--tumour-epochs": args.tumour_epochs if args.stages == 2 else None,
                  # which liver-only sources are healthy matters only where they train
                  "--healthy-sources": (" ".join(sorted(args.healthy_sources)) or "(none)")
                  if args.liver_only_sources == "train" else None}
@@ -177,6 +183,8 @@ def _check_rerun(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
                    "--grey-match": planned.get("grey_match", "off"),
                    # a plan from before --tumour-size trained its crops at the whole-slice size
                    "--tumour-size": planned.get("tumour_size", RECIPE["overrides"]["spatial_size"]),
+                   # and its tumour stage for as many epochs as its whole-slice stage
+                   "--tumour-epochs": planned.get("tumour_epochs") or planned.get("epochs"),
                    "--healthy-sources": " ".join(planned.get("healthy_sources") or []) or "(none)"}
         for name, value in given.items():
             if value is not None and value != started[name]:

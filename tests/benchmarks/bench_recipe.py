@@ -13,7 +13,9 @@ reference trains in fp32, the default in bf16 where the CPU has it natively (``d
 the samples (sources that label the liver only left out), ``liver_only_sources`` the synthetic one with those sources
 trained on (their tumour unknown), ``healthy_liver_sources`` the same with CHAOS's livers trained as tumour-free
 (``--healthy-sources`` default), ``tumour_size_128`` and ``tumour_size_256`` that with the tumour stage's crops at
-128 or 256 pixels a side (``--tumour-size``; 192 by default), ``reference_synthetic`` the reference's with synthetic lesions. ``--seeds 0 1``: each run once per seed
+128 or 256 pixels a side (``--tumour-size``; 192 by default) and ``tumour_epochs_equal`` with the tumour stage
+trained as many epochs as the whole-slice stage (twice as many by default; these three with ``--epochs`` budgets
+only), ``reference_synthetic`` the reference's with synthetic lesions. ``--seeds 0 1``: each run once per seed
 (``DIR/<set-up>_<budget>_seed1``). Prints one row per run (epochs, training CPU-minutes, held-out liver and tumour Dice per
 patient and for the other collections' scans it never trains on, lesions found at IoU > 0.5 and false lesions) and
 writes ``DIR/recipe_time_to_accuracy.json`` and
@@ -42,9 +44,14 @@ SETUPS = {
     # the same with CHAOS (potential liver donors) trained as tumour-free livers, not tumour unknown
     "healthy_liver_sources": ["--synthetic", "0.5", "--liver-only-sources", "train"],
     "reference_synthetic": ["--stages", "1", "--context", "0", "--precision", "fp32", "--synthetic", "0.5", *_LEAVE_OUT],
-    # healthy_liver_sources with the tumour stage's crops at 128 and 256 pixels a side (192 by default)
-    "tumour_size_128": ["--synthetic", "0.5", "--liver-only-sources", "train", "--tumour-size", "128"],
-    "tumour_size_256": ["--synthetic", "0.5", "--liver-only-sources", "train", "--tumour-size", "256"],
+    # healthy_liver_sources with the tumour stage's crops at 128 and 256 pixels a side (192 by default), the tumour
+    # stage trained as many epochs as the whole-slice stage, as they were measured ({epochs}: the --epochs budget)
+    "tumour_size_128": ["--synthetic", "0.5", "--liver-only-sources", "train", "--tumour-size", "128",
+                        "--tumour-epochs", "{epochs}"],
+    "tumour_size_256": ["--synthetic", "0.5", "--liver-only-sources", "train", "--tumour-size", "256",
+                        "--tumour-epochs", "{epochs}"],
+    # the default with its tumour stage trained as many epochs as the whole-slice stage (twice as many by default)
+    "tumour_epochs_equal": ["--synthetic", "0.5", "--liver-only-sources", "train", "--tumour-epochs", "{epochs}"],
 }
 
 
@@ -87,8 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         for seed in args.seeds:
             for setup in args.setups:
                 run_dir = out / (f"{setup}_{name}" + (f"_seed{seed}" if seed else ""))
-                run_recipe(Path(args.data), run_dir, budget, [*SETUPS[setup], "--seed", str(seed)], args.threads,
-                           slices)
+                if "{epochs}" in SETUPS[setup] and budget[0] != "--epochs":
+                    print(f"{setup}: measured with --epochs budgets only (its tumour stage's epochs are the budget's); "
+                          f"{' '.join(budget)} skipped", flush=True)
+                    continue
+                flags = [budget[1] if flag == "{epochs}" else flag for flag in SETUPS[setup]]
+                run_recipe(Path(args.data), run_dir, budget, [*flags, "--seed", str(seed)], args.threads, slices)
                 slices = slices or run_dir / "slices"
     results = []  # every finished run in DIR, this invocation's and earlier ones'
     for run_dir in sorted(p for p in out.iterdir() if (p / "summary.json").is_file()):
@@ -99,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = json.loads((run_dir / "summary.json").read_text())
         budget = f"--{'minutes' if name.endswith('min') else 'epochs'} {name.removesuffix('min').removesuffix('ep')}"
         results.append({"setup": setup, "budget": budget, "seed": int(seed), "epochs": summary["epochs"],
+                        "tumour_epochs": summary.get("tumour_epochs"),
                         "training_cpu_minutes": summary.get("training_cpu_minutes"),
                         "training_minutes": summary["training_minutes"], "cpu_model": summary["cpu_model"],
                         "threads": summary["threads"],
@@ -107,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
                            f"{'n/a' if s['tumour_dice'] is None else format(s['tumour_dice'], '.3f')} lesions found "
                            f"{s.get('lesions_found', 'n/a')} of {s.get('lesions_true', 'n/a')}, false "
                            f"{s.get('false_lesions', 'n/a')}" for pid, s in results[-1]["held_out"].items())
-        print(f"{setup:19s} seed {seed} {budget:>12s}: {summary['epochs']} epoch(s)/stage, training "
+        tumour = f" (tumour stage {summary['tumour_epochs']})" if summary.get("tumour_epochs") else ""
+        print(f"{setup:19s} seed {seed} {budget:>12s}: {summary['epochs']} epoch(s){tumour}, training "
               f"{summary['training_minutes']} min wall / {summary.get('training_cpu_minutes')} CPU-min; {scores}",
               flush=True)
     if not results:
@@ -134,7 +147,7 @@ def _plot(results: list[dict], path: Path) -> None:
                                      ("real_only", "-.", "v"), ("synthetic", "-", "D"),
                                      ("reference_synthetic", "--", "P"), ("liver_only_sources", ":", "X"),
                                      ("healthy_liver_sources", "-", "*"), ("tumour_size_128", "--", "*"),
-                                     ("tumour_size_256", ":", "*")):
+                                     ("tumour_size_256", ":", "*"), ("tumour_epochs_equal", "-.", "*")):
             runs = sorted((r for r in results if r["setup"] == setup and pid in r["held_out"]),
                           key=lambda r: r["training_cpu_minutes"] or r["training_minutes"])
             if not runs:

@@ -271,14 +271,16 @@ def test_the_recipe_runs_end_to_end_on_a_small_study_and_2d_set(tmp_path, capsys
     liver = [cv2.imread(r["image"], 0)[10, 10] for r in read_manifest(scaled)]
     assert liver == [round(240 * factor)] * 3 and "WARNING (sources trained on)" not in printed
     assert "whole: liver + tumour on whole slices, 2 epoch(s) of" in printed and "measured" not in printed
-    assert "liver_crop: the tumour on crops around the liver at 192x192, 2 epoch(s) of" in printed  # no speed probe
+    # the tumour stage twice the whole-slice stage's epochs by default; no speed probe
+    assert "liver_crop: the tumour on crops around the liver at 192x192, 4 epoch(s) of" in printed
     summary = __import__("json").loads((tmp_path / "out" / "summary.json").read_text())
     held_out = summary["held_out"]
     assert held_out and all(0 <= s["liver_dice"] <= 1 for s in held_out.values())
     # every held-out patient is segmented by bundle inference as a volume, the 2D one from its stacked slices
     assert {s["where"].split(" on ")[1].split(",")[0] for s in held_out.values()} <= {"the DICOM series",
                                                                                        "its slices stacked into a volume"}
-    assert summary["epochs"] == 2 and summary["plan"] == "--epochs" and summary["threads"] >= 1
+    assert summary["epochs"] == 2 and summary["tumour_epochs"] == 4 and summary["plan"] == "--epochs"
+    assert summary["threads"] >= 1
     assert summary["stages"] == 2 and summary["context"] == 1
     assert summary["liver_only_volumes"] and set(summary["liver_only_volumes"]) <= set(summary["split"]["train"])
     assert summary["grey_match"] == "liver" and summary["grey_scaled"] == {"liveronly": factor}
@@ -287,12 +289,13 @@ def test_the_recipe_runs_end_to_end_on_a_small_study_and_2d_set(tmp_path, capsys
     chunk = __import__("json").loads((tmp_path / "out" / "lists" / "chunk_0.json").read_text())["training"]
     assert {e["volume_id"] for e in chunk if e.get("tumour_labelled") is False} == set(summary["liver_only_volumes"])
     assert summary["cpu_model"] and summary["training_images_per_second"] > 0
-    for stage in ("whole_slices", "tumour_on_liver_crop"):
+    for stage, epochs in (("whole_slices", 2), ("tumour_on_liver_crop", 4)):
         log = __import__("json").loads((tmp_path / "out" / "models" / stage / "training_log.json").read_text())
-        assert [e["epochs"] for e in log] == [2]
+        assert [e["epochs"] for e in log] == [epochs]
     for flag, value, started in (("--epochs", "3", "2"), ("--context", "0", "1"), ("--stages", "1", "2"),
                                  ("--precision", "fp32", "auto"), ("--liver-only-sources", "leave-out", "train"),
-                                 ("--grey-match", "off", "liver"), ("--tumour-size", "256", "192")):
+                                 ("--grey-match", "off", "liver"), ("--tumour-size", "256", "192"),
+                                 ("--tumour-epochs", "2", "4")):
         with pytest.raises(SystemExit) as refused:  # the same folder with another plan: refused before anything runs
             main(["--data", str(data), "--output", str(tmp_path / "out"), "--liver-only-sources", "train", flag, value])
         err = capsys.readouterr().err
@@ -315,7 +318,7 @@ def test_the_recipe_runs_end_to_end_on_a_small_study_and_2d_set(tmp_path, capsys
 def test_the_tumour_stage_trains_and_runs_at_its_own_crop_size(tmp_path, capsys):
     """``--tumour-size 64``: the crops around the liver are resized to 64 pixels a side in training, the model file
     records it for inference (the liver stage stays at 256), and a size the network cannot halve three times is
-    refused in one line."""
+    refused in one line; ``--tumour-epochs`` sets the tumour stage's epochs apart from the whole-slice stage's."""
     import json
 
     from workflows.realdata import main
@@ -324,12 +327,20 @@ def test_the_tumour_stage_trains_and_runs_at_its_own_crop_size(tmp_path, capsys)
         main(["--data", str(data), "--output", str(out), "--tumour-size", "100"])
     assert refused.value.code == 2 and "error: --tumour-size must be a multiple of 8 from 32 to 1024 pixels, got 100." \
         in capsys.readouterr().err
-    assert main(["--data", str(data), "--output", str(out), "--epochs", "1", "--tumour-size", "64"]) == 0
-    assert "liver_crop: the tumour on crops around the liver at 64x64, 1 epoch(s)" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as refused:
+        main(["--data", str(data), "--output", str(out), "--tumour-epochs", "0"])
+    assert refused.value.code == 2 and "error: --tumour-epochs must be a whole number >= 1, got 0." \
+        in capsys.readouterr().err
+    assert main(["--data", str(data), "--output", str(out), "--epochs", "1", "--tumour-size", "64",
+                 "--tumour-epochs", "3"]) == 0
+    printed = capsys.readouterr().out
+    assert "whole: liver + tumour on whole slices, 1 epoch(s)" in printed
+    assert "liver_crop: the tumour on crops around the liver at 64x64, 3 epoch(s)" in printed
     settings = torch.load(out / "models" / "tumour_on_liver_crop" / "model.pt", weights_only=True)["settings"]
     assert settings["spatial_size"] == 256 and settings["tumour_stage"]["spatial_size"] == 64
     summary = json.loads((out / "summary.json").read_text())
     assert summary["tumour_size"] == 64 and summary["held_out"]  # segmented through the bundle at that size
+    assert (summary["epochs"], summary["tumour_epochs"]) == (1, 3)
 
 
 def test_a_healthy_liver_only_source_trains_as_tumour_free_and_an_unknown_one_is_refused(tmp_path, capsys):

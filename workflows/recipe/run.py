@@ -49,6 +49,15 @@ RECIPE = {
     # 0.543 / 0.371 / 0.510, crlm_1100 0.327 / 0.259 / 0.182), case 7 0.683 / 0.436 / 0.641, fewer false lesions,
     # 60% of the tumour stage's CPU at 256 (benchmarks page)
     "tumour_size": 192,
+    # the tumour stage trains this many times the whole-slice stage's epochs (--tumour-epochs sets its own; at 192 a
+    # tumour epoch costs 0.57 of a whole-slice one): over 4 seeds (Intel Xeon AMX, --epochs 6: 12 against 6) tumour
+    # Dice on HCC 2144 + crlm_1100 0.518 against 0.435, their lesions found 2 and 2 of 4 against 0 and 1, case 7 0.602
+    # against 0.683, false lesions on the tumour-free scan 2.5 against 1.75; a tumour stage that learned no tumour at 6
+    # epochs (one seed of five) did at 12 (benchmarks page)
+    "tumour_epochs_factor": 2,
+    # a tumour stage whose validation tumour Dice ends under this learned almost no tumour and is said so (0.43-0.62
+    # over 13 runs at 128-256 pixels; 0.059 once, one seed of five at 6 epochs, which 12 epochs trained to 0.52)
+    "least_tumour_val_dice": 0.2,
 }
 
 
@@ -84,6 +93,7 @@ class RecipeRun:
     training: dict = field(default_factory=dict)
     model: Path | None = None
     member_models: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
 
     @property
     def scored(self) -> Path:

@@ -95,7 +95,7 @@ def write_summary(run: RecipeRun, argv, slice_level: dict, patients: dict, other
         "liver_only_volumes": sorted(run.liver_only), "healthy_volumes": sorted(run.healthy),
         "grey_match": args.grey_match, "grey_scaled": run.grey_scaled,
         "probe_images_per_second": round(training["speed"], 2) if training["speed"] is not None else None,
-        "epochs": training["epochs"], "slices_per_epoch": training["slices"],
+        "epochs": training["epochs"], "tumour_epochs": training["tumour_epochs"], "slices_per_epoch": training["slices"],
         "training_images_per_second": round(training["images"] / max(1e-9, training["minutes"] * 60), 2),
         "training_minutes": round(training["minutes"], 1), "training_cpu_minutes": round(training["cpu_minutes"], 1),
         "wall_minutes": round((time.time() - run.started) / 60, 1),
@@ -103,13 +103,15 @@ def write_summary(run: RecipeRun, argv, slice_level: dict, patients: dict, other
         "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "sources": [s["name"] for s in run.sources], "left_out": {**run.left_out, **run.notes_by_folder},
         "split": run.plan.volumes, "held_out": patients, "other_collections": other_scans,
-        "slice_level_test": slice_level["channels"], "model": str(run.model), "settings": run.settings,
+        "warnings": run.warnings, "slice_level_test": slice_level["channels"], "model": str(run.model), "settings": run.settings,
     }
     write_json_atomic(out / "summary.json", json.loads(json.dumps(summary, default=str)))
     held_out_picture({**patients, **other_scans}, run.scored / "held_out_dice.png", save_figure)
     print(f"training {training['minutes']:.1f} min, whole recipe {summary['wall_minutes']} min wall, "
           f"{summary['cpu_minutes']} CPU-min; model {run.model}; summary {out / 'summary.json'}; "
           f"pictures {run.scored / 'held_out'} (overlays) and {run.scored / 'held_out_dice.png'}")
+    for warning in run.warnings:
+        print(f"WARNING: {warning}")
 
 
 def held_out_picture(patients: dict, path: Path, save_figure) -> None:
