@@ -24,9 +24,11 @@ in one command on a laptop CPU.
    as fit in ``--minutes`` on this machine (a short probe measures the training speed; a crop costs the pixels of
    its size), or for exactly ``--epochs N`` (the same plan on any machine, however busy; the same weights only on one CPU
    family and thread count: AMD EPYC and Intel Xeon with AMX give other bf16 sums, and the tumour Dice moves with
-   them); the tumour stage trains twice the whole-slice stage's epochs (``--tumour-epochs`` sets its own); in bf16 where the CPU has it natively (``--precision auto``, the default; ``fp32`` forces full precision); ``--synthetic P`` puts lesions synthesised inside the liver into that share of the
-   training samples of both stages (:mod:`transforms.lesion_synthesis`); ``--members N`` trains N networks so
-   (seeds S..S+N-1, one split; the others in ``DIR/models/seed_<s>``) and averages them in one model file
+   them); the tumour stage trains twice the whole-slice stage's epochs (``--tumour-epochs`` sets its own), and a
+   tumour stage that learned almost no tumour (validation tumour Dice under 0.2) is warned of; in bf16 where the CPU
+   has it natively (``--precision auto``, the default; ``fp32`` forces full precision); ``--synthetic P`` puts
+   lesions synthesised inside the liver into that share of the training samples of both stages
+   (:mod:`transforms.lesion_synthesis`); ``--members N`` trains N networks so (seeds S..S+N-1, one split; the others in ``DIR/models/seed_<s>``) and averages them in one model file
    (``DIR/models/ensemble_<N>/model.pt``, as ``python -m workflows.ensemble`` writes it; scored in
    ``DIR/ensemble_<N>/``, beside the first network's scores), at N times the training;
 5. scores the test list's slices with the bundle's ``evaluating`` workflow (the reference's slice metrics, whole-slice
