@@ -28,9 +28,10 @@ in one command on a laptop CPU.
    tumour stage that learned almost no tumour (validation tumour Dice under 0.2) is warned of; in bf16 where the CPU
    has it natively (``--precision auto``, the default; ``fp32`` forces full precision); ``--synthetic P`` puts
    lesions synthesised inside the liver into that share of the training samples of both stages
-   (:mod:`transforms.lesion_synthesis`); ``--members N`` trains N networks so (seeds S..S+N-1, one split; the others in ``DIR/models/seed_<s>``) and averages them in one model file
-   (``DIR/models/ensemble_<N>/model.pt``, as ``python -m workflows.ensemble`` writes it; scored in
-   ``DIR/ensemble_<N>/``, beside the first network's scores), at N times the training;
+   (:mod:`transforms.lesion_synthesis`); ``--members N`` trains N networks so (seeds S..S+N-1, one split; the
+   others in ``DIR/models/seed_<s>``) and averages them in one model file (``DIR/models/ensemble_<N>/model.pt``, as
+   ``python -m workflows.ensemble`` writes it; scored in ``DIR/ensemble_<N>/``, beside the first network's scores),
+   at N times the training;
 5. scores the test list's slices with the bundle's ``evaluating`` workflow (the reference's slice metrics, whole-slice
    stage), and segments every held-out patient with the bundle's ``inference`` workflow, as a user would: a DICOM
    series as it is (mask on the scan's grid, DICOM SEG, overlay), a 2D patient as the volume its slices stack into
@@ -55,6 +56,7 @@ from pathlib import Path
 
 from workflows.command_line import add_output, add_threads, interruptible, USER_ERRORS, error_line
 from workflows.recipe.run import RECIPE, RecipeRun
+from workflows.recipe.training import planned_tumour_epochs
 
 __all__ = ["main"]
 
@@ -185,8 +187,7 @@ def _check_rerun(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
                    "--grey-match": planned.get("grey_match", "off"),
                    # a plan from before --tumour-size trained its crops at the whole-slice size
                    "--tumour-size": planned.get("tumour_size", RECIPE["overrides"]["spatial_size"]),
-                   # and its tumour stage for as many epochs as its whole-slice stage
-                   "--tumour-epochs": planned.get("tumour_epochs") or planned.get("epochs"),
+                   "--tumour-epochs": planned_tumour_epochs(planned),
                    "--healthy-sources": " ".join(planned.get("healthy_sources") or []) or "(none)"}
         for name, value in given.items():
             if value is not None and value != started[name]:

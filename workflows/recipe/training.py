@@ -10,7 +10,8 @@ from pathlib import Path
 
 from workflows.recipe.run import RECIPE, RecipeRun
 
-__all__ = ["member_stages", "plan_epochs", "train_stages", "training_speed", "tumour_stage_warning"]
+__all__ = ["member_stages", "plan_epochs", "planned_tumour_epochs", "train_stages", "training_speed",
+           "tumour_stage_warning"]
 
 
 def train_stages(run: RecipeRun) -> None:
@@ -107,9 +108,7 @@ def plan_epochs(run: RecipeRun, settings: dict, stages: int, slices: dict) -> tu
     plan_file = run.out / "models" / "recipe.json"
     if plan_file.exists():
         recorded = json.loads(plan_file.read_text())
-        epochs = int(recorded["epochs"])
-        # a plan from before --tumour-epochs trained its tumour stage as many epochs as its whole-slice stage
-        return {"whole": epochs, "liver_crop": int(recorded.get("tumour_epochs") or epochs)}, \
+        return {"whole": int(recorded["epochs"]), "liver_crop": planned_tumour_epochs(recorded)}, \
             recorded.get("images_per_second")
     tumour = args.tumour_epochs
     if args.epochs is not None:
@@ -139,6 +138,12 @@ def plan_epochs(run: RecipeRun, settings: dict, stages: int, slices: dict) -> tu
                                   "validation_fraction": args.validation_fraction, "grey_match": args.grey_match,
                                   "healthy_sources": sorted(args.healthy_sources), "tumour_size": args.tumour_size})
     return {"whole": epochs, "liver_crop": tumour}, speed
+
+
+def planned_tumour_epochs(plan: dict) -> int:
+    """The tumour stage's epochs a recorded plan (``models/recipe.json``) trains: a plan from before
+    ``--tumour-epochs`` trained it as many epochs as its whole-slice stage."""
+    return int(plan.get("tumour_epochs") or plan["epochs"])
 
 
 def training_speed(overrides: dict, out_channels: int = 2, iterations: int = 12) -> float:
