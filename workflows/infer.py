@@ -1,7 +1,8 @@
 """One-line inference, the reference's ``python inference.py --image new_ct.jpg --model unet_liver_final.pth``.
 
 ``python -m workflows.infer --input IMAGE_OR_SCAN [--model WEIGHTS] [--output DIR] [--target liver|tumor|both]
-[--channels 64 128 256 512] [--spatial-size 256] [--min-tumour-mm3 500] [--shard I/N] [--overwrite]``
+[--channels 64 128 256 512] [--spatial-size 256] [--min-tumour-mm3 500] [--no-flip-check] [--shard I/N]
+[--overwrite]``
 
 IMAGE_OR_SCAN is one 2D slice (PNG/JPG, windowed like the Kaggle export), a NIfTI file, a DICOM series folder, or a
 folder of those. Without ``--model`` it runs the model a training wrote into the bundle's ``models/`` folder, else the
@@ -39,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
                                                          "file's, else 256)")
     parser.add_argument("--min-tumour-mm3", type=float,
                         help="tumours smaller than this become liver (default 500 mm³, about a 10 mm sphere)")
+    parser.add_argument("--flip-check", action=argparse.BooleanOptionalAction,
+                        help="keep only the tumours the tumour stage also marks with the scan mirrored front to "
+                             "back (default: on; --no-flip-check keeps every tumour it marks)")
     parser.add_argument("--deidentify", action="store_true",
                         help="outputs named scan-001, ... and no file names, series notes or DICOM SEG in them")
     parser.add_argument("--shard", metavar="I/N", help="segment share I of N of the scans (N machines, one output)")
@@ -53,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                 "deidentify": args.deidentify, "threads": args.threads,
                 "shard": args.shard, "overwrite": args.overwrite}
     given = {"target": args.target, "spatial_size": args.spatial_size, "min_tumour_mm3": args.min_tumour_mm3,
+             "flip_check": args.flip_check,
              "network_def#channels": list(args.channels) if args.channels else None}
     settings.update({key: value for key, value in given.items() if value is not None})  # else the model file's
     try:

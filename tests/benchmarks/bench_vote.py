@@ -2,19 +2,20 @@
 through the bundle's ``inference`` workflow with every network pass (both stages) replaced by the average of the
 logits of a few transformed copies of the input, each transformed back (a script that prints figures, not a test).
 
-``python -m tests.benchmarks.bench_vote --runs DIR [DIR ...] [--votes none mirror rotate] [--threads 2]``
+``python -m tests.benchmarks.bench_vote --runs DIR [DIR ...] [--votes none flip_check mirror rotate] [--threads 2]``
 
-- ``none``: one pass (what inference does);
-- ``mirror``: the slice and its left-right mirror image (the test-time flip most tools use; training here never
-  mirrors: a liver is on one side of the body);
+- ``none``: one pass (``--flip_check false``);
+- ``flip_check``: inference's default: the tumour stage's lesions kept only where its reading of the crop mirrored
+  front to back marks them too (:class:`workflows.inference.cascade.TumourStage`);
+- ``mirror``: the slice and its front-to-back mirror image (rows: P in the canonical PLS; training never mirrors);
 - ``rotate``: the slice and the slice rotated by +-0.12 rad about its centre (inside training's rotation range of
   +-0.26 rad);
 - ``pair``: the average of two networks, the run's and its partner's (``--runs`` given in pairs: the same set-up
   trained with two seeds), stage by stage: the model file ``python -m workflows.ensemble`` writes of the two, at twice
   the training; scored once per pair.
 
-Each DIR is a finished ``python -m workflows.realdata`` output (``summary.json`` records each scan and its truth).
-Prints one row per run, scan and vote (liver / tumour Dice, lesions found, false lesions, seconds), then the means
+Every vote but ``flip_check`` runs with ``--flip_check false``. Each DIR is a finished ``python -m workflows.realdata``
+output (``summary.json`` records each scan and its truth). Prints one row per run, scan and vote (liver / tumour Dice, lesions found, false lesions, seconds), then the means
 over the runs per scan and vote.
 """
 
@@ -56,8 +57,8 @@ def voting(forward, vote: str):
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.bench_vote", description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", nargs="+", required=True, help="finished recipe output folders")
-    parser.add_argument("--votes", nargs="+", default=["none", "mirror", "rotate"],
-                        choices=("none", "mirror", "rotate", "pair"))
+    parser.add_argument("--votes", nargs="+", default=["none", "flip_check", "mirror", "rotate"],
+                        choices=("none", "flip_check", "mirror", "rotate", "pair"))
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     from workflows.engine.model_file import combine_model_files
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             for vote in args.votes:
                 if vote == "pair" and partner is None:
                     continue  # the pair was scored with its first run
-                precision.InferenceNetwork.forward = forward if vote == "pair" else voting(forward, vote)
+                precision.InferenceNetwork.forward = forward if vote in ("pair", "flip_check") else voting(forward, vote)
                 try:
                     with tempfile.TemporaryDirectory() as work:
                         model = Path(summary["model"])
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                             other = Path(json.loads((partner / "summary.json").read_text())["model"])
                             model = combine_model_files([model, other], Path(work) / "pair.pt")
                         s = segment_and_score(model, args.threads, Path(scores["scan"]), Path(scores["truth"]),
-                                              Path(work) / "out")
+                                              Path(work) / "out", flip_check=vote == "flip_check")
                 finally:
                     precision.InferenceNetwork.forward = forward
                 table.setdefault((name, vote), []).append(s)

@@ -83,6 +83,22 @@ def test_a_2d_image_goes_through_both_stages(cascade, tmp_path):
     assert rows[0]["shape"] == "40x40" and (tmp_path / "out" / "slice_mask.png").is_file()
 
 
+def test_the_flip_check_is_on_unless_the_command_line_turns_it_off(cascade, tmp_path, monkeypatch):
+    import cv2
+
+    from workflows.infer import main as infer_main
+    from workflows.inference.cascade import TumourStage
+
+    checked = []
+    original = TumourStage._logits
+    monkeypatch.setattr(TumourStage, "_logits", lambda self, batch: checked.append(self.flip_check) or original(self, batch))
+    cv2.imwrite(str(tmp_path / "slice.png"), np.pad(np.full((24, 24), 150, np.uint8), 8, constant_values=60))
+    for flag in ([], ["--no-flip-check"]):
+        assert infer_main(["--input", str(tmp_path / "slice.png"), "--model", str(cascade / "tumour" / "model.pt"),
+                           "--output", str(tmp_path / f"out{len(flag)}"), *flag]) == 0
+    assert checked == [True, False]
+
+
 @pytest.mark.parametrize("overrides, message", [
     ({"stage": "liver_crop"}, r"--stage liver_crop needs --liver_model"),
     ({"liver_model": "x.pt"}, r"--liver_model x.pt is for --stage liver_crop"),

@@ -103,3 +103,42 @@ def test_a_one_stage_model_file_has_no_tumour_stage(tmp_path):
     path = save_model_file(tmp_path / "model.pt", ThreeLevelUNet(channels=(4, 8, 16, 32)).state_dict(), {"target": "both"})
     with pytest.raises(ValueError, match="holds no tumour stage"):
         TumourStage(path)
+
+
+
+class BackHalf(torch.nn.Module):
+    """A tumour 'network' that marks the back half of whatever crop it is shown, whatever is there: a false lesion
+    that comes from where lesions sat in training rather than from what the scan shows. ``under``: a pixelwise
+    network whose logits it adds to the back half only (the same lesions, outlined a little wider at the back)."""
+
+    def __init__(self, under: torch.nn.Module | None = None, back: float = 4.0) -> None:
+        super().__init__()
+        self.under, self.back = under, back
+
+    def forward(self, x):
+        logits = self.under(x) if self.under is not None else torch.full_like(x[:, :1], -self.back)
+        shift = torch.zeros_like(logits)
+        shift[:, :, x.shape[2] // 2:] = self.back if self.under is not None else 2 * self.back
+        return logits + shift  # rows run front to back (P in the canonical PLS)
+
+
+def test_the_flip_check_drops_the_lesions_the_mirrored_reading_does_not_mark_and_keeps_the_others_as_read():
+    case = generate_case(0, seed=4, size=48, slices=12)
+    grey = WindowHU("abdomen")(torch.as_tensor(case.hu, dtype=torch.float32)[None]).float()
+    liver = torch.as_tensor(case.label >= 1)
+    settings = {"spatial_size": 32, "context": 1, "crop_margin_mm": 4.0, "channels": [4, 8, 16, 32]}
+
+    def read(network, flip_check):
+        return TumourStage(network=network, settings=settings, flip_check=flip_check).logits(grey, liver, case.spacing[:2])
+
+    # a pixelwise network sees each lesion the same upside down: nothing dropped
+    plain = read(Pixelwise(3), False)
+    assert 0 < int((plain > 0).sum()) and torch.allclose(read(Pixelwise(3), True), plain, atol=1e-5)
+    # marking the back half of the crop whatever is there: half the liver's box alone, nothing once checked
+    alone = read(BackHalf(), False)
+    assert 0.3 < float((alone[alone > OUTSIDE_LOGIT] > 0).float().mean()) < 0.7
+    assert not bool((read(BackHalf(), True) > 0).any())
+    # the kept lesions keep the plain reading's logits and outline, not an average with the mirror's
+    wider = read(BackHalf(Pixelwise(3), back=0.3), False)
+    checked = read(BackHalf(Pixelwise(3), back=0.3), True)
+    assert int((wider > 0).sum()) > int((plain > 0).sum()) and torch.equal(checked, wider)

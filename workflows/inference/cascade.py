@@ -5,6 +5,10 @@ The crop is cut at the scan's own resolution (the canonical grey volume kept bef
 so a lesion gets the pixels the crop's zoom gives it; the box, the context and the resize are the ones training used
 (:mod:`transforms.liver_crop`, :mod:`transforms.context`, :func:`transforms.network_input`'s order: crop, scale to
 0..1, resize). Outside the box the tumour logit is :data:`OUTSIDE_LOGIT` (no tumour where there is no liver).
+With ``flip_check``, the crop is also read mirrored front to back, and a lesion of the plain reading that the mirrored
+reading marks nowhere is dropped (a test-time flip that only removes: a lesion is a lesion upside down too, while many
+of the network's false lesions are not; the kept lesions keep their plain outline, so no found lesion loses overlap).
+Measured, averaging the two readings lost more of ``crlm_1100``'s metastasis, and the left-right mirror lost all of it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
+from scipy import ndimage
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.inferers import SliceInferer
@@ -45,11 +50,12 @@ class TumourStage:
         ckpt_file: the model file; ``None`` with ``network`` and ``settings`` (tests, benchmarks).
         device, precision: as the bundle's ``inference_network`` (``auto``: bf16 where native).
         sw_batch_size: slices per forward pass.
+        flip_check: keep only the lesions the crop read mirrored front to back (anterior-posterior) marks too.
     """
 
     def __init__(self, ckpt_file: str | os.PathLike | None = None, device: torch.device | str = "cpu",
                  precision: str = "fp32", sw_batch_size: int = 8, network: torch.nn.Module | None = None,
-                 settings: dict | None = None) -> None:
+                 settings: dict | None = None, flip_check: bool = False) -> None:
         if ckpt_file is not None:
             state = read_torch_file(ckpt_file)
             settings = (state.get("settings") or {}).get("tumour_stage")
@@ -70,6 +76,7 @@ class TumourStage:
         self.network_input = network_input("image", self.size)
         self.network = InferenceNetwork(network.to(device).eval(), precision, False, device)
         self.device = torch.device(device)
+        self.flip_check = bool(flip_check)
         self.inferer = SliceInferer(roi_size=(self.size, self.size), sw_batch_size=int(sw_batch_size), spatial_dim=2,
                                     progress=False)
 
@@ -86,9 +93,30 @@ class TumourStage:
         network_in = torch.as_tensor(self.network_input({"image": crop})["image"])  # training's scale and resize
         side = box[1] - box[0]
         with torch.no_grad():
-            out = self.inferer(network_in[None].to(self.device), self.network)[0].float().cpu()
+            out = self._logits(network_in[None].to(self.device))[0].float().cpu()
         back = out if side == self.size else ResizeSlices(side)(out)
         return paste_box(back, box, shape, OUTSIDE_LOGIT)
+
+    def _logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """The network's logits for ``batch`` ``(1, C, X, Y, Z)`` slice by slice. With ``flip_check``, each lesion
+        (26-connected across slices) that the front-to-back mirror's reading (X: P in the canonical ``PLS``)
+        marks at none of its voxels takes that reading's logits there, none of which marks tumour. Only the slices
+        with a lesion are read mirrored (each slice carries its neighbours in its channels)."""
+        out = self.inferer(batch, self.network)
+        marked = (out[0, 0] > 0).cpu().numpy()
+        slices = np.flatnonzero(marked.any(axis=(0, 1)))
+        if not self.flip_check or slices.size == 0:
+            return out
+        index = torch.as_tensor(slices, device=batch.device)
+        mirror = torch.flip(self.inferer(torch.flip(batch[..., index], (2,)), self.network), (2,))[0, 0].cpu()
+        lesions, _ = ndimage.label(marked, np.ones((3, 3, 3), bool))
+        seen = np.zeros_like(marked)
+        seen[..., slices] = mirror.numpy() > 0
+        confirmed = np.unique(lesions[marked & seen])
+        unconfirmed = marked & ~np.isin(lesions, confirmed)
+        part = torch.as_tensor(unconfirmed[..., slices])
+        out[0, 0, ..., index] = torch.where(part.to(out.device), mirror.to(out), out[0, 0, ..., index])
+        return out
 
 
 class TumourStaged(MapTransform):
@@ -102,14 +130,16 @@ class TumourStaged(MapTransform):
         ckpt_file: the two-stage model file; ``device``, ``precision``, ``sw_batch_size``: as :class:`TumourStage`.
         image_key: the canonical full-resolution grey volume.
         enabled: ``False`` (a one-stage model file): ``pred`` passes unchanged.
+        flip_check: as :class:`TumourStage` (the bundle's ``flip_check``).
     """
 
     def __init__(self, keys: KeysCollection, ckpt_file: str, image_key: str = "image_full",
                  enabled: bool = True, device: torch.device | str = "cpu", precision: str = "fp32",
-                 sw_batch_size: int = 8, allow_missing_keys: bool = False) -> None:
+                 sw_batch_size: int = 8, flip_check: bool = False, allow_missing_keys: bool = False) -> None:
         super().__init__(keys, allow_missing_keys)
         self.ckpt_file, self.image_key, self.enabled = ckpt_file, image_key, bool(enabled)
-        self.options = {"device": device, "precision": precision, "sw_batch_size": sw_batch_size}
+        self.options = {"device": device, "precision": precision, "sw_batch_size": sw_batch_size,
+                        "flip_check": flip_check}
         self._stage: TumourStage | None = None
 
     @property

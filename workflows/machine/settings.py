@@ -217,6 +217,7 @@ SETTINGS: dict[str, Callable[[Any], Any]] = {
     "sw_batch_size": lambda v: whole_number("sw_batch_size", v, 1, 4096),
     "largest_liver": lambda v: flag(v, "largest_liver"),
     "min_tumour_mm3": lambda v: number("min_tumour_mm3", v, 0.0, unit=" (mm³)"),
+    "flip_check": lambda v: flag(v, "flip_check"),
     "deidentify": lambda v: flag(v, "deidentify"),
     "overwrite": lambda v: flag(v, "overwrite"),
     "shard": _shard,

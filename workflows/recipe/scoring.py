@@ -57,9 +57,10 @@ def score_held_out(run: RecipeRun, data: Path) -> tuple[dict, dict, dict]:
     return slice_level, patients, other_scans
 
 
-def segment_and_score(model: Path, threads: int, scan: Path, truth: Path, pred_dir: Path) -> dict:
-    """One scan through the bundle's ``inference`` workflow with ``model`` into ``pred_dir``, scored against
-    ``truth``; the figures carry the scan and truth they came from."""
+def segment_and_score(model: Path, threads: int, scan: Path, truth: Path, pred_dir: Path, **settings) -> dict:
+    """One scan through the bundle's ``inference`` workflow with ``model`` into ``pred_dir`` (``settings``: other
+    inference settings, e.g. ``flip_check=False``), scored against ``truth``; the figures carry the scan and truth
+    they came from."""
     from monai.bundle import run as run_bundle
 
     from workflows.bundle import config_file
@@ -67,7 +68,7 @@ def segment_and_score(model: Path, threads: int, scan: Path, truth: Path, pred_d
 
     started = time.perf_counter()
     run_bundle("inference", config_file=config_file("inference"), input=str(scan), output_dir=str(pred_dir),
-               ckpt_file=str(model), threads=threads)
+               ckpt_file=str(model), threads=threads, **settings)
     seconds = time.perf_counter() - started
     scored = evaluate_volumes(next(pred_dir.glob("*_seg.nii.gz")), truth, pred_dir / "evaluation", progress=False)
     return {**held_out_scores(scored), "inference_seconds": round(seconds, 1), "scan": str(scan), "truth": str(truth)}
