@@ -41,7 +41,8 @@ in one command on a laptop CPU.
    false lesions);
 6. writes the model file (``DIR/models/tumour_on_liver_crop/model.pt``, both stages; it carries its settings),
    ``DIR/summary.json`` (with the epochs, the CPU model, the threads, the training images/s measured, the seconds of
-   inference per held-out patient and the peak memory) and pictures.
+   inference per held-out patient, the inference settings the scores were made with, and the peak memory) and
+   pictures.
 
 Rerunning carries on: converted volumes, trained epochs (progress checkpoints) and finished files are kept.
 """

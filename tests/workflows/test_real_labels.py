@@ -282,6 +282,8 @@ def test_the_recipe_runs_end_to_end_on_a_small_study_and_2d_set(tmp_path, capsys
     assert summary["epochs"] == 2 and summary["tumour_epochs"] == 4 and summary["plan"] == "--epochs"
     assert summary["threads"] >= 1
     assert summary["stages"] == 2 and summary["context"] == 1
+    # the scores say which inference made them: the bundle's defaults
+    assert summary["inference"] == {"flip_check": True, "min_tumour_mm3": 500.0, "largest_liver": True}
     assert summary["liver_only_volumes"] and set(summary["liver_only_volumes"]) <= set(summary["split"]["train"])
     assert summary["grey_match"] == "liver" and summary["grey_scaled"] == {"liveronly": factor}
     assert {Path(e["image"]).parts[2] for e in __import__("json").loads((tmp_path / "out" / "lists" / "chunk_0.json")

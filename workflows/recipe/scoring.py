@@ -74,6 +74,17 @@ def segment_and_score(model: Path, threads: int, scan: Path, truth: Path, pred_d
     return {**held_out_scores(scored), "inference_seconds": round(seconds, 1), "scan": str(scan), "truth": str(truth)}
 
 
+def scoring_settings() -> dict:
+    """The inference settings every score here is made with: the bundle's defaults (``configs/inference.json``), so a
+    summary written before a default changed says why its figures differ."""
+    from monai.bundle import ConfigParser
+
+    from workflows.bundle import config_file
+
+    config = ConfigParser.load_config_file(config_file("inference"))
+    return {name: config[name] for name in ("flip_check", "min_tumour_mm3", "largest_liver")}
+
+
 def write_summary(run: RecipeRun, argv, slice_level: dict, patients: dict, other_scans: dict) -> None:
     """Step 6: ``summary.json``, the held-out picture, and the figures printed."""
     from workflows.data.pictures import save_figure
@@ -103,7 +114,7 @@ def write_summary(run: RecipeRun, argv, slice_level: dict, patients: dict, other
         "cpu_minutes": round((time.process_time() - run.cpu_started) / 60, 1),
         "peak_memory_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "sources": [s["name"] for s in run.sources], "left_out": {**run.left_out, **run.notes_by_folder},
-        "split": run.plan.volumes, "held_out": patients, "other_collections": other_scans,
+        "split": run.plan.volumes, "inference": scoring_settings(), "held_out": patients, "other_collections": other_scans,
         "warnings": run.warnings, "slice_level_test": slice_level["channels"], "model": str(run.model), "settings": run.settings,
     }
     write_json_atomic(out / "summary.json", json.loads(json.dumps(summary, default=str)))
