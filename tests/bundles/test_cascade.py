@@ -91,7 +91,12 @@ def test_the_flip_check_is_on_unless_the_command_line_turns_it_off(cascade, tmp_
 
     checked = []
     original = TumourStage._logits
-    monkeypatch.setattr(TumourStage, "_logits", lambda self, batch: checked.append(self.flip_check) or original(self, batch))
+
+    def recording(self, batch):
+        checked.append(self.flip_check)
+        return original(self, batch)
+
+    monkeypatch.setattr(TumourStage, "_logits", recording)
     cv2.imwrite(str(tmp_path / "slice.png"), np.pad(np.full((24, 24), 150, np.uint8), 8, constant_values=60))
     for flag in ([], ["--no-flip-check"]):
         assert infer_main(["--input", str(tmp_path / "slice.png"), "--model", str(cascade / "tumour" / "model.pt"),

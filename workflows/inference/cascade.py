@@ -19,12 +19,12 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
-from scipy import ndimage
 from monai.config import KeysCollection
 from monai.data import MetaTensor
 from monai.inferers import SliceInferer
 from monai.transforms import MapTransform, Orientation
 from monai.transforms.utils import get_largest_connected_component_mask
+from scipy import ndimage
 
 from networks import build_network, load_reference_state_dict
 from transforms import CANONICAL_AXCODES, ResizeSlices, network_input
@@ -103,9 +103,11 @@ class TumourStage:
         marks at none of its voxels takes that reading's logits there, none of which marks tumour. Only the slices
         with a lesion are read mirrored (each slice carries its neighbours in its channels)."""
         out = self.inferer(batch, self.network)
+        if not self.flip_check:
+            return out
         marked = (out[0, 0] > 0).cpu().numpy()
         slices = np.flatnonzero(marked.any(axis=(0, 1)))
-        if not self.flip_check or slices.size == 0:
+        if slices.size == 0:
             return out
         index = torch.as_tensor(slices, device=batch.device)
         mirror = torch.flip(self.inferer(torch.flip(batch[..., index], (2,)), self.network), (2,))[0, 0].cpu()
